@@ -1,0 +1,217 @@
+//! The lock protocol: the messages of CENTRAL_LOCK2 and what retransmission,
+//! redirection and reconciliation need besides.
+//!
+//! Several messages to one peer travel together in one [`LockFrame`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientId, LockName, NodeId, ReqId, Token};
+
+/// The body of a lock datagram: who sent it, whom it is for, and a batch of
+/// messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockFrame {
+    /// Sender, as its membership identity.
+    pub from: NodeId,
+    /// Intended receiver. A process whose identity differs (for example a
+    /// restarted process on the same address) drops the frame.
+    pub to: NodeId,
+    /// The messages, applied in order.
+    pub msgs: Vec<LockMsg>,
+}
+
+/// One lock-protocol message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockMsg {
+    /// LOCK(X), client to coordinator.
+    Lock(LockReq),
+    /// UNLOCK(X), client to coordinator.
+    Unlock(UnlockReq),
+    /// Withdraw a lock request (the caller timed out), client to coordinator.
+    Cancel(CancelReq),
+    /// LOCK-RSP(X), coordinator to client.
+    LockRsp(LockRsp),
+    /// UNLOCK-RSP(X), coordinator to client; also answers a [`CancelReq`].
+    UnlockRsp(UnlockRsp),
+    /// The receiver is not the coordinator; names the one it knows, if any.
+    Redirect(Redirect),
+    /// LOCK-INFO-REQ, a coordinator's reconciliation request to a member.
+    LockInfoReq(LockInfoReq),
+    /// LOCK-INFO-RSP, one part of a member's answer.
+    LockInfoRsp(LockInfoRsp),
+    /// DUPLICATE-LOCK: the receiver lost a lock held twice after a merge.
+    DuplicateLock(DuplicateLock),
+    /// The client's acknowledgement of a [`DuplicateLock`].
+    DuplicateAck(DuplicateLock),
+}
+
+/// How long a lock request may wait at the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wait {
+    /// try_lock: grant now or deny.
+    No,
+    /// lock: queue behind the holder (the client times out on its own).
+    Queue,
+}
+
+/// A request to acquire a lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockReq {
+    /// Request id, unique for the sending node.
+    pub id: ReqId,
+    /// The client of the sending node that wants the lock.
+    pub client: ClientId,
+    /// The lock.
+    pub name: LockName,
+    /// Whether the request may wait.
+    pub wait: Wait,
+    /// The place in the queue a previous coordinator gave this request, so
+    /// that waiters keep their order across a coordinator change.
+    pub ticket: Option<Token>,
+    /// Every request of the sending node with a smaller id than this, other
+    /// than queued lock requests, has been answered: the coordinator may
+    /// forget its answers to them and treat them as stale.
+    pub floor: ReqId,
+}
+
+/// A request to release a lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockReq {
+    /// Request id.
+    pub id: ReqId,
+    /// The client that holds the lock.
+    pub client: ClientId,
+    /// The lock.
+    pub name: LockName,
+    /// The token of the grant to release; a grant with another token is left
+    /// alone, which makes the request safe to repeat.
+    pub token: Token,
+}
+
+/// A request to withdraw lock request `target`: dequeue it, or release the
+/// lock if it was granted meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReq {
+    /// Request id of the cancel itself.
+    pub id: ReqId,
+    /// The client that made the lock request.
+    pub client: ClientId,
+    /// The lock.
+    pub name: LockName,
+    /// The lock request being withdrawn.
+    pub target: ReqId,
+}
+
+/// The coordinator's answer to a [`LockReq`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRsp {
+    /// The request answered.
+    pub id: ReqId,
+    /// The coordinator's reconciliation round; a client drops answers from a
+    /// round it has not reported to.
+    pub term: u32,
+    /// What happened.
+    pub outcome: LockOutcome,
+}
+
+/// What the coordinator did with a lock request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockOutcome {
+    /// Granted, with this fencing token.
+    Granted(Token),
+    /// Queued behind the holder, with this ticket; the grant follows later.
+    Queued(Token),
+    /// Not granted.
+    Denied(Denial),
+}
+
+/// Why a lock request was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Denial {
+    /// try_lock on a lock held by another owner.
+    Held,
+    /// The coordinator's component holds no majority of the configured
+    /// members (mode `majority`).
+    NoQuorum,
+    /// The request was withdrawn by its client (the answer a repeat of a
+    /// cancelled request gets).
+    Cancelled,
+}
+
+/// The coordinator's answer to an [`UnlockReq`] or a [`CancelReq`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockRsp {
+    /// The request answered.
+    pub id: ReqId,
+    /// The coordinator's reconciliation round.
+    pub term: u32,
+}
+
+/// Answer of a member that is not the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// The request that reached the wrong member.
+    pub id: ReqId,
+    /// The coordinator in the receiver's view.
+    pub coordinator: Option<NodeId>,
+}
+
+/// A new coordinator asks a member for its locks and pending requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfoReq {
+    /// The term the coordinator will grant under once reconciled.
+    pub term: u32,
+    /// Parts of the answer the coordinator already has; the member resends
+    /// the others.
+    pub have: Vec<u16>,
+}
+
+/// One part of a member's answer to a [`LockInfoReq`].
+///
+/// A member with many locks answers in several parts, each small enough
+/// for one datagram; all parts of one answer describe one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfoRsp {
+    /// The term of the request answered.
+    pub term: u32,
+    /// Index of this part.
+    pub part: u16,
+    /// Number of parts of the whole answer.
+    pub parts: u16,
+    /// The member's next request id: every request below it is either listed
+    /// in `pending` or finished.
+    pub next_req: ReqId,
+    /// The highest term the member has seen (tokens, tickets, rounds).
+    pub max_term: u32,
+    /// Locks the member's clients hold.
+    pub held: Vec<HeldLock>,
+    /// Lock requests of the member's clients still waiting for an answer.
+    pub pending: Vec<LockReq>,
+}
+
+/// A lock held by a client of the reporting member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    /// The holding client.
+    pub client: ClientId,
+    /// The lock.
+    pub name: LockName,
+    /// Its fencing token.
+    pub token: Token,
+    /// The request that was granted.
+    pub req: ReqId,
+}
+
+/// Tells a holder that it lost a duplicate lock (and is acknowledged with
+/// the same content).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateLock {
+    /// The reconciliation round that resolved the duplicate.
+    pub term: u32,
+    /// The client that lost the lock.
+    pub client: ClientId,
+    /// The lock.
+    pub name: LockName,
+    /// The token that lost.
+    pub token: Token,
+}
