@@ -1,0 +1,149 @@
+//! The identity foca gossips about: a renewable `(addr, epoch, bump, name)`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use swimlock_wire::NodeId;
+
+/// Longest display name, in bytes. Keeps every header small and bounded.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// foca's view of a member.
+///
+/// `epoch` is fixed for the life of the process; `bump` grows each time foca
+/// learns this process was declared down and rejoins (auto-rejoin, which is
+/// what lets a healed partition come back together without an operator).
+/// Application state is keyed by [`Ident::key`] = `(epoch, addr)`, never by
+/// the whole identity, because every node of a healed side renews.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawIdent")]
+pub(crate) struct Ident {
+    pub(crate) addr: SocketAddr,
+    pub(crate) epoch: u64,
+    pub(crate) bump: u64,
+    pub(crate) name: String,
+}
+
+/// Wire form, checked before it becomes an [`Ident`].
+#[derive(Deserialize)]
+struct RawIdent {
+    addr: SocketAddr,
+    epoch: u64,
+    bump: u64,
+    name: String,
+}
+
+impl TryFrom<RawIdent> for Ident {
+    type Error = &'static str;
+
+    fn try_from(raw: RawIdent) -> Result<Self, Self::Error> {
+        if raw.name.len() > MAX_NAME_LEN {
+            return Err("member name longer than 64 bytes");
+        }
+        Ok(Ident {
+            addr: raw.addr,
+            epoch: raw.epoch,
+            bump: raw.bump,
+            name: raw.name,
+        })
+    }
+}
+
+impl Ident {
+    pub(crate) fn new(me: NodeId, name: String) -> Ident {
+        Ident {
+            addr: me.addr,
+            epoch: me.epoch,
+            bump: 0,
+            name,
+        }
+    }
+
+    /// Stands for whatever process listens at a seed address. foca accepts
+    /// an announce by address alone; epoch 0 is never a real member's.
+    pub(crate) fn placeholder(addr: SocketAddr) -> Ident {
+        Ident {
+            addr,
+            epoch: 0,
+            bump: 0,
+            name: String::new(),
+        }
+    }
+
+    /// The key views and lock owners use: stable across renewals.
+    pub(crate) fn key(&self) -> NodeId {
+        NodeId {
+            epoch: self.epoch,
+            addr: self.addr,
+        }
+    }
+
+    /// Total order used to settle two identities claiming one address.
+    fn rank(&self) -> (u64, u64, &str) {
+        (self.epoch, self.bump, &self.name)
+    }
+}
+
+impl foca::Identity for Ident {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Ident {
+            bump: self.bump.checked_add(1)?,
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    // A restarted process (larger epoch) beats the old one; within one
+    // process the latest renewal wins. The name only breaks exact ties so the
+    // order stays strict, as foca requires.
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.rank() > adversary.rank()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foca::Identity;
+
+    use super::*;
+
+    fn id(epoch: u64, bump: u64) -> Ident {
+        Ident {
+            addr: "10.0.0.1:7000".parse().unwrap(),
+            epoch,
+            bump,
+            name: "n".into(),
+        }
+    }
+
+    #[test]
+    fn renewal_wins_and_keeps_the_key() {
+        let a = id(5, 0);
+        let b = a.renew().unwrap();
+        assert!(b.win_addr_conflict(&a));
+        assert!(!a.win_addr_conflict(&b));
+        assert_eq!(a.key(), b.key());
+    }
+
+    #[test]
+    fn restart_beats_any_renewal_of_the_old_process() {
+        assert!(id(6, 0).win_addr_conflict(&id(5, 1000)));
+        assert!(id(1, 0).win_addr_conflict(&Ident::placeholder(id(1, 0).addr)));
+    }
+
+    #[test]
+    fn long_names_are_rejected_on_decode() {
+        let mut long = id(1, 0);
+        long.name = "x".repeat(MAX_NAME_LEN + 1);
+        let bytes = postcard::to_allocvec(&long).unwrap();
+        assert!(postcard::from_bytes::<Ident>(&bytes).is_err());
+        let ok = id(1, 0);
+        let bytes = postcard::to_allocvec(&ok).unwrap();
+        assert_eq!(postcard::from_bytes::<Ident>(&bytes).unwrap(), ok);
+    }
+}
