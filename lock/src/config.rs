@@ -72,7 +72,10 @@ impl Config {
             }
         }
         if self.retransmit_max < self.retransmit_initial {
-            return Err(ConfigError { field: "retransmit_max", reason: "must be at least retransmit_initial" });
+            return Err(ConfigError {
+                field: "retransmit_max",
+                reason: "must be at least retransmit_initial",
+            });
         }
         Ok(())
     }

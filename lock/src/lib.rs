@@ -28,7 +28,9 @@ mod table;
 mod token;
 
 pub use config::{Config, ConfigError, Mode};
-pub use node::{Event, Failure, HeldInfo, LockNode, LossReason, Stats, TableStats, Transmit, UnlockError, View};
+pub use node::{
+    Event, Failure, HeldInfo, LockNode, LossReason, Stats, TableStats, Transmit, UnlockError, View,
+};
 pub use token::TokenIssuer;
 
 pub use swimlock_wire::lock::LockMsg;

@@ -37,7 +37,7 @@ impl TokenIssuer {
     }
 
     /// The next token; strictly larger than every token issued before.
-    pub fn next(&mut self) -> Token {
+    pub fn issue(&mut self) -> Token {
         if self.next_seq > Token::MAX_SEQ {
             self.term = (self.term + 1).min(Token::MAX_TERM);
             self.next_seq = 1;
@@ -56,8 +56,8 @@ mod tests {
     fn tokens_strictly_increase_across_sequence_overflow() {
         let mut issuer = TokenIssuer::new(3, 9);
         issuer.next_seq = Token::MAX_SEQ;
-        let a = issuer.next();
-        let b = issuer.next();
+        let a = issuer.issue();
+        let b = issuer.issue();
         assert!(b > a);
         assert_eq!(b.term(), 4);
     }
@@ -75,8 +75,8 @@ mod tests {
     fn two_coordinators_with_one_term_never_share_a_token() {
         let mut a = TokenIssuer::new(7, 1);
         let mut b = TokenIssuer::new(7, 2);
-        let ta: Vec<Token> = (0..100).map(|_| a.next()).collect();
-        let tb: Vec<Token> = (0..100).map(|_| b.next()).collect();
+        let ta: Vec<Token> = (0..100).map(|_| a.issue()).collect();
+        let tb: Vec<Token> = (0..100).map(|_| b.issue()).collect();
         assert!(ta.iter().all(|t| !tb.contains(t)));
     }
 }

@@ -49,7 +49,7 @@ impl fmt::Display for Owner {
 
 /// Identifies one request of a node. Ids grow by one per request for the
 /// life of the node's process and are never reused by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReqId(pub u64);
 
 /// A fencing token, or a waiting ticket in the same format.

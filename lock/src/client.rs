@@ -1,0 +1,571 @@
+//! The client role of CENTRAL_LOCK2: pending-reqs and client-locks.
+//!
+//! Rules that keep retransmission safe:
+//! - a client has at most one request in flight per lock name; a second
+//!   operation on that name waits here until the first is answered, so
+//!   requests of one client on one name can never overtake each other;
+//! - re-entry is local: a client that holds a lock gets it again at once,
+//!   with the same token and a higher hold count, and only the last
+//!   `unlock` goes to the coordinator;
+//! - answers are applied only when they come from the coordinator of the
+//!   current view, in the round this node last reported to it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use swimlock_wire::lock::{CancelReq, Denial, UnlockReq};
+use swimlock_wire::lock::{
+    DuplicateLock, HeldLock, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq, LockRsp, UnlockRsp,
+    Wait,
+};
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId, Token};
+
+use crate::config::Config;
+use crate::node::{Event, Failure, HeldInfo, LossReason, Outbox, UnlockError, View};
+
+/// Entries (held locks plus pending requests) in one LOCK-INFO-RSP part;
+/// with names of at most 255 bytes a part stays far below a datagram.
+const ENTRIES_PER_PART: usize = 32;
+
+type Key = (ClientId, LockName);
+
+#[derive(Clone, Debug)]
+struct Held {
+    token: Token,
+    holds: u32,
+    req: ReqId,
+}
+
+#[derive(Clone, Debug)]
+enum OpKind {
+    Lock { wait: Wait, deadline: Duration, ticket: Option<Token> },
+    Unlock { token: Token },
+    Cancel { target: ReqId },
+}
+
+/// A request in flight to the coordinator.
+#[derive(Clone, Debug)]
+struct Op {
+    client: ClientId,
+    name: LockName,
+    kind: OpKind,
+    next_send: Duration,
+    backoff: Duration,
+    sent: bool,
+}
+
+impl Op {
+    fn queued(&self) -> bool {
+        matches!(self.kind, OpKind::Lock { ticket: Some(_), .. })
+    }
+}
+
+/// A lock operation waiting for the client's previous request on the same
+/// name to be answered.
+#[derive(Clone, Debug)]
+struct Blocked {
+    req: ReqId,
+    wait: Wait,
+    deadline: Duration,
+}
+
+/// This node's answer to one reconciliation round, kept so that repeats of
+/// the request get the same snapshot.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    coordinator: NodeId,
+    term: u32,
+    parts: Vec<LockInfoRsp>,
+}
+
+/// The client role of one node, for all of its clients.
+#[derive(Debug)]
+pub(crate) struct ClientRole {
+    config: Config,
+    next_req: u64,
+    /// Highest term seen in tokens, tickets and rounds.
+    max_term: u32,
+    coordinator: Option<NodeId>,
+    quorum: bool,
+    /// Last round reported to each coordinator.
+    rounds: BTreeMap<NodeId, u32>,
+    held: BTreeMap<Key, Held>,
+    ops: BTreeMap<ReqId, Op>,
+    busy: BTreeMap<Key, ReqId>,
+    blocked: BTreeMap<Key, VecDeque<Blocked>>,
+    snapshot: Option<Snapshot>,
+}
+
+impl ClientRole {
+    pub fn new(config: Config) -> ClientRole {
+        ClientRole {
+            config,
+            next_req: 1,
+            max_term: 0,
+            coordinator: None,
+            quorum: true,
+            rounds: BTreeMap::new(),
+            held: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            snapshot: None,
+        }
+    }
+
+    pub fn max_term(&self) -> u32 {
+        self.max_term
+    }
+
+    pub fn observe_term(&mut self, term: u32) {
+        self.max_term = self.max_term.max(term);
+    }
+
+    fn alloc(&mut self) -> ReqId {
+        let id = ReqId(self.next_req);
+        self.next_req += 1;
+        id
+    }
+
+    /// LOCK(X): starts a lock operation and returns its id.
+    pub fn lock(
+        &mut self,
+        now: Duration,
+        client: ClientId,
+        name: LockName,
+        wait: Wait,
+        deadline: Duration,
+        out: &mut Outbox,
+    ) -> ReqId {
+        let req = self.alloc();
+        if !self.quorum && wait == Wait::No && !self.held.contains_key(&(client, name.clone())) {
+            self.fail(req, client, name, Failure::NoQuorum, out);
+            return req;
+        }
+        self.start_lock(now, req, client, name, wait, deadline, out);
+        self.flush(now, out);
+        req
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_lock(
+        &mut self,
+        now: Duration,
+        req: ReqId,
+        client: ClientId,
+        name: LockName,
+        wait: Wait,
+        deadline: Duration,
+        out: &mut Outbox,
+    ) {
+        let key = (client, name);
+        if self.busy.contains_key(&key) {
+            self.blocked.entry(key).or_default().push_back(Blocked { req, wait, deadline });
+            return;
+        }
+        if let Some(held) = self.held.get_mut(&key) {
+            held.holds += 1;
+            out.stats.acquired += 1;
+            let (client, name) = key;
+            out.emit(Event::Acquired { req, client, name, token: held.token, holds: held.holds });
+            return;
+        }
+        let kind = OpKind::Lock { wait, deadline, ticket: None };
+        self.insert_op(now, req, key, kind);
+    }
+
+    fn insert_op(&mut self, now: Duration, id: ReqId, key: Key, kind: OpKind) {
+        self.busy.insert(key.clone(), id);
+        let (client, name) = key;
+        let backoff = self.config.retransmit_initial;
+        self.ops.insert(id, Op { client, name, kind, next_send: now, backoff, sent: false });
+    }
+
+    /// UNLOCK(X): drops one hold; the last one is released at the
+    /// coordinator without making the caller wait.
+    pub fn unlock(
+        &mut self,
+        now: Duration,
+        client: ClientId,
+        name: &LockName,
+        out: &mut Outbox,
+    ) -> Result<(), UnlockError> {
+        let key = (client, name.clone());
+        let held = self.held.get_mut(&key).ok_or(UnlockError::NotHeld)?;
+        if held.holds > 1 {
+            held.holds -= 1;
+            return Ok(());
+        }
+        let token = held.token;
+        self.held.remove(&key);
+        self.start_release(now, key, token);
+        self.flush(now, out);
+        Ok(())
+    }
+
+    fn start_release(&mut self, now: Duration, key: Key, token: Token) {
+        let id = self.alloc();
+        self.insert_op(now, id, key, OpKind::Unlock { token });
+    }
+
+    /// Releases everything of a client that went away: its locks, its
+    /// pending lock requests and the operations queued behind them.
+    pub fn release_client(&mut self, now: Duration, client: ClientId, out: &mut Outbox) {
+        let held: Vec<(Key, Token)> =
+            self.held.iter().filter(|((c, _), _)| *c == client).map(|(k, h)| (k.clone(), h.token)).collect();
+        for (key, token) in held {
+            self.held.remove(&key);
+            self.start_release(now, key, token);
+        }
+        self.blocked.retain(|(c, _), _| *c != client);
+        let locks: Vec<ReqId> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.client == client && matches!(op.kind, OpKind::Lock { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in locks {
+            self.cancel(now, id);
+        }
+        self.flush(now, out);
+    }
+
+    /// Withdraws lock request `id` at the coordinator.
+    fn cancel(&mut self, now: Duration, id: ReqId) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        let cancel = self.alloc();
+        self.insert_op(now, cancel, (op.client, op.name), OpKind::Cancel { target: id });
+    }
+
+    fn fail(&mut self, req: ReqId, client: ClientId, name: LockName, reason: Failure, out: &mut Outbox) {
+        match reason {
+            Failure::Busy => out.stats.busy += 1,
+            Failure::TimedOut => out.stats.timed_out += 1,
+            Failure::NoQuorum => out.stats.no_quorum += 1,
+        }
+        out.emit(Event::Failed { req, client, name, reason });
+    }
+
+    /// A new view: follow its coordinator and, in majority mode, give up
+    /// the locks of a component that lost its majority.
+    pub fn on_view(&mut self, now: Duration, view: &View, quorum: bool, out: &mut Outbox) {
+        let coordinator = view.coordinator();
+        if coordinator != self.coordinator {
+            for op in self.ops.values_mut() {
+                op.next_send = now;
+                op.backoff = self.config.retransmit_initial;
+            }
+        }
+        self.coordinator = coordinator;
+        self.rounds.retain(|node, _| view.contains(*node));
+        if self.quorum && !quorum {
+            self.lose_all(now, LossReason::QuorumLost, out);
+            let tries: Vec<ReqId> = self
+                .ops
+                .iter()
+                .filter(|(_, op)| matches!(op.kind, OpKind::Lock { wait: Wait::No, .. }))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in tries {
+                let op = self.ops[&id].clone();
+                self.fail(id, op.client, op.name, Failure::NoQuorum, out);
+                self.cancel(now, id);
+            }
+        }
+        self.quorum = quorum;
+        self.flush(now, out);
+    }
+
+    /// Every held lock is lost; each is still released at the coordinator,
+    /// so that a table that kept it does not keep it forever.
+    fn lose_all(&mut self, now: Duration, reason: LossReason, out: &mut Outbox) {
+        for ((client, name), held) in std::mem::take(&mut self.held) {
+            out.stats.lost += 1;
+            out.emit(Event::Lost { client, name: name.clone(), token: held.token, reason });
+            self.start_release(now, (client, name), held.token);
+        }
+    }
+
+    /// Expires deadlines and (re)sends what is due.
+    pub fn handle_timeout(&mut self, now: Duration, out: &mut Outbox) {
+        let expired: Vec<ReqId> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op.kind, OpKind::Lock { deadline, .. } if deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let op = self.ops[&id].clone();
+            self.fail(id, op.client, op.name, Failure::TimedOut, out);
+            self.cancel(now, id);
+        }
+        let mut timed_out = Vec::new();
+        for ((client, name), queue) in self.blocked.iter_mut() {
+            queue.retain(|b| {
+                let keep = b.deadline > now;
+                if !keep {
+                    timed_out.push((b.req, *client, name.clone()));
+                }
+                keep
+            });
+        }
+        self.blocked.retain(|_, q| !q.is_empty());
+        for (req, client, name) in timed_out {
+            self.fail(req, client, name, Failure::TimedOut, out);
+        }
+        self.flush(now, out);
+    }
+
+    /// Sends every request that is due to the coordinator of the view.
+    fn flush(&mut self, now: Duration, out: &mut Outbox) {
+        let Some(coordinator) = self.coordinator else { return };
+        if !self.quorum {
+            return;
+        }
+        let floor = self.floor();
+        for (id, op) in self.ops.iter_mut() {
+            if op.next_send > now {
+                continue;
+            }
+            if op.sent {
+                out.stats.retransmissions += 1;
+            }
+            op.sent = true;
+            let msg = request(*id, op, floor);
+            if op.queued() {
+                op.next_send = now + self.config.queued_keepalive;
+            } else {
+                op.next_send = now + op.backoff;
+                op.backoff = (op.backoff * 2).min(self.config.retransmit_max);
+            }
+            out.send(coordinator, msg);
+        }
+    }
+
+    /// Every request below this id, other than queued lock requests, is
+    /// finished here.
+    fn floor(&self) -> ReqId {
+        self.ops.iter().find(|(_, op)| !op.queued()).map(|(id, _)| *id).unwrap_or(ReqId(self.next_req))
+    }
+
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let sends = if self.coordinator.is_some() && self.quorum {
+            self.ops.values().map(|op| op.next_send).min()
+        } else {
+            None
+        };
+        let deadlines = self.ops.values().filter_map(|op| match op.kind {
+            OpKind::Lock { deadline, .. } => Some(deadline),
+            _ => None,
+        });
+        let blocked = self.blocked.values().flat_map(|q| q.iter().map(|b| b.deadline));
+        sends.into_iter().chain(deadlines).chain(blocked).min()
+    }
+
+    /// A message from another node's coordinator role (or from this node's).
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: LockMsg, out: &mut Outbox) {
+        match msg {
+            LockMsg::LockRsp(rsp) => self.on_lock_rsp(now, from, rsp, out),
+            LockMsg::UnlockRsp(rsp) => self.on_unlock_rsp(now, from, rsp, out),
+            LockMsg::Redirect(_) => out.stats.dropped += 1,
+            LockMsg::LockInfoReq(req) => self.on_lock_info_req(from, req, out),
+            LockMsg::DuplicateLock(dup) => self.on_duplicate_lock(from, dup, out),
+            _ => out.stats.dropped += 1,
+        }
+    }
+
+    /// Whether an answer of `from` in round `term` may be applied.
+    fn accepts(&self, from: NodeId, term: u32) -> bool {
+        self.coordinator == Some(from) && self.rounds.get(&from) == Some(&term)
+    }
+
+    /// On reception of a LOCK-RSP(X).
+    fn on_lock_rsp(&mut self, now: Duration, from: NodeId, rsp: LockRsp, out: &mut Outbox) {
+        let applies = self.accepts(from, rsp.term)
+            && self.ops.get(&rsp.id).is_some_and(|op| matches!(op.kind, OpKind::Lock { .. }));
+        if !applies {
+            out.stats.dropped += 1;
+            return;
+        }
+        match rsp.outcome {
+            LockOutcome::Granted(token) => {
+                self.observe_term(token.term());
+                let op = self.ops.remove(&rsp.id).expect("checked above");
+                let key = (op.client, op.name);
+                self.busy.remove(&key);
+                self.held.insert(key.clone(), Held { token, holds: 1, req: rsp.id });
+                out.stats.acquired += 1;
+                let (client, name) = key.clone();
+                out.emit(Event::Acquired { req: rsp.id, client, name, token, holds: 1 });
+                self.unblock(now, key, out);
+            }
+            LockOutcome::Queued(ticket) => {
+                self.observe_term(ticket.term());
+                let op = self.ops.get_mut(&rsp.id).expect("checked above");
+                if let OpKind::Lock { ticket: t, .. } = &mut op.kind {
+                    *t = Some(ticket);
+                }
+                op.next_send = now + self.config.queued_keepalive;
+            }
+            LockOutcome::Denied(denial) => {
+                let reason = match denial {
+                    Denial::Held => Failure::Busy,
+                    Denial::NoQuorum => Failure::NoQuorum,
+                    Denial::Cancelled => {
+                        // Only a withdrawn request gets this; a live one never does.
+                        out.stats.dropped += 1;
+                        return;
+                    }
+                };
+                let op = self.ops.remove(&rsp.id).expect("checked above");
+                let key = (op.client, op.name);
+                self.busy.remove(&key);
+                self.fail(rsp.id, key.0, key.1.clone(), reason, out);
+                self.unblock(now, key, out);
+            }
+        }
+    }
+
+    /// On reception of an UNLOCK-RSP(X) (which also answers a cancel).
+    fn on_unlock_rsp(&mut self, now: Duration, from: NodeId, rsp: UnlockRsp, out: &mut Outbox) {
+        let applies = self.accepts(from, rsp.term)
+            && self.ops.get(&rsp.id).is_some_and(|op| !matches!(op.kind, OpKind::Lock { .. }));
+        if !applies {
+            out.stats.dropped += 1;
+            return;
+        }
+        let op = self.ops.remove(&rsp.id).expect("checked above");
+        let key = (op.client, op.name);
+        self.busy.remove(&key);
+        self.unblock(now, key, out);
+    }
+
+    /// Starts the operations that waited for the name to be free of
+    /// requests in flight.
+    fn unblock(&mut self, now: Duration, key: Key, out: &mut Outbox) {
+        while !self.busy.contains_key(&key) {
+            let Some(queue) = self.blocked.get_mut(&key) else { break };
+            let Some(next) = queue.pop_front() else {
+                self.blocked.remove(&key);
+                break;
+            };
+            if queue.is_empty() {
+                self.blocked.remove(&key);
+            }
+            self.start_lock(now, next.req, key.0, key.1.clone(), next.wait, next.deadline, out);
+        }
+        self.flush(now, out);
+    }
+
+    /// On reception of LOCK-INFO-REQ: answer with the locks held and the
+    /// lock requests pending, as one snapshot per round.
+    fn on_lock_info_req(&mut self, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
+        let fresh = !matches!(&self.snapshot, Some(s) if s.coordinator == from && s.term == req.term);
+        if fresh {
+            let parts = self.build_report(req.term);
+            self.snapshot = Some(Snapshot { coordinator: from, term: req.term, parts });
+            self.observe_term(req.term);
+            self.rounds.insert(from, req.term);
+        }
+        let snapshot = self.snapshot.as_ref().expect("set above");
+        for part in snapshot.parts.iter().filter(|p| !req.have.contains(&p.part)) {
+            out.send(from, LockMsg::LockInfoRsp(part.clone()));
+        }
+    }
+
+    fn build_report(&self, term: u32) -> Vec<LockInfoRsp> {
+        enum Entry {
+            Held(HeldLock),
+            Pending(LockReq),
+        }
+        let held = self.held.iter().map(|((client, name), h)| {
+            Entry::Held(HeldLock { client: *client, name: name.clone(), token: h.token, req: h.req })
+        });
+        let pending = self.ops.iter().filter_map(|(id, op)| match op.kind {
+            OpKind::Lock { wait, ticket, .. } => Some(Entry::Pending(LockReq {
+                id: *id,
+                client: op.client,
+                name: op.name.clone(),
+                wait,
+                ticket,
+                floor: ReqId(0),
+            })),
+            _ => None,
+        });
+        let entries: Vec<Entry> = held.chain(pending).collect();
+        let chunks: Vec<&[Entry]> =
+            if entries.is_empty() { vec![&[]] } else { entries.chunks(ENTRIES_PER_PART).collect() };
+        let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
+        chunks
+            .into_iter()
+            .take(usize::from(parts))
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut rsp = LockInfoRsp {
+                    term,
+                    part: i as u16,
+                    parts,
+                    next_req: ReqId(self.next_req),
+                    max_term: self.max_term,
+                    held: Vec::new(),
+                    pending: Vec::new(),
+                };
+                for e in chunk {
+                    match e {
+                        Entry::Held(h) => rsp.held.push(h.clone()),
+                        Entry::Pending(p) => rsp.pending.push(p.clone()),
+                    }
+                }
+                rsp
+            })
+            .collect()
+    }
+
+    /// On reception of DUPLICATE-LOCK(X): the lock is lost; tell the
+    /// application. Acknowledged so the coordinator stops repeating it.
+    fn on_duplicate_lock(&mut self, from: NodeId, dup: DuplicateLock, out: &mut Outbox) {
+        if self.coordinator != Some(from) {
+            // Not acknowledged: the sender repeats it once views agree.
+            out.stats.dropped += 1;
+            return;
+        }
+        if self.rounds.get(&from) == Some(&dup.term) {
+            let key = (dup.client, dup.name.clone());
+            if self.held.get(&key).is_some_and(|h| h.token == dup.token) {
+                self.held.remove(&key);
+                out.stats.lost += 1;
+                out.emit(Event::Lost {
+                    client: dup.client,
+                    name: dup.name.clone(),
+                    token: dup.token,
+                    reason: LossReason::Duplicate,
+                });
+            }
+        }
+        out.send(from, LockMsg::DuplicateAck(dup));
+    }
+
+    /// Locks held by this node's clients.
+    pub fn held(&self) -> impl Iterator<Item = HeldInfo> + '_ {
+        self.held.iter().map(|((client, name), h)| HeldInfo {
+            client: *client,
+            name: name.clone(),
+            token: h.token,
+            holds: h.holds,
+        })
+    }
+
+    /// Number of operations not yet finished (in flight or queued locally).
+    pub fn pending(&self) -> usize {
+        self.ops.len() + self.blocked.values().map(VecDeque::len).sum::<usize>()
+    }
+}
+
+fn request(id: ReqId, op: &Op, floor: ReqId) -> LockMsg {
+    let (client, name) = (op.client, op.name.clone());
+    match op.kind {
+        OpKind::Lock { wait, ticket, .. } => LockMsg::Lock(LockReq { id, client, name, wait, ticket, floor }),
+        OpKind::Unlock { token } => LockMsg::Unlock(UnlockReq { id, client, name, token }),
+        OpKind::Cancel { target } => LockMsg::Cancel(CancelReq { id, client, name, target }),
+    }
+}

@@ -1,0 +1,247 @@
+//! The coordinator's lock table: per name, the holder and the queue of
+//! waiters in ticket order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
+
+/// A granted lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub owner: Owner,
+    pub token: Token,
+    /// The lock request that was granted.
+    pub req: ReqId,
+}
+
+/// A lock request waiting for the holder to let go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Waiter {
+    pub owner: Owner,
+    pub req: ReqId,
+    /// Place in the queue; tickets come from the token issuer, so they grow
+    /// with arrival time within a term and across terms.
+    pub ticket: Token,
+}
+
+/// One lock's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub holder: Option<Grant>,
+    pub waiters: VecDeque<Waiter>,
+    /// Not granted again before this instant (lock-delay after its holder
+    /// left the view).
+    pub delayed_until: Option<Duration>,
+}
+
+impl Entry {
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty() && self.delayed_until.is_none()
+    }
+
+    /// Whether the next waiter may be granted at `now`.
+    pub fn grantable(&self, now: Duration) -> bool {
+        self.holder.is_none() && self.delayed_until.is_none_or(|t| t <= now)
+    }
+
+    /// The table's rules for one entry: the holder never waits for its own
+    /// lock, an owner waits once at most, and the queue is in ticket order.
+    fn is_valid(&self) -> bool {
+        let holder_waits = self.holder.is_some_and(|h| self.waiters.iter().any(|w| w.owner == h.owner));
+        let ordered = self.waiters.iter().zip(self.waiters.iter().skip(1)).all(|(a, b)| a.ticket < b.ticket);
+        let mut owners: Vec<Owner> = self.waiters.iter().map(|w| w.owner).collect();
+        owners.sort();
+        owners.dedup();
+        !holder_waits && ordered && owners.len() == self.waiters.len()
+    }
+}
+
+/// The lock table. A `BTreeMap` keeps every walk over it in one order, so
+/// one simulator seed gives one trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LockTable {
+    locks: BTreeMap<LockName, Entry>,
+}
+
+impl LockTable {
+    pub fn get(&self, name: &LockName) -> Option<&Entry> {
+        self.locks.get(name)
+    }
+
+    pub fn holder(&self, name: &LockName) -> Option<Grant> {
+        self.locks.get(name).and_then(|e| e.holder)
+    }
+
+    /// Records `grant` as the holder of a free lock.
+    pub fn grant(&mut self, name: &LockName, grant: Grant) {
+        let entry = self.locks.entry(name.clone()).or_default();
+        debug_assert!(entry.holder.is_none(), "grant of a held lock {name}");
+        entry.holder = Some(grant);
+        entry.waiters.retain(|w| w.owner != grant.owner);
+        debug_assert!(entry.is_valid());
+    }
+
+    /// Replaces the holder (duplicate resolution keeps the other grant).
+    pub fn replace_holder(&mut self, name: &LockName, grant: Grant) {
+        let entry = self.locks.entry(name.clone()).or_default();
+        entry.holder = Some(grant);
+        entry.waiters.retain(|w| w.owner != grant.owner);
+    }
+
+    /// Queues `waiter` in ticket order.
+    pub fn enqueue(&mut self, name: &LockName, waiter: Waiter) {
+        let entry = self.locks.entry(name.clone()).or_default();
+        let at = entry.waiters.partition_point(|w| w.ticket < waiter.ticket);
+        entry.waiters.insert(at, waiter);
+        debug_assert!(entry.is_valid(), "bad queue for {name}: {entry:?}");
+    }
+
+    /// Releases the lock if `owner` holds it with `token`.
+    pub fn release(&mut self, name: &LockName, owner: Owner, token: Token) -> bool {
+        let Some(entry) = self.locks.get_mut(name) else { return false };
+        if entry.holder.is_some_and(|h| h.owner == owner && h.token == token) {
+            entry.holder = None;
+            self.forget_if_idle(name);
+            return true;
+        }
+        false
+    }
+
+    /// Removes the waiting request `req` of `owner`; true if it was queued.
+    pub fn dequeue(&mut self, name: &LockName, owner: Owner, req: ReqId) -> bool {
+        let Some(entry) = self.locks.get_mut(name) else { return false };
+        let before = entry.waiters.len();
+        entry.waiters.retain(|w| !(w.owner == owner && w.req == req));
+        let removed = entry.waiters.len() != before;
+        self.forget_if_idle(name);
+        removed
+    }
+
+    /// The waiting request of `owner` for `name`, if any.
+    pub fn waiting(&self, name: &LockName, owner: Owner) -> Option<Waiter> {
+        self.locks.get(name)?.waiters.iter().find(|w| w.owner == owner).copied()
+    }
+
+    /// Takes the first waiter if the lock can be granted at `now`.
+    pub fn pop_grantable(&mut self, name: &LockName, now: Duration) -> Option<Waiter> {
+        let entry = self.locks.get_mut(name)?;
+        if !entry.grantable(now) {
+            return None;
+        }
+        entry.delayed_until = None;
+        let next = entry.waiters.pop_front();
+        if next.is_none() {
+            self.forget_if_idle(name);
+        }
+        next
+    }
+
+    /// Drops every hold and wait of `node` (it left the view). Freed locks
+    /// are not granted again before `delayed_until`. Returns the names
+    /// touched, for the caller to grant their next waiters.
+    pub fn purge_node(&mut self, node: NodeId, delayed_until: Option<Duration>) -> Vec<LockName> {
+        let mut touched = Vec::new();
+        for (name, entry) in self.locks.iter_mut() {
+            let mut hit = false;
+            if entry.holder.is_some_and(|h| h.owner.node == node) {
+                entry.holder = None;
+                entry.delayed_until = delayed_until;
+                hit = true;
+            }
+            let before = entry.waiters.len();
+            entry.waiters.retain(|w| w.owner.node != node);
+            if hit || entry.waiters.len() != before {
+                touched.push(name.clone());
+            }
+        }
+        self.locks.retain(|_, e| !e.is_idle());
+        touched
+    }
+
+    /// Names whose lock-delay runs out, with the earliest first.
+    pub fn next_delay_end(&self) -> Option<Duration> {
+        self.locks.values().filter_map(|e| e.delayed_until).min()
+    }
+
+    /// Names whose lock-delay has run out at `now`.
+    pub fn delays_over(&self, now: Duration) -> Vec<LockName> {
+        self.locks
+            .iter()
+            .filter(|(_, e)| e.delayed_until.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Clears an expired delay on an entry with no waiters.
+    pub fn end_delay(&mut self, name: &LockName) {
+        if let Some(entry) = self.locks.get_mut(name) {
+            entry.delayed_until = None;
+        }
+        self.forget_if_idle(name);
+    }
+
+    fn forget_if_idle(&mut self, name: &LockName) {
+        if self.locks.get(name).is_some_and(Entry::is_idle) {
+            self.locks.remove(name);
+        }
+    }
+
+    /// Every held lock with its holder.
+    pub fn holders(&self) -> impl Iterator<Item = (&LockName, Grant)> {
+        self.locks.iter().filter_map(|(n, e)| e.holder.map(|h| (n, h)))
+    }
+
+    /// Number of held locks and of waiting requests.
+    pub fn sizes(&self) -> (usize, usize) {
+        self.locks
+            .values()
+            .fold((0, 0), |(h, w), e| (h + usize::from(e.holder.is_some()), w + e.waiters.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swimlock_wire::ClientId;
+
+    fn owner(n: u64) -> Owner {
+        Owner { node: NodeId { epoch: n, addr: "127.0.0.1:1".parse().unwrap() }, client: ClientId(n) }
+    }
+    fn name() -> LockName {
+        LockName::new("a").unwrap()
+    }
+
+    #[test]
+    fn waiters_are_kept_in_ticket_order_whatever_the_arrival_order() {
+        let mut t = LockTable::default();
+        for (o, ticket) in [(1, 30), (2, 10), (3, 20)] {
+            t.enqueue(&name(), Waiter { owner: owner(o), req: ReqId(o), ticket: Token(ticket) });
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| t.pop_grantable(&name(), Duration::ZERO))
+            .map(|w| w.owner.client.0)
+            .collect();
+        assert_eq!(order, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn release_needs_the_holders_token() {
+        let mut t = LockTable::default();
+        t.grant(&name(), Grant { owner: owner(1), token: Token(5), req: ReqId(1) });
+        assert!(!t.release(&name(), owner(1), Token(4)));
+        assert!(!t.release(&name(), owner(2), Token(5)));
+        assert!(t.release(&name(), owner(1), Token(5)));
+        assert!(t.get(&name()).is_none(), "an idle entry is forgotten");
+    }
+
+    #[test]
+    fn purge_frees_the_nodes_locks_behind_the_lock_delay() {
+        let mut t = LockTable::default();
+        t.grant(&name(), Grant { owner: owner(1), token: Token(5), req: ReqId(1) });
+        t.enqueue(&name(), Waiter { owner: owner(2), req: ReqId(2), ticket: Token(6) });
+        let touched = t.purge_node(owner(1).node, Some(Duration::from_secs(1)));
+        assert_eq!(touched, vec![name()]);
+        assert_eq!(t.pop_grantable(&name(), Duration::from_millis(999)), None);
+        assert_eq!(t.pop_grantable(&name(), Duration::from_secs(1)).map(|w| w.owner), Some(owner(2)));
+    }
+}
