@@ -120,17 +120,11 @@ impl Config {
         if self.view_max_delay < self.view_settle {
             return Err(ConfigError::new(
                 "view_max_delay",
-                format!(
-                    "{:?} must be at least view_settle ({:?})",
-                    self.view_max_delay, self.view_settle
-                ),
+                format!("{:?} must be at least view_settle ({:?})", self.view_max_delay, self.view_settle),
             ));
         }
         if self.remove_down_after.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new(
-                "remove_down_after",
-                "must be greater than zero (or None)",
-            ));
+            return Err(ConfigError::new("remove_down_after", "must be greater than zero (or None)"));
         }
         let size = self.max_packet_size.get();
         if !(512..=MAX_GOSSIP_PAYLOAD).contains(&size) {
@@ -156,18 +150,14 @@ impl Config {
         // telling down members they are down, announcing to down members
         // and remembering down members longer than a partition lasts.
         c.notify_down_members = true;
-        c.periodic_announce = Some(foca::PeriodicParams {
-            frequency: self.announce_interval,
-            num_members: NonZeroUsize::MIN,
-        });
+        c.periodic_announce =
+            Some(foca::PeriodicParams { frequency: self.announce_interval, num_members: NonZeroUsize::MIN });
         c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
             frequency: self.announce_to_down_interval,
             num_members: self.announce_to_down_fanout,
         });
-        c.periodic_gossip = Some(foca::PeriodicParams {
-            frequency: self.gossip_interval,
-            num_members: self.gossip_fanout,
-        });
+        c.periodic_gossip =
+            Some(foca::PeriodicParams { frequency: self.gossip_interval, num_members: self.gossip_fanout });
         c
     }
 }
@@ -190,20 +180,13 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
+        ConfigError { field, reason: reason.into() }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid membership setting `{}`: {}",
-            self.field, self.reason
-        )
+        write!(f, "invalid membership setting `{}`: {}", self.field, self.reason)
     }
 }
 

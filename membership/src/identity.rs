@@ -40,42 +40,24 @@ impl TryFrom<RawIdent> for Ident {
         if raw.name.len() > MAX_NAME_LEN {
             return Err("member name longer than 64 bytes");
         }
-        Ok(Ident {
-            addr: raw.addr,
-            epoch: raw.epoch,
-            bump: raw.bump,
-            name: raw.name,
-        })
+        Ok(Ident { addr: raw.addr, epoch: raw.epoch, bump: raw.bump, name: raw.name })
     }
 }
 
 impl Ident {
     pub(crate) fn new(me: NodeId, name: String) -> Ident {
-        Ident {
-            addr: me.addr,
-            epoch: me.epoch,
-            bump: 0,
-            name,
-        }
+        Ident { addr: me.addr, epoch: me.epoch, bump: 0, name }
     }
 
     /// Stands for whatever process listens at a seed address. foca accepts
     /// an announce by address alone; epoch 0 is never a real member's.
     pub(crate) fn placeholder(addr: SocketAddr) -> Ident {
-        Ident {
-            addr,
-            epoch: 0,
-            bump: 0,
-            name: String::new(),
-        }
+        Ident { addr, epoch: 0, bump: 0, name: String::new() }
     }
 
     /// The key views and lock owners use: stable across renewals.
     pub(crate) fn key(&self) -> NodeId {
-        NodeId {
-            epoch: self.epoch,
-            addr: self.addr,
-        }
+        NodeId { epoch: self.epoch, addr: self.addr }
     }
 
     /// Total order used to settle two identities claiming one address.
@@ -88,10 +70,7 @@ impl foca::Identity for Ident {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
-        Some(Ident {
-            bump: self.bump.checked_add(1)?,
-            ..self.clone()
-        })
+        Some(Ident { bump: self.bump.checked_add(1)?, ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -113,12 +92,7 @@ mod tests {
     use super::*;
 
     fn id(epoch: u64, bump: u64) -> Ident {
-        Ident {
-            addr: "10.0.0.1:7000".parse().unwrap(),
-            epoch,
-            bump,
-            name: "n".into(),
-        }
+        Ident { addr: "10.0.0.1:7000".parse().unwrap(), epoch, bump, name: "n".into() }
     }
 
     #[test]

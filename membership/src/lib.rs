@@ -84,9 +84,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foca::{
-    Foca, NoCustomBroadcast, Notification, OwnedNotification, PostcardCodec, Runtime, Timer,
-};
+use foca::{Foca, NoCustomBroadcast, Notification, OwnedNotification, PostcardCodec, Runtime, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use swimlock_wire::NodeId;
@@ -174,6 +172,8 @@ pub struct Membership {
     io: Io,
     phase: Phase,
     next_seed_announce: Duration,
+    /// Earliest time for the next burst of announces to down members.
+    next_down_burst: Duration,
     tracker: ViewTracker,
     events: VecDeque<Event>,
 }
@@ -205,16 +205,10 @@ impl Membership {
     ) -> Result<Membership, ConfigError> {
         config.validate()?;
         if name.len() > MAX_NAME_LEN {
-            return Err(ConfigError::new(
-                "name",
-                format!("{} bytes, at most {MAX_NAME_LEN}", name.len()),
-            ));
+            return Err(ConfigError::new("name", format!("{} bytes, at most {MAX_NAME_LEN}", name.len())));
         }
         if me.epoch == 0 {
-            return Err(ConfigError::new(
-                "me.epoch",
-                "0 is reserved for seed placeholders",
-            ));
+            return Err(ConfigError::new("me.epoch", "0 is reserved for seed placeholders"));
         }
         let mut unique = Vec::with_capacity(seeds.len());
         for seed in seeds {
@@ -235,6 +229,7 @@ impl Membership {
             io: Io::default(),
             phase: Phase::NotStarted,
             next_seed_announce: Duration::ZERO,
+            next_down_burst: Duration::ZERO,
             tracker: ViewTracker::new(me, name),
             events: VecDeque::new(),
             config,
@@ -342,13 +337,8 @@ impl Membership {
             return None;
         }
         let foca = self.io.timers.next_deadline();
-        let view = self
-            .tracker
-            .deadline(self.config.view_settle, self.config.view_max_delay);
-        [foca, view, Some(self.next_seed_announce)]
-            .into_iter()
-            .flatten()
-            .min()
+        let view = self.tracker.deadline(self.config.view_settle, self.config.view_max_delay);
+        [foca, view, Some(self.next_seed_announce)].into_iter().flatten().min()
     }
 
     /// The view installed last (id 0, this node alone, before `start`).
@@ -387,20 +377,37 @@ impl Membership {
     }
 
     fn drain_notes(&mut self, now: Duration) {
+        let mut merging = false;
         for note in self.io.notes.drain(..) {
-            self.tracker.on_notification(now, &note);
+            merging |= self.tracker.on_notification(now, &note);
+        }
+        if merging && now >= self.next_down_burst {
+            self.announce_to_down(now);
+        }
+    }
+
+    /// A merge has started: announce to every member still believed down
+    /// now instead of waiting for foca's periodic round. Each such announce
+    /// makes both ends renew and meet, so the whole heal cascade happens in
+    /// a few round trips and lands in one settled (merge) view.
+    fn announce_to_down(&mut self, now: Duration) {
+        self.next_down_burst = now + self.config.probe_period;
+        let down: Vec<Ident> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down)
+            .map(|m| m.id().clone())
+            .collect();
+        for id in down {
+            let _ = self.foca.announce(id, &mut self.io);
         }
     }
 
     /// Brings the view tracker up to date and installs a due view.
     fn settle(&mut self, now: Duration) {
         self.drain_notes(now);
-        self.tracker
-            .observe(now, self.foca.iter_members().map(|m| m.id()));
-        if let Some(event) =
-            self.tracker
-                .poll(now, self.config.view_settle, self.config.view_max_delay)
-        {
+        self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
+        if let Some(event) = self.tracker.poll(now, self.config.view_settle, self.config.view_max_delay) {
             self.events.push_back(event);
         }
     }
@@ -411,28 +418,16 @@ mod tests {
     use super::*;
 
     fn node(port: u16) -> NodeId {
-        NodeId {
-            epoch: 1,
-            addr: SocketAddr::from(([10, 0, 0, 1], port)),
-        }
+        NodeId { epoch: 1, addr: SocketAddr::from(([10, 0, 0, 1], port)) }
     }
 
     #[test]
     fn start_emits_a_single_member_view_and_announces_to_seeds() {
         let seed = node(2).addr;
-        let mut m = Membership::new(
-            node(1),
-            "a".into(),
-            Config::lan(),
-            vec![seed, node(1).addr],
-            7,
-        )
-        .unwrap();
+        let mut m = Membership::new(node(1), "a".into(), Config::lan(), vec![seed, node(1).addr], 7).unwrap();
         assert_eq!(m.poll_timeout(), None);
         m.start(Duration::from_millis(5));
-        let Some(Event::View(v)) = m.poll_event() else {
-            panic!("expected a view")
-        };
+        let Some(Event::View(v)) = m.poll_event() else { panic!("expected a view") };
         assert_eq!(v.id, 1);
         assert_eq!(v.ids().collect::<Vec<_>>(), vec![node(1)]);
         assert_eq!(m.poll_transmit().map(|(to, _)| to), Some(seed));

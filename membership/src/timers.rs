@@ -53,11 +53,7 @@ impl TimerQueue {
     pub(crate) fn push(&mut self, deadline: Duration, timer: Timer<Ident>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.insert(Entry {
-            deadline,
-            timer,
-            seq,
-        });
+        self.entries.insert(Entry { deadline, timer, seq });
     }
 
     /// Earliest deadline, if any timer is pending.
@@ -67,11 +63,7 @@ impl TimerQueue {
 
     /// Removes and returns the earliest timer if it is due at `now`.
     pub(crate) fn pop_due(&mut self, now: Duration) -> Option<Timer<Ident>> {
-        if self.next_deadline()? <= now {
-            self.entries.pop_first().map(|e| e.timer)
-        } else {
-            None
-        }
+        if self.next_deadline()? <= now { self.entries.pop_first().map(|e| e.timer) } else { None }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -105,10 +97,7 @@ mod tests {
         );
         assert_eq!(q.len(), 5);
         assert_eq!(q.pop_due(ms(5)), None);
-        assert!(matches!(
-            q.pop_due(ms(10)),
-            Some(Timer::SendIndirectProbe { .. })
-        ));
+        assert!(matches!(q.pop_due(ms(10)), Some(Timer::SendIndirectProbe { .. })));
         assert_eq!(q.pop_due(ms(10)), Some(Timer::ProbeRandomMember(1)));
         assert_eq!(q.pop_due(ms(10)), Some(Timer::PeriodicAnnounce(1)));
         assert_eq!(q.pop_due(ms(10)), Some(Timer::PeriodicAnnounce(2)));

@@ -47,10 +47,7 @@ impl ViewTracker {
         let alone = BTreeMap::from([(me, my_name.clone())]);
         ViewTracker {
             me,
-            installed: View {
-                id: 0,
-                members: to_members(&alone),
-            },
+            installed: View { id: 0, members: to_members(&alone) },
             my_name,
             next_view_id: 1,
             live: alone,
@@ -73,16 +70,16 @@ impl ViewTracker {
         Event::View(view)
     }
 
-    /// Records what a foca notification says about merges.
-    pub(crate) fn on_notification(&mut self, now: Duration, note: &OwnedNotification<Ident>) {
+    /// Records what a foca notification says about merges. Returns true when
+    /// it is a sign of a merge (a down member returned, or we rejoined).
+    pub(crate) fn on_notification(&mut self, now: Duration, note: &OwnedNotification<Ident>) -> bool {
         match note {
             OwnedNotification::MemberUp(id) => {
-                if self.down_seen.remove(&id.key()) {
-                    self.returned = true;
-                }
+                let returned = self.down_seen.remove(&id.key());
+                self.returned |= returned;
                 // An older process at this address can never come back.
-                self.down_seen
-                    .retain(|k| k.addr != id.addr || k.epoch > id.epoch);
+                self.down_seen.retain(|k| k.addr != id.addr || k.epoch > id.epoch);
+                returned
             }
             OwnedNotification::MemberDown(id) => {
                 self.down_seen.insert(id.key());
@@ -90,20 +87,21 @@ impl ViewTracker {
                     let oldest = *self.down_seen.first().expect("set is larger than the cap");
                     self.down_seen.remove(&oldest);
                 }
+                false
             }
             OwnedNotification::Rejoin(_) => {
                 // Our renewal starts a cascade on the others: let it settle.
                 self.rejoined = true;
                 self.changed_at = now;
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
     /// Feeds the current live set (without this node).
     pub(crate) fn observe<'a>(&mut self, now: Duration, others: impl Iterator<Item = &'a Ident>) {
-        let mut live: BTreeMap<NodeId, String> =
-            others.map(|i| (i.key(), i.name.clone())).collect();
+        let mut live: BTreeMap<NodeId, String> = others.map(|i| (i.key(), i.name.clone())).collect();
         live.insert(self.me, self.my_name.clone());
         if !same_keys(&live, &self.live) {
             self.changed_at = now;
@@ -129,29 +127,15 @@ impl ViewTracker {
     }
 
     /// Installs the pending view if it is due.
-    pub(crate) fn poll(
-        &mut self,
-        now: Duration,
-        settle: Duration,
-        max_delay: Duration,
-    ) -> Option<Event> {
+    pub(crate) fn poll(&mut self, now: Duration, settle: Duration, max_delay: Duration) -> Option<Event> {
         if now < self.deadline(settle, max_delay)? {
             return None;
         }
-        let previous = std::mem::replace(
-            &mut self.installed,
-            View {
-                id: 0,
-                members: vec![],
-            },
-        );
+        let previous = std::mem::replace(&mut self.installed, View { id: 0, members: vec![] });
         let view = self.next_view(to_members(&self.live));
         let merge = self.returned || self.rejoined;
         let event = if merge {
-            Event::Merge {
-                subgroups: self.subgroups(&previous, &view),
-                view: view.clone(),
-            }
+            Event::Merge { subgroups: self.subgroups(&previous, &view), view: view.clone() }
         } else {
             Event::View(view.clone())
         };
@@ -166,8 +150,7 @@ impl ViewTracker {
     /// view versus those who came in; if nobody came in, this node rejoined
     /// alone, so it is this node versus the rest.
     fn subgroups(&self, previous: &View, view: &View) -> Vec<Vec<NodeId>> {
-        let (stayed, came): (Vec<NodeId>, Vec<NodeId>) =
-            view.ids().partition(|id| previous.contains(*id));
+        let (stayed, came): (Vec<NodeId>, Vec<NodeId>) = view.ids().partition(|id| previous.contains(*id));
         let mut groups = if came.is_empty() {
             let (me, rest) = view.ids().partition(|id| *id == self.me);
             vec![me, rest]
@@ -191,10 +174,5 @@ fn same_keys(a: &BTreeMap<NodeId, String>, b: &BTreeMap<NodeId, String>) -> bool
 }
 
 fn to_members(live: &BTreeMap<NodeId, String>) -> Vec<Member> {
-    live.iter()
-        .map(|(id, name)| Member {
-            id: *id,
-            name: name.clone(),
-        })
-        .collect()
+    live.iter().map(|(id, name)| Member { id: *id, name: name.clone() }).collect()
 }

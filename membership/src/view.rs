@@ -127,28 +127,19 @@ mod tests {
 
     fn member(epoch: u64, port: u16) -> Member {
         Member {
-            id: NodeId {
-                epoch,
-                addr: SocketAddr::from(([10, 0, 0, 1], port)),
-            },
+            id: NodeId { epoch, addr: SocketAddr::from(([10, 0, 0, 1], port)) },
             name: format!("n{port}"),
         }
     }
 
     #[test]
     fn digest_depends_on_ids_only() {
-        let a = View {
-            id: 1,
-            members: vec![member(1, 1), member(2, 2)],
-        };
+        let a = View { id: 1, members: vec![member(1, 1), member(2, 2)] };
         let mut b = a.clone();
         b.id = 9;
         b.members[0].name = "other".into();
         assert_eq!(a.digest(), b.digest());
-        let c = View {
-            id: 1,
-            members: vec![member(1, 1), member(3, 2)],
-        };
+        let c = View { id: 1, members: vec![member(1, 1), member(3, 2)] };
         assert_ne!(a.digest(), c.digest());
         assert_eq!(a.coordinator().unwrap().id, member(1, 1).id);
         assert!(a.contains(member(2, 2).id));
