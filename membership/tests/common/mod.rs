@@ -65,6 +65,9 @@ pub struct Sim {
     /// Gossip datagrams sent so far.
     pub sent: u64,
     pub largest_payload: usize,
+    /// When true, every payload sent is also kept in `captured`.
+    pub capture: bool,
+    pub captured: Vec<Vec<u8>>,
 }
 
 impl Sim {
@@ -100,6 +103,8 @@ impl Sim {
             trace: Vec::new(),
             sent: 0,
             largest_payload: 0,
+            capture: false,
+            captured: Vec::new(),
         }
     }
 
@@ -151,6 +156,32 @@ impl Sim {
         self.flush(i);
     }
 
+    /// Replaces node `i` by a new process at the same address with a newer
+    /// epoch (a restart), and starts it.
+    pub fn restart(&mut self, i: usize, epoch: u64, config: Config) {
+        let id = NodeId { epoch, addr: addr(i) };
+        let mut m =
+            Membership::new(id, format!("node-{i}"), config, vec![addr(0)], epoch).expect("valid config");
+        m.start(self.now);
+        self.nodes[i] = SimNode { m, state: State::Up, inbox: VecDeque::new() };
+        self.flush(i);
+    }
+
+    /// Starts node `i` only (for staggered or late starts).
+    pub fn start(&mut self, i: usize) {
+        let now = self.now;
+        self.nodes[i].m.start(now);
+        self.flush(i);
+    }
+
+    /// Node `i` leaves gracefully; its farewell gossip is sent.
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        self.nodes[i].m.leave(now);
+        self.flush(i);
+        self.nodes[i].state = State::Crashed;
+    }
+
     /// Cuts every link between the two groups (both directions).
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
         for &x in a {
@@ -173,6 +204,9 @@ impl Sim {
         while let Some((to, bytes)) = self.nodes[i].m.poll_transmit() {
             self.sent += 1;
             self.largest_payload = self.largest_payload.max(bytes.len());
+            if self.capture {
+                self.captured.push(bytes.clone());
+            }
             let Some(&j) = self.index.get(&to) else {
                 continue;
             };
