@@ -34,7 +34,9 @@ pub struct Config {
     /// Members picked per `gossip_interval`.
     pub gossip_fanout: NonZeroUsize,
     /// How many times one membership update is retransmitted. Should grow
-    /// with log(cluster size); 8 covers a few hundred members.
+    /// with log(cluster size): a member misses an update with odds of roughly
+    /// e^-max_transmissions, and then has to find out by its own probe
+    /// round (up to cluster size × probe_period). 12 suits a few hundred.
     pub max_transmissions: NonZeroU8,
     /// How often foca re-announces itself to one random active member (a
     /// full-state exchange that repairs divergent member lists).
@@ -78,7 +80,7 @@ impl Config {
             suspect_to_down_after: Duration::from_millis(400),
             gossip_interval: Duration::from_millis(50),
             gossip_fanout: NonZeroUsize::new(3).expect("non-zero"),
-            max_transmissions: NonZeroU8::new(8).expect("non-zero"),
+            max_transmissions: NonZeroU8::new(12).expect("non-zero"),
             announce_interval: Duration::from_secs(10),
             announce_to_down_interval: Duration::from_millis(500),
             announce_to_down_fanout: NonZeroUsize::new(2).expect("non-zero"),

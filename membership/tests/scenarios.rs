@@ -34,7 +34,7 @@ fn report(what: &str, samples: &[Duration]) {
 fn five_nodes_converge_to_one_view() {
     let mut took = vec![];
     for seed in SEEDS {
-        let (sim, t) = converged(5, seed, ms(2_000));
+        let (sim, t) = converged(5, seed, ms(1_000));
         took.push(t);
         let digest = sim.view(0).digest();
         for i in 0..5 {
@@ -149,7 +149,7 @@ fn fifty_nodes_converge_and_heal_a_crash() {
     let mut conv = vec![];
     let mut crash = vec![];
     for seed in 1..4 {
-        let (mut sim, t) = converged(50, seed, ms(5_000));
+        let (mut sim, t) = converged(50, seed, ms(2_000));
         conv.push(t);
         let digest = sim.view(0).digest();
         assert!((0..50).all(|i| sim.view(i).digest() == digest));
@@ -158,8 +158,8 @@ fn fifty_nodes_converge_and_heal_a_crash() {
         sim.crash(victim);
         let survivors: Vec<usize> = range(0, 50).into_iter().filter(|&i| i != victim).collect();
         let t = sim
-            .run_until(ms(2_000), |s| s.agreed(&survivors))
-            .unwrap_or_else(|| panic!("seed {seed}: crash among 50 not healed in 2 s"));
+            .run_until(ms(1_500), |s| s.agreed(&survivors))
+            .unwrap_or_else(|| panic!("seed {seed}: crash among 50 not healed in 1.5 s"));
         crash.push(t);
         assert!(sim.largest_payload <= 1_400, "seed {seed}: {}", sim.largest_payload);
     }
