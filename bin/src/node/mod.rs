@@ -1,0 +1,355 @@
+//! The sans-I/O node core: one [`Membership`] and one [`LockNode`] behind
+//! one calling convention, speaking swimlock frames.
+//!
+//! # Calling convention
+//! The same as the two machines it composes (and quinn-proto's):
+//! 1. feed input: [`Node::start`] once, then [`Node::handle_datagram`] for
+//!    every datagram received on the node's UDP port, the application
+//!    operations ([`Node::lock`], [`Node::unlock`], ...) and
+//!    [`Node::handle_timeout`] when the deadline of [`Node::poll_timeout`]
+//!    passes (early or repeated calls are harmless);
+//! 2. after every call, drain [`Node::poll_transmit`] (send each datagram to
+//!    its address) and [`Node::poll_event`];
+//! 3. re-arm one timer at [`Node::poll_timeout`].
+//!
+//! `now` is the time since an origin fixed by the driver and never goes
+//! backwards; the node reads no clock, no socket and no random source, so
+//! the tokio agent and the simulator run exactly the same code.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use swimlock_lock::{LockMsg, LockNode, UnlockError};
+use swimlock_membership::Membership;
+use swimlock_wire::frame::{self, ClusterId, Kind};
+use swimlock_wire::lock::LockFrame;
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId, WireError};
+
+#[cfg(test)]
+mod tests;
+
+/// Everything a [`Node`] needs besides its identity.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Display name shown to other members.
+    pub name: String,
+    /// The cluster; frames of another cluster are dropped.
+    pub cluster: ClusterId,
+    /// Addresses to announce to until they are members.
+    pub seeds: Vec<SocketAddr>,
+    /// Lock protocol settings (mode, node tag, timings).
+    pub lock: swimlock_lock::Config,
+    /// Membership timings.
+    pub membership: swimlock_membership::Config,
+}
+
+/// What the node reports to its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// An outcome of a lock operation, or a lost lock.
+    Lock(swimlock_lock::Event),
+    /// A view was installed (already handed to the lock machine).
+    View {
+        /// The new view.
+        view: swimlock_membership::View,
+        /// Whether it is a merge view.
+        merge: bool,
+    },
+}
+
+/// Datagram counters, monotonic since the node was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Datagrams handed to [`Node::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Datagrams produced by [`Node::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes produced.
+    pub bytes_out: u64,
+    /// Datagrams dropped as malformed, truncated, oversized or of an unknown
+    /// version or kind (including gossip that membership refused).
+    pub decode_errors: u64,
+    /// Datagrams of another cluster, dropped.
+    pub foreign_cluster: u64,
+    /// Lock frames for another identity (for example a previous process on
+    /// this address), dropped.
+    pub misaddressed: u64,
+}
+
+/// A setting the node refused; names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeError {
+    /// The field, prefixed with `lock.` or `membership.` for the settings of
+    /// those machines (for example `lock.retransmit_max`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// The swimlock node core. See the [module documentation](self) for the
+/// calling convention. One task owns it; it is not shared.
+#[derive(Debug)]
+pub struct Node {
+    me: NodeId,
+    cluster: ClusterId,
+    membership: Membership,
+    lock: LockNode,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<NodeEvent>,
+    counters: NodeCounters,
+}
+
+impl Node {
+    /// A node with identity `me`; `rng_seed` fixes every random choice of
+    /// the membership layer.
+    pub fn new(me: NodeId, config: NodeConfig, rng_seed: u64) -> Result<Node, NodeError> {
+        config
+            .lock
+            .validate()
+            .map_err(|e| NodeError { field: format!("lock.{}", e.field), reason: e.reason.to_string() })?;
+        let membership = Membership::new(me, config.name, config.membership, config.seeds, rng_seed)
+            .map_err(|e| {
+                // Arguments of `Membership::new` keep their own name.
+                let field = match e.field {
+                    "name" | "me.epoch" => e.field.to_string(),
+                    other => format!("membership.{other}"),
+                };
+                NodeError { field, reason: e.reason }
+            })?;
+        Ok(Node {
+            me,
+            cluster: config.cluster,
+            membership,
+            lock: LockNode::new(me, config.lock),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: NodeCounters::default(),
+        })
+    }
+
+    /// Starts membership: the first view (this node alone) is installed and
+    /// the seeds are announced to. Later calls do nothing.
+    pub fn start(&mut self, now: Duration) {
+        self.membership.start(now);
+        self.after_input(now);
+    }
+
+    /// One datagram received from `from`. Anything that does not decode, is
+    /// of another cluster or is addressed to another identity is counted in
+    /// [`Node::counters`] and dropped; no input makes it panic.
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += datagram.len() as u64;
+        match frame::split_frame(datagram, self.cluster) {
+            Ok((header, body)) => match header.kind {
+                Kind::Gossip => self.on_gossip(now, from, body),
+                Kind::Lock => self.on_lock_frame(now, body),
+            },
+            Err(WireError::ForeignCluster) => self.counters.foreign_cluster += 1,
+            Err(_) => self.counters.decode_errors += 1,
+        }
+        self.after_input(now);
+    }
+
+    fn on_gossip(&mut self, now: Duration, from: SocketAddr, body: &[u8]) {
+        match self.membership.handle_datagram(now, from, body) {
+            Ok(()) => {}
+            // Gossip that arrives after `leave` is expected, not an error.
+            Err(swimlock_membership::MembershipError::NotRunning) => {}
+            Err(_) => self.counters.decode_errors += 1,
+        }
+    }
+
+    fn on_lock_frame(&mut self, now: Duration, body: &[u8]) {
+        let frame = match frame::decode_lock(body) {
+            Ok(frame) => frame,
+            Err(_) => {
+                self.counters.decode_errors += 1;
+                return;
+            }
+        };
+        if frame.to != self.me {
+            self.counters.misaddressed += 1;
+            return;
+        }
+        for msg in frame.msgs {
+            self.lock.handle_message(now, frame.from, msg);
+        }
+    }
+
+    /// Runs the timers of both machines that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.membership.handle_timeout(now);
+        self.lock.handle_timeout(now);
+        self.after_input(now);
+    }
+
+    /// `lock(name, timeout)` for `client`; the outcome arrives as a
+    /// [`NodeEvent::Lock`] carrying the returned id.
+    pub fn lock(&mut self, now: Duration, client: ClientId, name: LockName, timeout: Duration) -> ReqId {
+        let req = self.lock.lock(now, client, name, timeout);
+        self.after_input(now);
+        req
+    }
+
+    /// `try_lock(name)` for `client`: granted now or failed as busy.
+    pub fn try_lock(&mut self, now: Duration, client: ClientId, name: LockName) -> ReqId {
+        let req = self.lock.try_lock(now, client, name);
+        self.after_input(now);
+        req
+    }
+
+    /// Drops one hold of `name` by `client`; does not wait for the
+    /// coordinator (the release is retransmitted until confirmed).
+    pub fn unlock(&mut self, now: Duration, client: ClientId, name: &LockName) -> Result<(), UnlockError> {
+        let result = self.lock.unlock(now, client, name);
+        self.after_input(now);
+        result
+    }
+
+    /// `client` went away: its locks are released and its requests withdrawn.
+    pub fn release_client(&mut self, now: Duration, client: ClientId) {
+        self.lock.release_client(now, client);
+        self.after_input(now);
+    }
+
+    /// Leaves the cluster: tells a few members, then stops gossiping. Release
+    /// the clients' locks first if they should go to waiters at once.
+    pub fn leave(&mut self, now: Duration) {
+        self.membership.leave(now);
+        self.after_input(now);
+    }
+
+    /// The next datagram to send, with its destination. Drain after every
+    /// input.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event. Drain after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next: the earlier of the two
+    /// machines' deadlines, on the `now` clock. Re-read after every input.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        [self.membership.poll_timeout(), self.lock.poll_timeout()].into_iter().flatten().min()
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The lock machine, for status and statistics.
+    pub fn lock_node(&self) -> &LockNode {
+        &self.lock
+    }
+
+    /// The membership machine, for the view and member names.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Datagram counters.
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// Moves what one input produced to the outputs: views go to the lock
+    /// machine (so it always acts on the latest view), events are queued in
+    /// the order they happened, and lock messages are batched per peer.
+    fn after_input(&mut self, now: Duration) {
+        self.drain_lock_events();
+        while let Some(event) = self.membership.poll_event() {
+            let merge = event.is_merge();
+            let view = match event {
+                swimlock_membership::Event::View(view) | swimlock_membership::Event::Merge { view, .. } => {
+                    view
+                }
+            };
+            let lock_view = swimlock_lock::View { id: view.id, members: view.ids().collect(), merge };
+            self.events.push_back(NodeEvent::View { view, merge });
+            self.lock.handle_view(now, lock_view);
+            self.drain_lock_events();
+        }
+        while let Some((to, payload)) = self.membership.poll_transmit() {
+            // Membership keeps payloads below its packet size, far under the
+            // frame limit; an oversized one would be dropped like a lost one.
+            if let Ok(datagram) = frame::encode_gossip(&payload, self.cluster) {
+                self.push_transmit(to, datagram);
+            }
+        }
+        self.batch_lock_transmits();
+    }
+
+    fn drain_lock_events(&mut self) {
+        while let Some(event) = self.lock.poll_event() {
+            self.events.push_back(NodeEvent::Lock(event));
+        }
+    }
+
+    /// Groups the lock messages of this input per peer (peers in order of
+    /// their first message, messages in order) and packs each group into as
+    /// few frames of at most [`frame::TARGET_DATAGRAM`] bytes as it fits.
+    fn batch_lock_transmits(&mut self) {
+        let mut per_peer: Vec<(NodeId, Vec<LockMsg>)> = Vec::new();
+        while let Some(t) = self.lock.poll_transmit() {
+            match per_peer.iter_mut().find(|(to, _)| *to == t.to) {
+                Some((_, msgs)) => msgs.push(t.msg),
+                None => per_peer.push((t.to, vec![t.msg])),
+            }
+        }
+        for (to, msgs) in per_peer {
+            let empty = LockFrame { from: self.me, to, msgs: Vec::new() };
+            // Header, both ids and a length prefix of up to 5 bytes.
+            let overhead = frame::lock_frame_len(&empty) + 4;
+            let mut batch = LockFrame { msgs: Vec::new(), ..empty };
+            let mut size = overhead;
+            for msg in msgs {
+                let len = postcard::experimental::serialized_size(&msg).unwrap_or(frame::MAX_DATAGRAM);
+                if !batch.msgs.is_empty() && size + len > frame::TARGET_DATAGRAM {
+                    self.send_lock_frame(&mut batch);
+                    size = overhead;
+                }
+                batch.msgs.push(msg);
+                size += len;
+            }
+            self.send_lock_frame(&mut batch);
+        }
+    }
+
+    fn send_lock_frame(&mut self, batch: &mut LockFrame) {
+        if batch.msgs.is_empty() {
+            return;
+        }
+        // A message too large for any datagram cannot be sent; the
+        // protocol's retransmission and timeouts treat it as lost.
+        if let Ok(datagram) = frame::encode_lock(batch, self.cluster) {
+            self.push_transmit(batch.to.addr, datagram);
+        }
+        batch.msgs.clear();
+    }
+
+    fn push_transmit(&mut self, to: SocketAddr, datagram: Vec<u8>) {
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += datagram.len() as u64;
+        self.transmits.push_back((to, datagram));
+    }
+}
