@@ -87,8 +87,11 @@ pub(crate) struct ClientRole {
     max_term: u32,
     coordinator: Option<NodeId>,
     quorum: bool,
-    /// Last round reported to each coordinator.
-    rounds: BTreeMap<NodeId, u32>,
+    /// The round this node last reported to, and its coordinator: the only
+    /// source of answers it applies.
+    round: Option<(NodeId, u32)>,
+    /// Rounds answered so far; sent with every request.
+    syncs: u64,
     held: BTreeMap<Key, Held>,
     ops: BTreeMap<ReqId, Op>,
     busy: BTreeMap<Key, ReqId>,
@@ -104,7 +107,8 @@ impl ClientRole {
             max_term: 0,
             coordinator: None,
             quorum: true,
-            rounds: BTreeMap::new(),
+            round: None,
+            syncs: 0,
             held: BTreeMap::new(),
             ops: BTreeMap::new(),
             busy: BTreeMap::new(),
@@ -257,7 +261,6 @@ impl ClientRole {
             }
         }
         self.coordinator = coordinator;
-        self.rounds.retain(|node, _| view.contains(*node));
         if self.quorum && !quorum {
             self.lose_all(now, LossReason::QuorumLost, out);
             let tries: Vec<ReqId> = self
@@ -323,6 +326,7 @@ impl ClientRole {
             return;
         }
         let floor = self.floor();
+        let sync = self.syncs;
         for (id, op) in self.ops.iter_mut() {
             if op.next_send > now {
                 continue;
@@ -331,7 +335,7 @@ impl ClientRole {
                 out.stats.retransmissions += 1;
             }
             op.sent = true;
-            let msg = request(*id, op, floor);
+            let msg = request(*id, op, floor, sync);
             if op.queued() {
                 op.next_send = now + self.config.queued_keepalive;
             } else {
@@ -376,7 +380,7 @@ impl ClientRole {
 
     /// Whether an answer of `from` in round `term` may be applied.
     fn accepts(&self, from: NodeId, term: u32) -> bool {
-        self.coordinator == Some(from) && self.rounds.get(&from) == Some(&term)
+        self.coordinator == Some(from) && self.round == Some((from, term))
     }
 
     /// On reception of a LOCK-RSP(X).
@@ -458,14 +462,21 @@ impl ClientRole {
     }
 
     /// On reception of LOCK-INFO-REQ: answer with the locks held and the
-    /// lock requests pending, as one snapshot per round.
+    /// lock requests pending, as one snapshot per round. Only the
+    /// coordinator of this node's view is answered: once a pending request
+    /// is reported to a coordinator, only that coordinator may grant it.
     fn on_lock_info_req(&mut self, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
+        if self.coordinator != Some(from) {
+            out.stats.dropped += 1;
+            return;
+        }
         let fresh = !matches!(&self.snapshot, Some(s) if s.coordinator == from && s.term == req.term);
         if fresh {
+            self.syncs += 1;
             let parts = self.build_report(req.term);
             self.snapshot = Some(Snapshot { coordinator: from, term: req.term, parts });
             self.observe_term(req.term);
-            self.rounds.insert(from, req.term);
+            self.round = Some((from, req.term));
         }
         let snapshot = self.snapshot.as_ref().expect("set above");
         for part in snapshot.parts.iter().filter(|p| !req.have.contains(&p.part)) {
@@ -489,6 +500,7 @@ impl ClientRole {
                 wait,
                 ticket,
                 floor: ReqId(0),
+                sync: 0,
             })),
             _ => None,
         });
@@ -507,6 +519,7 @@ impl ClientRole {
                     parts,
                     next_req: ReqId(self.next_req),
                     max_term: self.max_term,
+                    sync: self.syncs,
                     held: Vec::new(),
                     pending: Vec::new(),
                 };
@@ -529,7 +542,7 @@ impl ClientRole {
             out.stats.dropped += 1;
             return;
         }
-        if self.rounds.get(&from) == Some(&dup.term) {
+        if self.round == Some((from, dup.term)) {
             let key = (dup.client, dup.name.clone());
             if self.held.get(&key).is_some_and(|h| h.token == dup.token) {
                 self.held.remove(&key);
@@ -561,11 +574,13 @@ impl ClientRole {
     }
 }
 
-fn request(id: ReqId, op: &Op, floor: ReqId) -> LockMsg {
+fn request(id: ReqId, op: &Op, floor: ReqId, sync: u64) -> LockMsg {
     let (client, name) = (op.client, op.name.clone());
     match op.kind {
-        OpKind::Lock { wait, ticket, .. } => LockMsg::Lock(LockReq { id, client, name, wait, ticket, floor }),
-        OpKind::Unlock { token } => LockMsg::Unlock(UnlockReq { id, client, name, token }),
-        OpKind::Cancel { target } => LockMsg::Cancel(CancelReq { id, client, name, target }),
+        OpKind::Lock { wait, ticket, .. } => {
+            LockMsg::Lock(LockReq { id, sync, client, name, wait, ticket, floor })
+        }
+        OpKind::Unlock { token } => LockMsg::Unlock(UnlockReq { id, sync, client, name, token }),
+        OpKind::Cancel { target } => LockMsg::Cancel(CancelReq { id, sync, client, name, target }),
     }
 }

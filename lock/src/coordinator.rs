@@ -27,6 +27,7 @@ use crate::token::TokenIssuer;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Report {
     next_req: ReqId,
+    sync: u64,
     max_term: u32,
     held: Vec<HeldLock>,
     pending: Vec<LockReq>,
@@ -59,6 +60,7 @@ impl Assembly {
         let mut report = Report::default();
         for part in std::mem::take(&mut self.got).into_values() {
             report.next_req = part.next_req;
+            report.sync = part.sync;
             report.max_term = report.max_term.max(part.max_term);
             report.held.extend(part.held);
             report.pending.extend(part.pending);
@@ -70,6 +72,8 @@ impl Assembly {
 /// What the coordinator remembers of one member's requests.
 #[derive(Clone, Debug, Default)]
 struct Session {
+    /// The member's count of answered rounds when it answered this one.
+    sync: u64,
     /// Requests below this id that are neither held nor queued are finished:
     /// a copy arriving now is stale.
     stale_below: ReqId,
@@ -188,7 +192,7 @@ impl Coordinator {
         match &self.phase {
             Phase::Serving(s) => {
                 let (held, waiters) = s.table.sizes();
-                TableStats { held, waiters }
+                TableStats { held, waiters, unacked_duplicates: s.dups.len() }
             }
             Phase::Reconciling { .. } => TableStats::default(),
         }
@@ -294,7 +298,10 @@ impl Coordinator {
         };
         let mut pending = Vec::new();
         for (node, report) in reports {
-            serving.sessions.insert(node, Session { stale_below: report.next_req, answers: BTreeMap::new() });
+            serving.sessions.insert(
+                node,
+                Session { sync: report.sync, stale_below: report.next_req, answers: BTreeMap::new() },
+            );
             for held in report.held {
                 serving.install_reported_hold(now, self.term, node, held, &self.config, out);
             }
@@ -307,27 +314,51 @@ impl Coordinator {
         self.phase = Phase::Serving(serving);
     }
 
+    /// Whether requests of `from` may be served now. A member that never
+    /// answered this round, or answered another round since (its `sync`
+    /// count is higher than in its answer here), is asked for its locks
+    /// again first: its new answer replaces what the table knew of it.
+    fn in_sync(&mut self, now: Duration, from: NodeId, sync: u64, out: &mut Outbox) -> bool {
+        let Phase::Serving(s) = &mut self.phase else {
+            out.stats.dropped += 1;
+            return false;
+        };
+        if s.sessions.get(&from).is_some_and(|session| sync <= session.sync) {
+            return true;
+        }
+        out.stats.dropped += 1;
+        if self.members.contains(&from) && !self.awaiting.contains_key(&from) {
+            s.sessions.remove(&from);
+            self.awaiting.insert(from, Assembly::new(now, &self.config));
+            self.ask_due(now, out);
+        }
+        false
+    }
+
     /// LOCK(X) from a member.
     pub fn handle_lock(&mut self, now: Duration, from: NodeId, req: LockReq, out: &mut Outbox) {
-        match &mut self.phase {
-            Phase::Serving(s) => s.handle_lock(now, self.term, from, req, out),
-            Phase::Reconciling { .. } => out.stats.dropped += 1,
+        if self.in_sync(now, from, req.sync, out)
+            && let Phase::Serving(s) = &mut self.phase
+        {
+            s.handle_lock(now, self.term, from, req, out);
         }
     }
 
     /// UNLOCK(X) from a member.
     pub fn handle_unlock(&mut self, now: Duration, from: NodeId, req: UnlockReq, out: &mut Outbox) {
-        match &mut self.phase {
-            Phase::Serving(s) => s.handle_unlock(now, self.term, from, req, out),
-            Phase::Reconciling { .. } => out.stats.dropped += 1,
+        if self.in_sync(now, from, req.sync, out)
+            && let Phase::Serving(s) = &mut self.phase
+        {
+            s.handle_unlock(now, self.term, from, req, out);
         }
     }
 
     /// A member withdraws a lock request.
     pub fn handle_cancel(&mut self, now: Duration, from: NodeId, req: CancelReq, out: &mut Outbox) {
-        match &mut self.phase {
-            Phase::Serving(s) => s.handle_cancel(now, self.term, from, req, out),
-            Phase::Reconciling { .. } => out.stats.dropped += 1,
+        if self.in_sync(now, from, req.sync, out)
+            && let Phase::Serving(s) = &mut self.phase
+        {
+            s.handle_cancel(now, self.term, from, req, out);
         }
     }
 
@@ -508,8 +539,10 @@ impl Serving {
         self.dups.insert((lose.owner.node, lose.owner.client, held.name, lose.token), resend);
     }
 
-    /// A member's answer that came after the round's deadline: merged like
-    /// the others, and the issuer moves above any term it reveals.
+    /// A member's answer that came after the round's deadline, or after it
+    /// was asked again: it replaces what the table knew of the member, its
+    /// holds are merged like the others (duplicates and all), and the issuer
+    /// moves above any term it reveals.
     fn merge_late_report(
         &mut self,
         now: Duration,
@@ -520,7 +553,11 @@ impl Serving {
         out: &mut Outbox,
     ) {
         self.issuer.raise_above(report.max_term);
-        self.sessions.insert(node, Session { stale_below: report.next_req, answers: BTreeMap::new() });
+        self.sessions.insert(
+            node,
+            Session { sync: report.sync, stale_below: report.next_req, answers: BTreeMap::new() },
+        );
+        let forgotten = self.table.purge_node(node, None);
         for held in report.held {
             self.install_reported_hold(now, term, node, held, config, out);
         }
@@ -528,6 +565,9 @@ impl Serving {
         sort_by_ticket(&mut pending);
         for (node, req) in pending {
             self.admit_lock(now, term, node, req, out);
+        }
+        for name in forgotten {
+            self.grant_next(now, term, &name, out);
         }
     }
 

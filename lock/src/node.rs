@@ -131,6 +131,8 @@ pub struct TableStats {
     pub held: usize,
     /// Requests waiting.
     pub waiters: usize,
+    /// DUPLICATE-LOCK messages not yet acknowledged.
+    pub unacked_duplicates: usize,
 }
 
 /// Monotonic counters, for metrics.

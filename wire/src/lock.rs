@@ -59,6 +59,11 @@ pub enum Wait {
 pub struct LockReq {
     /// Request id, unique for the sending node.
     pub id: ReqId,
+    /// How many reconciliation rounds the sending node has answered. A
+    /// coordinator whose copy of the node's answer has a lower count asks
+    /// the node again before serving it: the node has since answered
+    /// another coordinator, which may have changed its locks.
+    pub sync: u64,
     /// The client of the sending node that wants the lock.
     pub client: ClientId,
     /// The lock.
@@ -79,6 +84,11 @@ pub struct LockReq {
 pub struct UnlockReq {
     /// Request id.
     pub id: ReqId,
+    /// How many reconciliation rounds the sending node has answered. A
+    /// coordinator whose copy of the node's answer has a lower count asks
+    /// the node again before serving it: the node has since answered
+    /// another coordinator, which may have changed its locks.
+    pub sync: u64,
     /// The client that holds the lock.
     pub client: ClientId,
     /// The lock.
@@ -94,6 +104,11 @@ pub struct UnlockReq {
 pub struct CancelReq {
     /// Request id of the cancel itself.
     pub id: ReqId,
+    /// How many reconciliation rounds the sending node has answered. A
+    /// coordinator whose copy of the node's answer has a lower count asks
+    /// the node again before serving it: the node has since answered
+    /// another coordinator, which may have changed its locks.
+    pub sync: u64,
     /// The client that made the lock request.
     pub client: ClientId,
     /// The lock.
@@ -183,6 +198,8 @@ pub struct LockInfoRsp {
     pub next_req: ReqId,
     /// The highest term the member has seen (tokens, tickets, rounds).
     pub max_term: u32,
+    /// How many rounds the member has answered, this one included.
+    pub sync: u64,
     /// Locks the member's clients hold.
     pub held: Vec<HeldLock>,
     /// Lock requests of the member's clients still waiting for an answer.

@@ -1,0 +1,200 @@
+//! The invariants of DESIGN.md, checked by an observer that sees every
+//! node's state and every event the application gets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use swimlock_lock::{Event, LockNode, LossReason};
+use swimlock_wire::{LockName, NodeId, Owner, Token};
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant (1-8 as numbered in DESIGN.md, 0 for liveness).
+    pub invariant: u8,
+    /// What was seen.
+    pub what: String,
+    /// The lock concerned, to filter the trace by.
+    pub name: Option<LockName>,
+}
+
+impl Violation {
+    fn new(invariant: u8, name: Option<&LockName>, what: String) -> Violation {
+        Violation { invariant, what, name: name.cloned() }
+    }
+}
+
+/// What one coordinator's reconciliation round could learn: the tokens its
+/// members knew of when the round started.
+#[derive(Clone, Debug, Default)]
+struct RoundSnapshot {
+    term: u32,
+    known: BTreeMap<NodeId, BTreeMap<LockName, Token>>,
+}
+
+/// The observer. It keeps its own record of what was granted, independent
+/// of the state machines' bookkeeping.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Every (name, token) granted so far (invariant 3).
+    granted: BTreeSet<(LockName, Token)>,
+    /// Highest token per name granted by each coordinator (invariant 2).
+    by_coordinator: BTreeMap<(NodeId, LockName), Token>,
+    /// Highest token per name each live node has received.
+    known: BTreeMap<NodeId, BTreeMap<LockName, Token>>,
+    /// The round each coordinator runs, with what its members knew.
+    rounds: BTreeMap<NodeId, RoundSnapshot>,
+    /// Highest token ever granted per name.
+    best: BTreeMap<LockName, Token>,
+    /// Fresh grants seen (re-entry not counted).
+    pub grants: u64,
+}
+
+impl Checker {
+    /// Forgets a node that crashed: what it knew died with it.
+    pub fn crashed(&mut self, node: NodeId) {
+        self.known.remove(&node);
+        self.rounds.remove(&node);
+    }
+
+    /// Called after every step for a coordinator: a new round is recorded
+    /// with what the members of its view knew at its start.
+    pub fn observe_coordinator(&mut self, node: &LockNode) {
+        let Some(term) = node.round_term() else {
+            self.rounds.remove(&node.id());
+            return;
+        };
+        if self.rounds.get(&node.id()).is_some_and(|r| r.term == term) {
+            return;
+        }
+        let members = node.view().map(|v| v.members.clone()).unwrap_or_default();
+        let known = members.iter().map(|m| (*m, self.known.get(m).cloned().unwrap_or_default())).collect();
+        self.rounds.insert(node.id(), RoundSnapshot { term, known });
+    }
+
+    /// An event of node `at`'s application. `coordinator` is the node whose
+    /// answer produced it (the coordinator of `at`'s view), with the
+    /// members it still awaits.
+    pub fn on_event(
+        &mut self,
+        at: NodeId,
+        event: &Event,
+        coordinator: Option<(&LockNode, bool)>,
+        available_mode: bool,
+    ) -> Result<(), Violation> {
+        match event {
+            Event::Acquired { name, token, holds: 1, .. } => self.on_grant(at, name, *token, coordinator),
+            Event::Lost { name, token, reason: LossReason::Duplicate, .. } => {
+                if self.best.get(name).is_some_and(|b| b > token) {
+                    Ok(())
+                } else {
+                    Err(Violation::new(
+                        6,
+                        Some(name),
+                        format!("{at} lost {name} (token {token}) as a duplicate, but no higher token was granted"),
+                    ))
+                }
+            }
+            Event::Lost { name, token, reason: LossReason::QuorumLost, .. } if available_mode => Err(
+                Violation::new(4, Some(name), format!("{at} lost {name} ({token}) to quorum in available mode")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_grant(
+        &mut self,
+        at: NodeId,
+        name: &LockName,
+        token: Token,
+        coordinator: Option<(&LockNode, bool)>,
+    ) -> Result<(), Violation> {
+        self.grants += 1;
+        if !self.granted.insert((name.clone(), token)) {
+            return Err(Violation::new(3, Some(name), format!("token {token} of {name} granted twice")));
+        }
+        if let Some((coord, _)) = coordinator {
+            let key = (coord.id(), name.clone());
+            if let Some(prev) = self.by_coordinator.get(&key).filter(|p| **p >= token) {
+                return Err(Violation::new(
+                    2,
+                    Some(name),
+                    format!("{} granted {name} with {token} after granting {prev}", coord.id()),
+                ));
+            }
+            self.by_coordinator.insert(key, token);
+            if let Some(round) = self.rounds.get(&coord.id()) {
+                let awaiting = coord.awaiting();
+                for (member, known) in &round.known {
+                    if awaiting.contains(member) {
+                        continue;
+                    }
+                    if let Some(old) = known.get(name).filter(|old| **old >= token) {
+                        return Err(Violation::new(
+                            2,
+                            Some(name),
+                            format!(
+                                "{} granted {name} with {token}, not above {old} known to {member} which reconciled with it",
+                                coord.id()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let known = self.known.entry(at).or_default().entry(name.clone()).or_insert(token);
+        *known = (*known).max(token);
+        let best = self.best.entry(name.clone()).or_insert(token);
+        *best = (*best).max(token);
+        Ok(())
+    }
+}
+
+/// Invariant 1 (and 4, 5, 6 in their steady form) for one component that
+/// agrees on its coordinator, which has finished reconciling with every
+/// member and has no duplicate unresolved: every lock a client believes it
+/// holds is the table's holder, with the same token.
+pub fn check_settled_component(coordinator: &LockNode, members: &[&LockNode]) -> Result<(), Violation> {
+    let table: BTreeMap<LockName, (Owner, Token)> =
+        coordinator.table().into_iter().map(|(name, owner, token)| (name, (owner, token))).collect();
+    for node in members {
+        for held in node.held() {
+            let owner = Owner { node: node.id(), client: held.client };
+            match table.get(&held.name) {
+                Some((o, t)) if *o == owner && *t == held.token => {}
+                other => {
+                    return Err(Violation::new(
+                        1,
+                        Some(&held.name),
+                        format!(
+                            "{owner} holds {} with {} but coordinator {} has {:?}",
+                            held.name,
+                            held.token,
+                            coordinator.id(),
+                            other
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Majority mode, and the end of every run: no two clients anywhere hold
+/// one name.
+pub fn check_exclusive(nodes: &[&LockNode]) -> Result<(), Violation> {
+    let mut holders: BTreeMap<LockName, (Owner, Token)> = BTreeMap::new();
+    for node in nodes {
+        for held in node.held() {
+            let owner = Owner { node: node.id(), client: held.client };
+            if let Some((other, t)) = holders.insert(held.name.clone(), (owner, held.token)) {
+                return Err(Violation::new(
+                    1,
+                    Some(&held.name),
+                    format!("{} held by {other} ({t}) and by {owner} ({})", held.name, held.token),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The deterministic simulator: many seeds of many nodes' lock state
+//! machines on a simulated network, with the invariants of DESIGN.md checked
+//! after every step.
+//!
+//! One seed gives one trace: the simulator owns the only clock and the only
+//! random source, and every collection whose order reaches the output is
+//! ordered. A failing seed is printed with its trace; `--seed S` replays it.
+
+mod check;
+mod net;
+mod world;
+
+pub use check::Violation;
+pub use world::{Outcome, RunConfig, run};
+
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use swimlock_lock::Mode;
+
+/// Options of `swimlock sim`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimArgs {
+    /// Number of seeds to run, starting at --first-seed.
+    #[arg(long, default_value_t = 100)]
+    pub seeds: u64,
+    /// First seed of the range.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Run only this seed and print its trace (replays a failure).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Nodes per run.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Length of the fault phase, in seconds of simulated time.
+    #[arg(long, default_value_t = 15)]
+    pub fault_secs: u64,
+    /// `available` (both sides of a split grant) or `majority` (only a
+    /// component with a majority of the nodes grants).
+    #[arg(long, default_value = "available")]
+    pub mode: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Totals over many runs.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// Fresh grants.
+    pub grants: u64,
+    /// Coordinator takeovers.
+    pub failovers: u64,
+    /// Merge views.
+    pub merges: u64,
+    /// Duplicates resolved.
+    pub duplicates: u64,
+    /// Runs with a broken invariant.
+    pub failures: Vec<Outcome>,
+}
+
+impl Summary {
+    fn add(&mut self, o: Outcome) {
+        self.seeds += 1;
+        self.steps += o.steps;
+        self.grants += o.grants;
+        self.failovers += o.failovers;
+        self.merges += o.merges;
+        self.duplicates += o.duplicates;
+        if o.violation.is_some() {
+            self.failures.push(o);
+        }
+    }
+
+    /// The one-line summary `swimlock sim` prints.
+    pub fn line(&self) -> String {
+        format!(
+            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} violations {}",
+            self.seeds,
+            self.steps,
+            self.grants,
+            self.failovers,
+            self.merges,
+            self.duplicates,
+            self.failures.len()
+        )
+    }
+}
+
+/// Parses `available` or `majority` (majority of `nodes`).
+pub fn parse_mode(mode: &str, nodes: usize) -> Result<Mode, String> {
+    match mode {
+        "available" => Ok(Mode::Available),
+        "majority" => {
+            let members = NonZeroUsize::new(nodes).ok_or("--nodes must be at least 1")?;
+            Ok(Mode::Majority { members })
+        }
+        other => Err(format!("--mode must be `available` or `majority`, not `{other}`")),
+    }
+}
+
+/// Runs `seeds` on `threads` threads; the summary lists failing runs.
+pub fn run_seeds(seeds: impl Iterator<Item = u64>, base: &RunConfig, threads: usize) -> Summary {
+    let seeds: Vec<u64> = seeds.collect();
+    let threads = threads.max(1);
+    let chunks: Vec<Vec<u64>> = (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk.into_iter().map(|seed| run(RunConfig { seed, ..base.clone() })).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("simulator thread panicked")).collect()
+    });
+    let mut summary = Summary::default();
+    let mut outcomes = outcomes;
+    outcomes.sort_by_key(|o| o.seed);
+    for o in outcomes {
+        summary.add(o);
+    }
+    summary
+}
+
+/// Prints a failing run: the violation, then the trace lines about its lock.
+pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
+    let Some((at, v)) = &o.violation else { return };
+    eprintln!("seed {} violates invariant {} at {:.6}s: {}", o.seed, v.invariant, at.as_secs_f64(), v.what);
+    let lines: Vec<&String> = match &v.name {
+        Some(name) => {
+            let needle = format!("\"{name}\"");
+            o.trace
+                .iter()
+                .filter(|l| {
+                    l.contains(&needle)
+                        || l.contains(name.as_str())
+                        || l.contains(" view ")
+                        || l.contains("crash")
+                        || l.contains("partition")
+                })
+                .collect()
+        }
+        None => o.trace.iter().collect(),
+    };
+    let skip = lines.len().saturating_sub(400);
+    for line in &lines[skip..] {
+        eprintln!("  {line}");
+    }
+    eprintln!(
+        "replay: swimlock sim --seed {} --nodes {} --fault-secs {} --mode {}",
+        o.seed,
+        cfg.nodes,
+        cfg.fault_phase.as_secs(),
+        match cfg.mode {
+            Mode::Available => "available",
+            Mode::Majority { .. } => "majority",
+        }
+    );
+}
+
+/// `swimlock sim`: runs the seeds and prints one summary line; exits
+/// non-zero on any violation.
+pub fn main(args: SimArgs) -> ExitCode {
+    let mode = match parse_mode(&args.mode, args.nodes) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("swimlock sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.nodes == 0 || args.nodes > 64 {
+        eprintln!("swimlock sim: --nodes must be between 1 and 64");
+        return ExitCode::from(2);
+    }
+    let mut base = RunConfig::new(0, args.nodes);
+    base.mode = mode;
+    base.fault_phase = Duration::from_secs(args.fault_secs);
+    let started = Instant::now();
+    if let Some(seed) = args.seed {
+        let outcome = run(RunConfig { seed, trace: true, ..base.clone() });
+        let failed = outcome.violation.is_some();
+        if failed {
+            print_failure(&outcome, &base);
+        } else {
+            for line in &outcome.trace {
+                println!("{line}");
+            }
+        }
+        let mut summary = Summary::default();
+        summary.add(outcome);
+        println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
+        return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+    }
+    let summary = run_seeds(args.first_seed..args.first_seed + args.seeds, &base, args.threads);
+    for failure in &summary.failures {
+        let replay = run(RunConfig { seed: failure.seed, trace: true, ..base.clone() });
+        print_failure(&replay, &base);
+    }
+    println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
+    if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

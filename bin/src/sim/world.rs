@@ -1,0 +1,609 @@
+//! One simulated run: hosts running the lock state machine on a simulated
+//! network, a random client workload, faults, and the invariant checks
+//! after every step.
+//!
+//! A run has three phases. *Faults*: partitions, heals, crashes, restarts,
+//! loss, duplication and reordering, while clients lock and unlock.
+//! *Settle*: the network heals and everything restarts; the cluster must
+//! converge to one view, one coordinator and one holder per lock.
+//! *Drain*: every client goes away; every lock must be released and every
+//! request answered.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use swimlock_lock::{Config, Event, LockMsg, LockNode, Mode, View};
+use swimlock_wire::{ClientId, LockName, NodeId};
+
+use super::check::{Checker, Violation, check_exclusive, check_settled_component};
+use super::net::{Faults, Partition, Queue, delivery_times};
+
+/// Settings of one run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The seed: it decides everything else that is random.
+    pub seed: u64,
+    /// Number of hosts.
+    pub nodes: usize,
+    /// Clients per host.
+    pub clients: u64,
+    /// Number of distinct lock names (few names, much contention).
+    pub names: usize,
+    /// Length of the fault phase.
+    pub fault_phase: Duration,
+    /// Available or majority mode.
+    pub mode: Mode,
+    /// Record a readable trace.
+    pub trace: bool,
+}
+
+impl RunConfig {
+    /// Defaults for `seed`.
+    pub fn new(seed: u64, nodes: usize) -> RunConfig {
+        RunConfig {
+            seed,
+            nodes,
+            clients: 3,
+            names: 3,
+            fault_phase: Duration::from_secs(15),
+            mode: Mode::Available,
+            trace: false,
+        }
+    }
+}
+
+/// What one run did and found.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// Fresh grants received by clients.
+    pub grants: u64,
+    /// Times a node took over as coordinator after the first.
+    pub failovers: u64,
+    /// Merge views delivered.
+    pub merges: u64,
+    /// Duplicates resolved by coordinators.
+    pub duplicates: u64,
+    /// The first broken invariant, with the time it was seen.
+    pub violation: Option<(Duration, Violation)>,
+    /// Hash of the whole schedule: one seed, one hash.
+    pub trace_hash: u64,
+    /// The readable trace, if asked for.
+    pub trace: Vec<String>,
+}
+
+const SETTLE: Duration = Duration::from_secs(8);
+const DRAIN: Duration = Duration::from_secs(6);
+/// Longest time from a topology change to a host's new view.
+const MAX_DETECT_MS: u64 = 1_200;
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver { host: usize, from: NodeId, to: NodeId, msg: LockMsg },
+    Timer { host: usize },
+    InstallView { host: usize },
+    Workload { host: usize },
+    Fault,
+    Settle,
+    Drain,
+    End,
+}
+
+#[derive(Debug)]
+struct Host {
+    node: Option<LockNode>,
+    id: NodeId,
+    armed: Option<Duration>,
+    last_members: Vec<NodeId>,
+    last_view_at: Duration,
+    view_id: u64,
+    /// Another host dropped this one from its view: its next view is a
+    /// merge, as SWIM tells a member that was declared down.
+    dropped_by_others: bool,
+    started_at: Duration,
+    was_coordinator: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Settle,
+    Drain,
+}
+
+/// The simulated world of one run.
+pub struct World {
+    cfg: RunConfig,
+    rng: SmallRng,
+    now: Duration,
+    queue: Queue<Ev>,
+    hosts: Vec<Host>,
+    partition: Partition,
+    faults: Faults,
+    phase: Phase,
+    checker: Checker,
+    names: Vec<LockName>,
+    outcome: Outcome,
+    takeovers: u64,
+}
+
+fn addr(host: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + host as u8)), 7946)
+}
+
+impl World {
+    /// A world for `cfg`, with every host started.
+    pub fn new(cfg: RunConfig) -> World {
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        let faults = Faults::draw(&mut rng);
+        let names = (0..cfg.names).map(|i| LockName::new(format!("lock-{i}")).expect("short name")).collect();
+        let mut world = World {
+            hosts: Vec::new(),
+            partition: Partition::healed(cfg.nodes),
+            queue: Queue::default(),
+            now: Duration::ZERO,
+            phase: Phase::Faults,
+            checker: Checker::default(),
+            outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
+            takeovers: 0,
+            faults,
+            names,
+            rng,
+            cfg,
+        };
+        for host in 0..world.cfg.nodes {
+            let h = world.fresh_host(host);
+            world.hosts.push(h);
+            world.schedule_view(host);
+            let next = world.now + world.workload_gap();
+            world.queue.push(next, Ev::Workload { host });
+        }
+        let first_fault = world.now + world.fault_gap();
+        world.queue.push(first_fault, Ev::Fault);
+        world.queue.push(world.cfg.fault_phase, Ev::Settle);
+        world
+    }
+
+    fn lock_config(&self, host: usize) -> Config {
+        let mut config = Config::lan(host as u16 + 1);
+        config.mode = self.cfg.mode;
+        if let Mode::Majority { .. } = self.cfg.mode {
+            // A minority side learns it lost its majority within the
+            // detection bound; the majority side waits longer than that
+            // before granting a departed holder's locks.
+            config.lock_delay = Duration::from_millis(MAX_DETECT_MS + 500);
+        }
+        config
+    }
+
+    fn fresh_host(&mut self, host: usize) -> Host {
+        let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(host) };
+        Host {
+            node: Some(LockNode::new(id, self.lock_config(host))),
+            id,
+            armed: None,
+            last_members: Vec::new(),
+            last_view_at: self.now,
+            view_id: 0,
+            dropped_by_others: false,
+            started_at: self.now,
+            was_coordinator: false,
+        }
+    }
+
+    fn workload_gap(&mut self) -> Duration {
+        Duration::from_micros(self.rng.random_range(2_000..60_000))
+    }
+
+    fn fault_gap(&mut self) -> Duration {
+        Duration::from_millis(self.rng.random_range(300..2_500))
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let text = line();
+            self.outcome.trace.push(format!("{:>10.6} {text}", self.now.as_secs_f64()));
+        }
+    }
+
+    fn mix(&mut self, values: &[u64]) {
+        for v in values {
+            let h = &mut self.outcome.trace_hash;
+            *h = (*h ^ v).wrapping_mul(0x0100_0000_01b3).rotate_left(5);
+        }
+    }
+
+    /// Runs to the end or to the first violation.
+    pub fn run(mut self) -> Outcome {
+        while let Some((at, ev)) = self.queue.pop() {
+            self.now = at;
+            self.outcome.steps += 1;
+            let done = matches!(ev, Ev::End);
+            let drain = matches!(ev, Ev::Drain);
+            let touched = self.step(ev);
+            let checks = self
+                .check_after(touched)
+                .and_then(|_| if drain { self.check_converged() } else { Ok(()) })
+                .and_then(|_| if drain { self.release_all() } else { Ok(()) })
+                .and_then(|_| if done { self.check_end() } else { Ok(()) });
+            if let Err(v) = checks {
+                self.outcome.violation = Some((self.now, v));
+                break;
+            }
+            if done {
+                break;
+            }
+        }
+        self.outcome.grants = self.checker.grants;
+        self.outcome.failovers = self.takeovers;
+        for host in &self.hosts {
+            if let Some(node) = &host.node {
+                self.outcome.merges += node.stats().merges;
+                self.outcome.duplicates += node.stats().duplicates_resolved;
+            }
+        }
+        self.outcome
+    }
+
+    /// Handles one event; returns the host it touched, if any.
+    fn step(&mut self, ev: Ev) -> Option<usize> {
+        match ev {
+            Ev::Deliver { host, from, to, msg } => {
+                self.mix(&[1, host as u64, self.now.as_nanos() as u64]);
+                let from_host = self.hosts.iter().position(|h| h.id == from);
+                let reachable = from_host.is_some_and(|f| self.partition.connected(f, host));
+                if self.hosts[host].id != to || !reachable {
+                    return None;
+                }
+                self.trace(|| format!("h{host} <- {from}: {msg:?}"));
+                let node = self.hosts[host].node.as_mut()?;
+                node.handle_message(self.now, from, msg);
+                Some(host)
+            }
+            Ev::Timer { host } => {
+                self.mix(&[2, host as u64]);
+                if self.hosts[host].armed.is_none_or(|t| t > self.now) {
+                    return None;
+                }
+                self.hosts[host].armed = None;
+                let node = self.hosts[host].node.as_mut()?;
+                node.handle_timeout(self.now);
+                Some(host)
+            }
+            Ev::InstallView { host } => {
+                self.mix(&[3, host as u64]);
+                self.install_view(host)
+            }
+            Ev::Workload { host } => {
+                self.mix(&[4, host as u64]);
+                if self.phase == Phase::Faults {
+                    let next = self.now + self.workload_gap();
+                    self.queue.push(next, Ev::Workload { host });
+                    self.workload(host)
+                } else {
+                    None
+                }
+            }
+            Ev::Fault => {
+                self.mix(&[5]);
+                if self.phase == Phase::Faults {
+                    self.fault();
+                    let next = self.now + self.fault_gap();
+                    self.queue.push(next, Ev::Fault);
+                }
+                None
+            }
+            Ev::Settle => {
+                self.trace(|| "settle: heal, restart, no loss".to_string());
+                self.phase = Phase::Settle;
+                self.faults = Faults::NONE;
+                self.partition = Partition::healed(self.cfg.nodes);
+                for host in 0..self.cfg.nodes {
+                    if self.hosts[host].node.is_none() {
+                        self.hosts[host] = self.fresh_host(host);
+                    }
+                }
+                self.topology_changed();
+                self.queue.push(self.now + SETTLE, Ev::Drain);
+                None
+            }
+            Ev::Drain => {
+                self.phase = Phase::Drain;
+                self.queue.push(self.now + DRAIN, Ev::End);
+                None
+            }
+            Ev::End => None,
+        }
+    }
+
+    /// The view oracle: the host's component as it is now. Added members
+    /// that existed at the host's previous view (they were apart) make it
+    /// a merge view; fresh processes are joins.
+    fn install_view(&mut self, host: usize) -> Option<usize> {
+        self.hosts[host].node.as_ref()?;
+        let members: Vec<NodeId> = {
+            let mut m: Vec<NodeId> = (0..self.cfg.nodes)
+                .filter(|&o| self.hosts[o].node.is_some() && self.partition.connected(host, o))
+                .map(|o| self.hosts[o].id)
+                .collect();
+            m.sort();
+            m
+        };
+        let h = &self.hosts[host];
+        let returning = members.iter().any(|m| {
+            !h.last_members.contains(m)
+                && self.hosts.iter().any(|o| o.id == *m && o.started_at < h.last_view_at)
+                && !h.last_members.is_empty()
+        });
+        let merge = returning || h.dropped_by_others;
+        if members == h.last_members && !merge {
+            return None;
+        }
+        for other in 0..self.cfg.nodes {
+            let id = self.hosts[other].id;
+            if self.hosts[host].last_members.contains(&id) && !members.contains(&id) {
+                self.hosts[other].dropped_by_others = true;
+            }
+        }
+        let h = &mut self.hosts[host];
+        h.dropped_by_others = false;
+        h.view_id += 1;
+        h.last_members = members.clone();
+        h.last_view_at = self.now;
+        let view = View { id: h.view_id, members, merge };
+        self.trace(|| format!("h{host} view {:?} merge={merge}", view.members));
+        let node = self.hosts[host].node.as_mut()?;
+        node.handle_view(self.now, view);
+        Some(host)
+    }
+
+    fn schedule_view(&mut self, host: usize) {
+        let delay = Duration::from_millis(self.rng.random_range(20..MAX_DETECT_MS));
+        self.queue.push(self.now + delay, Ev::InstallView { host });
+    }
+
+    fn topology_changed(&mut self) {
+        for host in 0..self.cfg.nodes {
+            if self.hosts[host].node.is_some() {
+                self.schedule_view(host);
+            }
+        }
+    }
+
+    fn fault(&mut self) {
+        let alive: Vec<usize> = (0..self.cfg.nodes).filter(|&h| self.hosts[h].node.is_some()).collect();
+        let dead: Vec<usize> = (0..self.cfg.nodes).filter(|&h| self.hosts[h].node.is_none()).collect();
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            0..35 => {
+                self.partition = if self.partition.is_healed() {
+                    Partition::split(&mut self.rng, self.cfg.nodes)
+                } else {
+                    Partition::healed(self.cfg.nodes)
+                };
+                let sides = self.partition.sides();
+                self.trace(|| format!("partition {sides:?}"));
+                self.topology_changed();
+            }
+            35..60 if alive.len() > 1 => {
+                let host = alive[self.rng.random_range(0..alive.len())];
+                self.crash(host);
+            }
+            60..85 if !dead.is_empty() => {
+                let host = dead[self.rng.random_range(0..dead.len())];
+                self.hosts[host] = self.fresh_host(host);
+                self.trace(|| format!("restart h{host}"));
+                self.topology_changed();
+            }
+            _ => {
+                self.faults = Faults::draw(&mut self.rng);
+                let f = self.faults;
+                self.trace(|| format!("network {f:?}"));
+            }
+        }
+    }
+
+    fn crash(&mut self, host: usize) {
+        let id = self.hosts[host].id;
+        self.trace(|| format!("crash h{host} ({id})"));
+        if let Some(node) = self.hosts[host].node.take() {
+            self.outcome.merges += node.stats().merges;
+            self.outcome.duplicates += node.stats().duplicates_resolved;
+        }
+        self.hosts[host].armed = None;
+        self.checker.crashed(id);
+        self.topology_changed();
+    }
+
+    /// One random client action on `host`.
+    fn workload(&mut self, host: usize) -> Option<usize> {
+        let client = ClientId(self.rng.random_range(1..=self.cfg.clients));
+        let name = self.names[self.rng.random_range(0..self.names.len())].clone();
+        let roll = self.rng.random_range(0..100);
+        let timeout = Duration::from_millis(self.rng.random_range(10..1_500));
+        let now = self.now;
+        let node = self.hosts[host].node.as_mut()?;
+        let held: Vec<LockName> =
+            node.held().into_iter().filter(|h| h.client == client).map(|h| h.name).collect();
+        let action = match roll {
+            0..45 if !held.is_empty() => {
+                let name = held[(roll as usize) % held.len()].clone();
+                let _ = node.unlock(now, client, &name);
+                format!("unlock {name}")
+            }
+            45..52 if !held.is_empty() => {
+                let name = held[(roll as usize) % held.len()].clone();
+                node.lock(now, client, name.clone(), timeout);
+                format!("re-enter {name}")
+            }
+            52..54 => {
+                node.release_client(now, client);
+                "disconnect".to_string()
+            }
+            54..75 => {
+                node.try_lock(now, client, name.clone());
+                format!("try_lock {name}")
+            }
+            _ => {
+                node.lock(now, client, name.clone(), timeout);
+                format!("lock {name} {timeout:?}")
+            }
+        };
+        self.trace(|| format!("h{host} client {} {action}", client.0));
+        Some(host)
+    }
+
+    /// After a step on `host`: deliver its output, check the invariants.
+    fn check_after(&mut self, touched: Option<usize>) -> Result<(), Violation> {
+        if let Some(host) = touched {
+            self.drain(host)?;
+        }
+        let live: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        if let Mode::Majority { .. } = self.cfg.mode {
+            check_exclusive(&live)?;
+        }
+        for side in self.partition.sides() {
+            self.check_component(&side)?;
+        }
+        Ok(())
+    }
+
+    /// Invariant 1 on a component whose members all installed the same
+    /// view and whose coordinator reconciled with all of them.
+    fn check_component(&self, side: &[usize]) -> Result<(), Violation> {
+        let nodes: Vec<&LockNode> = side.iter().filter_map(|&h| self.hosts[h].node.as_ref()).collect();
+        let Some(first) = nodes.first() else { return Ok(()) };
+        let Some(view) = first.view() else { return Ok(()) };
+        let mut ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
+        ids.sort();
+        if view.members != ids || nodes.iter().any(|n| n.view().map(|v| &v.members) != Some(&view.members)) {
+            return Ok(());
+        }
+        let Some(coord) = nodes.iter().find(|n| Some(n.id()) == view.coordinator()) else { return Ok(()) };
+        let settled = coord.is_serving()
+            && coord.awaiting().is_empty()
+            && coord.table_stats().is_some_and(|s| s.unacked_duplicates == 0);
+        if !settled {
+            return Ok(());
+        }
+        check_settled_component(coord, &nodes)
+    }
+
+    fn drain(&mut self, host: usize) -> Result<(), Violation> {
+        let available = self.cfg.mode == Mode::Available;
+        let mut events = Vec::new();
+        let mut sends = Vec::new();
+        {
+            let node = self.hosts[host].node.as_mut().expect("touched hosts are alive");
+            while let Some(t) = node.poll_transmit() {
+                sends.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+        }
+        let from = self.hosts[host].id;
+        for t in sends {
+            let Some(to_host) = self.hosts.iter().position(|h| h.id == t.to) else { continue };
+            if !self.partition.connected(host, to_host) {
+                continue;
+            }
+            for at in delivery_times(&mut self.rng, self.now, self.faults) {
+                self.queue.push(at, Ev::Deliver { host: to_host, from, to: t.to, msg: t.msg.clone() });
+            }
+        }
+        for event in events {
+            self.trace(|| format!("h{host} event {event:?}"));
+            if let Event::Acquired { token, .. } = &event {
+                self.mix(&[6, token.0]);
+            }
+            let coordinator = self.hosts[host].node.as_ref().and_then(|n| n.coordinator());
+            let coord_node = coordinator
+                .and_then(|c| self.hosts.iter().find(|h| h.id == c))
+                .and_then(|h| h.node.as_ref())
+                .map(|n| (n, true));
+            self.checker.on_event(from, &event, coord_node, available)?;
+        }
+        let node = self.hosts[host].node.as_ref().expect("alive");
+        let coordinating = node.is_coordinator();
+        let next = node.poll_timeout();
+        self.checker.observe_coordinator(node);
+        let h = &mut self.hosts[host];
+        if coordinating && !h.was_coordinator && self.outcome.steps > 1 {
+            self.takeovers += 1;
+        }
+        h.was_coordinator = coordinating;
+        if let Some(t) = next
+            && h.armed.is_none_or(|a| t < a)
+        {
+            h.armed = Some(t);
+            self.queue.push(t.max(self.now), Ev::Timer { host });
+        }
+        Ok(())
+    }
+
+    /// The end of the settle phase: one component, one view, a coordinator
+    /// that reconciled with everyone, every duplicate resolved.
+    fn check_converged(&self) -> Result<(), Violation> {
+        let all: Vec<usize> = (0..self.cfg.nodes).collect();
+        let nodes: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        let views: Vec<Option<&View>> = nodes.iter().map(|n| n.view()).collect();
+        let settled = nodes.iter().any(|n| {
+            n.is_serving() && n.awaiting().is_empty() && n.table_stats().is_some_and(|s| s.unacked_duplicates == 0)
+        });
+        let one_view = views.windows(2).all(|w| w[0].map(|v| &v.members) == w[1].map(|v| &v.members));
+        if !settled || !one_view || nodes.len() != all.len() {
+            return Err(Violation {
+                invariant: 0,
+                what: format!("no convergence after the heal: one view {one_view}, coordinator settled {settled}"),
+                name: None,
+            });
+        }
+        check_exclusive(&nodes)?;
+        self.check_component(&all)
+    }
+
+    /// Drain phase: every client of every host goes away.
+    fn release_all(&mut self) -> Result<(), Violation> {
+        for host in 0..self.cfg.nodes {
+            let now = self.now;
+            let Some(node) = self.hosts[host].node.as_mut() else { continue };
+            for client in 1..=self.cfg.clients {
+                node.release_client(now, ClientId(client));
+            }
+            self.drain(host)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the run: one view, nothing pending, nothing held.
+    fn check_end(&mut self) -> Result<(), Violation> {
+        let nodes: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        check_exclusive(&nodes)?;
+        let mut report = String::new();
+        for node in &nodes {
+            if node.pending_ops() > 0 {
+                let _ = write!(report, "{} has {} requests unanswered; ", node.id(), node.pending_ops());
+            }
+            if !node.held().is_empty() {
+                let _ = write!(report, "{} still holds {:?}; ", node.id(), node.held());
+            }
+            if let Some(stats) = node.table_stats().filter(|s| s.held > 0 || s.waiters > 0) {
+                let _ = write!(report, "coordinator {} table not empty: {stats:?}; ", node.id());
+            }
+        }
+        if report.is_empty() { Ok(()) } else { Err(Violation { invariant: 0, what: report, name: None }) }
+    }
+
+}
+
+/// Runs one seed.
+pub fn run(cfg: RunConfig) -> Outcome {
+    World::new(cfg).run()
+}
