@@ -169,11 +169,12 @@ impl Coordinator {
         self.term
     }
 
-    /// The highest term this coordinator has granted under.
-    pub fn issued_term(&self) -> u32 {
+    /// The highest term this coordinator may grant under: its round's, or
+    /// the issuer's once it moved on.
+    pub fn highest_term(&self) -> u32 {
         match &self.phase {
-            Phase::Serving(s) => s.issuer.term(),
-            Phase::Reconciling { .. } => 0,
+            Phase::Serving(s) => s.issuer.term().max(self.term),
+            Phase::Reconciling { .. } => self.term,
         }
     }
 

@@ -71,6 +71,15 @@ pub enum Event {
         /// Why.
         reason: Failure,
     },
+    /// This node, as coordinator, is about to grant under `term`. The
+    /// driver must make the term durable (see
+    /// [`LockNode::with_term_floor`]) before it sends the transmits or
+    /// delivers the events of the same batch, so that after a restart the
+    /// node never grants under a term it used before.
+    TermStarted {
+        /// The highest term this node may now grant under.
+        term: u32,
+    },
     /// A lock the client held is no longer its own.
     Lost {
         /// The client that held it.
@@ -202,22 +211,31 @@ pub struct LockNode {
     /// Present while this node coordinates (and, in majority mode, its
     /// component holds a majority).
     coord: Option<Coordinator>,
-    /// Highest term this node has granted under as coordinator.
+    /// Highest term this node has announced with [`Event::TermStarted`]
+    /// (or was started with).
     issued_term: u32,
     out: Outbox,
 }
 
 impl LockNode {
-    /// A node with identity `me`. It does nothing useful until it gets its
-    /// first view.
+    /// A node with identity `me` that has never coordinated. It does
+    /// nothing useful until it gets its first view.
     pub fn new(me: NodeId, config: Config) -> LockNode {
+        LockNode::with_term_floor(me, config, 0)
+    }
+
+    /// A node that may have coordinated in an earlier life: `term_floor` is
+    /// the last term it announced with [`Event::TermStarted`]. Its tokens
+    /// will all be above that term, so a restarted coordinator that finds
+    /// itself alone never repeats a token of its earlier life.
+    pub fn with_term_floor(me: NodeId, config: Config, term_floor: u32) -> LockNode {
         LockNode {
             me,
             client: ClientRole::new(config.clone()),
             config,
             view: None,
             coord: None,
-            issued_term: 0,
+            issued_term: term_floor,
             out: Outbox {
                 me,
                 transmits: VecDeque::new(),
@@ -266,14 +284,14 @@ impl LockNode {
         self.cease_coord();
         let term = self.client.max_term().max(self.issued_term).saturating_add(1);
         self.coord = Some(Coordinator::become_coord(now, &view.members, term, &self.config, &mut self.out));
+        self.announce_term();
     }
 
     /// CeaseCoord: drop the lock table and the request queue. The terms it
     /// granted under stay known to this node's client role, which reports
     /// them in later rounds.
     fn cease_coord(&mut self) {
-        if let Some(coord) = self.coord.take() {
-            self.issued_term = self.issued_term.max(coord.issued_term());
+        if self.coord.take().is_some() {
             self.client.observe_term(self.issued_term);
         }
     }
@@ -301,8 +319,17 @@ impl LockNode {
             (LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_), None) => out.stats.dropped += 1,
             (msg, _) => self.client.on_message(now, from, msg, out),
         }
-        if let Some(c) = &self.coord {
-            self.issued_term = self.issued_term.max(c.issued_term());
+        self.announce_term();
+    }
+
+    /// Emits [`Event::TermStarted`] when the coordinator moved to a higher
+    /// term (a new round, or the issuer moving on).
+    fn announce_term(&mut self) {
+        if let Some(term) = self.coord.as_ref().map(Coordinator::highest_term)
+            && term > self.issued_term
+        {
+            self.issued_term = term;
+            self.out.emit(Event::TermStarted { term });
         }
     }
 
@@ -331,6 +358,7 @@ impl LockNode {
         if let Some(c) = &mut self.coord {
             c.handle_timeout(now, &mut self.out);
         }
+        self.announce_term();
         self.client.handle_timeout(now, &mut self.out);
         self.route(now);
     }

@@ -108,6 +108,9 @@ struct Host {
     dropped_by_others: bool,
     started_at: Duration,
     was_coordinator: bool,
+    /// The host's durable state: the last term announced by
+    /// `Event::TermStarted`, which survives a crash.
+    persisted_term: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,8 +187,10 @@ impl World {
 
     fn fresh_host(&mut self, host: usize) -> Host {
         let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(host) };
+        let persisted_term = self.hosts.get(host).map_or(0, |h| h.persisted_term);
         Host {
-            node: Some(LockNode::new(id, self.lock_config(host))),
+            node: Some(LockNode::with_term_floor(id, self.lock_config(host), persisted_term)),
+            persisted_term,
             id,
             armed: None,
             last_members: Vec::new(),
@@ -522,6 +527,9 @@ impl World {
             self.trace(|| format!("h{host} event {event:?}"));
             if let Event::Acquired { token, .. } = &event {
                 self.mix(&[6, token.0]);
+            }
+            if let Event::TermStarted { term } = event {
+                self.hosts[host].persisted_term = term;
             }
             let coordinator = self.hosts[host].node.as_ref().and_then(|n| n.coordinator());
             let coord_node = coordinator
