@@ -1,9 +1,21 @@
 //! swimlock: a distributed lock node.
 //!
 //! - [`node`]: the sans-I/O core, membership and lock composed behind one
-//!   calling convention.
+//!   calling convention;
+//! - [`agent`]: the tokio driver (one UDP socket, one task owning the core)
+//!   and the local client endpoint;
+//! - [`client`]: the Rust client library, over the client socket or
+//!   in-process;
+//! - [`cli`]: the `swimlock` command line;
+//! - [`metrics`]: the Prometheus exporter;
+//! - [`sim`]: the deterministic simulator.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod metrics;
 pub mod node;
+pub mod sim;

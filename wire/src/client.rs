@@ -99,7 +99,7 @@ pub enum Reply {
     /// `Unlock` of a lock this connection does not hold.
     NotHeld,
     /// The answer to `Status`.
-    Status(Status),
+    Status(Box<Status>),
     /// The request could not be served (for example the node is shutting
     /// down).
     Error {
@@ -350,7 +350,7 @@ mod tests {
             fail.prop_map(|reason| Reply::Failed { reason }),
             Just(Reply::Unlocked),
             Just(Reply::NotHeld),
-            status().prop_map(Reply::Status),
+            status().prop_map(|s| Reply::Status(Box::new(s))),
             ".{0,30}".prop_map(|message| Reply::Error { message }),
         ];
         let lost = prop_oneof![Just(LostReason::Duplicate), Just(LostReason::QuorumLost)];

@@ -1,0 +1,467 @@
+//! Agent settings: a TOML file, command-line flags over it, validation that
+//! names the bad field.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use swimlock_lock::Mode;
+
+use crate::node::NodeError;
+
+/// Default UDP address (gossip and lock traffic).
+pub const DEFAULT_BIND: &str = "127.0.0.1:7946";
+/// Default client endpoint (TCP).
+pub const DEFAULT_CLIENT: &str = "127.0.0.1:7950";
+/// Default Prometheus endpoint.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9950";
+/// Default cluster name.
+pub const DEFAULT_CLUSTER: &str = "swimlock";
+
+/// A setting that was refused, with the field it came from.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field (TOML key, `section.key` for nested ones; flags use the same names).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<NodeError> for ConfigError {
+    fn from(e: NodeError) -> ConfigError {
+        ConfigError { field: e.field, reason: e.reason }
+    }
+}
+
+/// The settings of one agent, resolved and typed.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Display name shown to other members (at most 64 bytes).
+    pub name: String,
+    /// UDP address to bind (gossip and lock traffic).
+    pub bind: SocketAddr,
+    /// UDP address other members reach this node at; its identity.
+    pub advertise: SocketAddr,
+    /// Members to announce to until they are members.
+    pub seeds: Vec<SocketAddr>,
+    /// Cluster name; nodes of other clusters are ignored.
+    pub cluster: String,
+    /// TCP address of the client endpoint, if any.
+    pub client: Option<SocketAddr>,
+    /// Unix socket path of the client endpoint, if any.
+    pub unix_socket: Option<PathBuf>,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    /// Lock protocol settings (mode, node tag, timings, lock-delay).
+    pub lock: swimlock_lock::Config,
+    /// Membership timings.
+    pub membership: swimlock_membership::Config,
+    /// Start stamp of the node's identity; `None` takes the wall clock at
+    /// spawn (microseconds since the Unix epoch).
+    pub epoch: Option<u64>,
+}
+
+impl AgentConfig {
+    /// Defaults for a node bound to `bind`, advertising the same address,
+    /// with no client endpoint and no metrics (the embedding defaults).
+    pub fn new(bind: SocketAddr) -> AgentConfig {
+        AgentConfig {
+            name: default_name(bind),
+            bind,
+            advertise: bind,
+            seeds: Vec::new(),
+            cluster: DEFAULT_CLUSTER.to_string(),
+            client: None,
+            unix_socket: None,
+            metrics: None,
+            lock: swimlock_lock::Config::lan(node_tag(bind)),
+            membership: swimlock_membership::Config::lan(),
+            epoch: None,
+        }
+    }
+
+    /// Checks the settings against each other; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > swimlock_membership::MAX_NAME_LEN {
+            let max = swimlock_membership::MAX_NAME_LEN;
+            return Err(ConfigError::new(
+                "name",
+                format!("must be 1 to {max} bytes, got {}", self.name.len()),
+            ));
+        }
+        if self.advertise.ip().is_unspecified() || self.advertise.port() == 0 {
+            return Err(ConfigError::new(
+                "advertise",
+                format!("{} is not an address other members can reach; set --advertise", self.advertise),
+            ));
+        }
+        if self.cluster.is_empty() {
+            return Err(ConfigError::new("cluster", "must not be empty"));
+        }
+        self.lock.validate().map_err(|e| ConfigError::new(lock_field(e.field), e.reason))?;
+        self.membership.validate().map_err(|e| ConfigError::new(membership_field(e.field), e.reason))?;
+        Ok(())
+    }
+
+    /// The mode as `status` shows it.
+    pub fn mode_name(&self) -> String {
+        mode_name(self.lock.mode)
+    }
+}
+
+/// `available` or `majority/N`.
+pub fn mode_name(mode: Mode) -> String {
+    match mode {
+        Mode::Available => "available".to_string(),
+        Mode::Majority { members } => format!("majority/{members}"),
+    }
+}
+
+/// The TOML and flag names of the lock settings.
+fn lock_field(field: &str) -> String {
+    match field {
+        "tag" => "node_tag".to_string(),
+        "lock_delay" => "lock_delay".to_string(),
+        other => format!("lock.{other}"),
+    }
+}
+
+fn membership_field(field: &str) -> String {
+    format!("membership.{field}")
+}
+
+/// Default name: the host name and the port.
+fn default_name(bind: SocketAddr) -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let mut host = if host.is_empty() { "swimlock".to_string() } else { host };
+    host.truncate(48);
+    format!("{host}:{}", bind.port())
+}
+
+/// Default node tag: a hash (FNV-1a folded to 16 bits) of the advertised
+/// address. Set it by hand when two members' tags could collide.
+pub fn node_tag(advertise: SocketAddr) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in advertise.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
+}
+
+/// The command-line flags of `swimlock agent`; each overrides the same
+/// setting of the `--config` file.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML file with the settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Name shown to other members [default: HOSTNAME:PORT].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UDP address for gossip and lock traffic [default: 127.0.0.1:7946].
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// UDP address other members reach this node at [default: the bind address].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Address of a member to join through (repeatable; HOST:PORT).
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub seeds: Vec<String>,
+    /// Cluster name; traffic of other clusters is dropped [default: swimlock].
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// `available`: every side of a partition keeps granting, duplicates are
+    /// resolved after it heals; `majority`: only a side with a majority of
+    /// --members grants [default: available].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Number of configured members (needed by --mode majority).
+    #[arg(long, value_name = "N")]
+    pub members: Option<usize>,
+    /// TCP address of the client endpoint, or `off` [default: 127.0.0.1:7950].
+    #[arg(long, value_name = "ADDR")]
+    pub client: Option<String>,
+    /// Also serve clients on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
+    /// Address of the Prometheus endpoint, or `off` [default: 127.0.0.1:9950].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Coordinator part of fencing tokens; unique per member
+    /// [default: a hash of the advertised address].
+    #[arg(long, value_name = "U16")]
+    pub node_tag: Option<u16>,
+    /// Wait this long before granting again a lock whose holder left [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub lock_delay: Option<String>,
+    /// SWIM probe period [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    pub probe_period: Option<String>,
+    /// Wait for a direct probe's ack before probing indirectly [default: 40ms].
+    #[arg(long, value_name = "DURATION")]
+    pub probe_rtt: Option<String>,
+    /// Time a suspected member has to refute before it is declared down [default: 400ms].
+    #[arg(long, value_name = "DURATION")]
+    pub suspect_timeout: Option<String>,
+    /// A view is installed once membership has been stable this long [default: 200ms].
+    #[arg(long, value_name = "DURATION")]
+    pub view_settle: Option<String>,
+    /// How long a new coordinator waits for members' lock reports [default: 300ms].
+    #[arg(long, value_name = "DURATION")]
+    pub reconcile_timeout: Option<String>,
+}
+
+/// The TOML file: the same settings as [`AgentArgs`], timings in tables.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    bind: Option<String>,
+    advertise: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    cluster: Option<String>,
+    mode: Option<String>,
+    members: Option<usize>,
+    client: Option<String>,
+    unix_socket: Option<PathBuf>,
+    metrics: Option<String>,
+    node_tag: Option<u16>,
+    lock_delay: Option<String>,
+    #[serde(default)]
+    membership: MembershipFile,
+    #[serde(default)]
+    lock: LockFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct MembershipFile {
+    probe_period: Option<String>,
+    probe_rtt: Option<String>,
+    suspect_timeout: Option<String>,
+    gossip_interval: Option<String>,
+    view_settle: Option<String>,
+    view_max_delay: Option<String>,
+    announce_to_down_interval: Option<String>,
+    seed_announce_interval: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LockFile {
+    retransmit_initial: Option<String>,
+    retransmit_max: Option<String>,
+    queued_keepalive: Option<String>,
+    reconcile_timeout: Option<String>,
+    try_lock_timeout: Option<String>,
+}
+
+impl AgentArgs {
+    /// Reads the `--config` file, if any, applies the flags over it and
+    /// validates the result.
+    pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        self.resolve_with(file)
+    }
+
+    fn resolve_with(&self, file: FileConfig) -> Result<AgentConfig, ConfigError> {
+        let bind =
+            addr("bind", self.bind.as_ref().or(file.bind.as_ref()).map_or(DEFAULT_BIND, |s| s.as_str()))?;
+        let mut c = AgentConfig::new(bind);
+        if let Some(a) = self.advertise.as_ref().or(file.advertise.as_ref()) {
+            c.advertise = addr("advertise", a)?;
+        }
+        c.name = self.name.clone().or(file.name).unwrap_or_else(|| default_name(c.advertise));
+        let seeds = if self.seeds.is_empty() { file.seeds } else { self.seeds.clone() };
+        c.seeds = seeds.iter().map(|s| addr("seeds", s)).collect::<Result<_, _>>()?;
+        c.cluster = self.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+        c.client = optional_addr("client", self.client.as_ref().or(file.client.as_ref()), DEFAULT_CLIENT)?;
+        c.unix_socket = self.unix_socket.clone().or(file.unix_socket);
+        c.metrics =
+            optional_addr("metrics", self.metrics.as_ref().or(file.metrics.as_ref()), DEFAULT_METRICS)?;
+        c.lock.tag = self.node_tag.or(file.node_tag).unwrap_or_else(|| node_tag(c.advertise));
+        let members = self.members.or(file.members);
+        c.lock.mode = match self.mode.as_ref().or(file.mode.as_ref()).map(String::as_str) {
+            None | Some("available") => Mode::Available,
+            Some("majority") => {
+                let members = members.and_then(NonZeroUsize::new).ok_or_else(|| {
+                    ConfigError::new("members", "mode majority needs the number of configured members (>= 1)")
+                })?;
+                Mode::Majority { members }
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "mode",
+                    format!("`{other}` is neither `available` nor `majority`"),
+                ));
+            }
+        };
+
+        let m = &mut c.membership;
+        let mf = &file.membership;
+        set(
+            &mut m.probe_period,
+            "membership.probe_period",
+            self.probe_period.as_ref().or(mf.probe_period.as_ref()),
+        )?;
+        set(&mut m.probe_rtt, "membership.probe_rtt", self.probe_rtt.as_ref().or(mf.probe_rtt.as_ref()))?;
+        let suspect = self.suspect_timeout.as_ref().or(mf.suspect_timeout.as_ref());
+        set(&mut m.suspect_to_down_after, "membership.suspect_timeout", suspect)?;
+        set(&mut m.gossip_interval, "membership.gossip_interval", mf.gossip_interval.as_ref())?;
+        set(
+            &mut m.view_settle,
+            "membership.view_settle",
+            self.view_settle.as_ref().or(mf.view_settle.as_ref()),
+        )?;
+        set(&mut m.view_max_delay, "membership.view_max_delay", mf.view_max_delay.as_ref())?;
+        let to_down = mf.announce_to_down_interval.as_ref();
+        set(&mut m.announce_to_down_interval, "membership.announce_to_down_interval", to_down)?;
+        set(
+            &mut m.seed_announce_interval,
+            "membership.seed_announce_interval",
+            mf.seed_announce_interval.as_ref(),
+        )?;
+
+        let l = &mut c.lock;
+        let lf = &file.lock;
+        set(&mut l.lock_delay, "lock_delay", self.lock_delay.as_ref().or(file.lock_delay.as_ref()))?;
+        set(&mut l.retransmit_initial, "lock.retransmit_initial", lf.retransmit_initial.as_ref())?;
+        set(&mut l.retransmit_max, "lock.retransmit_max", lf.retransmit_max.as_ref())?;
+        set(&mut l.queued_keepalive, "lock.queued_keepalive", lf.queued_keepalive.as_ref())?;
+        let reconcile = self.reconcile_timeout.as_ref().or(lf.reconcile_timeout.as_ref());
+        set(&mut l.reconcile_timeout, "lock.reconcile_timeout", reconcile)?;
+        set(&mut l.try_lock_timeout, "lock.try_lock_timeout", lf.try_lock_timeout.as_ref())?;
+
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml names the key and the line; keep its message whole.
+        ConfigError::new("config", format!("{}: {}", path.display(), e.to_string().trim_end()))
+    })
+}
+
+/// Parses `HOST:PORT` (an IP, or a name resolved now).
+fn addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| ConfigError::new(field, format!("`{text}` is not a HOST:PORT address")))
+}
+
+fn optional_addr(
+    field: &str,
+    text: Option<&String>,
+    default: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.map(String::as_str) {
+        Some("off" | "none" | "") => Ok(None),
+        Some(t) => addr(field, t).map(Some),
+        None => addr(field, default).map(Some),
+    }
+}
+
+/// Parses a human duration ("500ms", "2s") into `slot` when one is given.
+fn set(slot: &mut Duration, field: &str, text: Option<&String>) -> Result<(), ConfigError> {
+    if let Some(text) = text {
+        *slot = parse_duration(text).map_err(|reason| ConfigError::new(field, reason))?;
+    }
+    Ok(())
+}
+
+/// Parses "500ms", "2s", "1m 30s".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms or 2s ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(f: impl FnOnce(&mut AgentArgs)) -> AgentArgs {
+        let mut a = AgentArgs::default();
+        f(&mut a);
+        a
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = AgentArgs::default().resolve().unwrap();
+        assert_eq!(c.bind, DEFAULT_BIND.parse().unwrap());
+        assert_eq!(c.advertise, c.bind);
+        assert_eq!(c.client, Some(DEFAULT_CLIENT.parse().unwrap()));
+        assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
+        assert_eq!(c.lock.tag, node_tag(c.advertise));
+        assert_eq!(c.mode_name(), "available");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            name = "from-file"
+            bind = "127.0.0.1:8000"
+            seeds = ["127.0.0.1:8001"]
+            mode = "majority"
+            members = 3
+            metrics = "off"
+            [membership]
+            probe_period = "300ms"
+            [lock]
+            reconcile_timeout = "1s"
+            "#,
+        )
+        .unwrap();
+        let flags = args(|a| {
+            a.name = Some("from-flag".into());
+            a.probe_period = Some("200ms".into());
+        });
+        let c = flags.resolve_with(file).unwrap();
+        assert_eq!(c.name, "from-flag");
+        assert_eq!(c.bind.port(), 8000);
+        assert_eq!(c.seeds, vec!["127.0.0.1:8001".parse().unwrap()]);
+        assert_eq!(c.mode_name(), "majority/3");
+        assert_eq!(c.metrics, None);
+        assert_eq!(c.membership.probe_period, Duration::from_millis(200));
+        assert_eq!(c.lock.reconcile_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let field = |a: AgentArgs| a.resolve_with(FileConfig::default()).unwrap_err().field;
+        assert_eq!(field(args(|a| a.bind = Some("nowhere".into()))), "bind");
+        assert_eq!(field(args(|a| a.bind = Some("0.0.0.0:7000".into()))), "advertise");
+        assert_eq!(field(args(|a| a.mode = Some("majority".into()))), "members");
+        assert_eq!(field(args(|a| a.mode = Some("both".into()))), "mode");
+        assert_eq!(field(args(|a| a.probe_period = Some("soon".into()))), "membership.probe_period");
+        assert_eq!(field(args(|a| a.probe_rtt = Some("1s".into()))), "membership.probe_rtt");
+        assert_eq!(field(args(|a| a.name = Some(String::new()))), "name");
+        assert_eq!(field(args(|a| a.seeds = vec!["x".into()])), "seeds");
+        let e = toml::from_str::<FileConfig>("bogus = 1").unwrap_err();
+        assert!(e.to_string().contains("bogus"));
+    }
+}

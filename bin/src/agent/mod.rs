@@ -1,0 +1,148 @@
+//! The tokio driver of one node.
+//!
+//! One UDP socket carries gossip and lock traffic. One task owns the
+//! [`Node`](crate::node::Node) core and is its only user: it is fed
+//! datagrams, timer expiries (`sleep_until` the core's `poll_timeout`) and
+//! client commands over a channel, so no lock guards protocol state. The
+//! client endpoint (TCP, and a Unix socket if configured) runs one task per
+//! connection; a connection is one [`ClientId`](swimlock_wire::ClientId), and
+//! when it closes the node releases its locks.
+//!
+//! [`spawn`] starts all of it inside the current tokio runtime and returns a
+//! [`Handle`] that gives in-process [`Client`]s and shuts the node down.
+
+mod config;
+mod endpoint;
+mod socket;
+mod task;
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+pub use config::{
+    AgentArgs, AgentConfig, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT, DEFAULT_CLUSTER, DEFAULT_METRICS,
+    mode_name, node_tag, parse_duration,
+};
+pub(crate) use task::Command;
+
+use crate::client::{Client, ClientError};
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A setting was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be opened.
+    #[error("cannot open {what} on {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// Its address or path.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running agent. Dropping it does not stop the node; call
+/// [`Handle::shutdown`].
+#[derive(Debug)]
+pub struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+    udp: SocketAddr,
+    client: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Handle {
+    /// A new client of this node, in-process (no socket): the same API as
+    /// [`Client::connect`].
+    pub async fn client(&self) -> Result<Client, ClientError> {
+        Client::local(self.commands.clone()).await
+    }
+
+    /// The UDP address the node is bound to.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp
+    }
+
+    /// The TCP address of the client endpoint, if it has one.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client
+    }
+
+    /// The address of the metrics endpoint, if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// Graceful stop: releases the locks of every client (waiting briefly
+    /// for the coordinator to confirm), leaves the cluster and ends the
+    /// node task.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts an agent in the current tokio runtime. Fails with the bad field
+/// on invalid settings, or when a socket cannot be opened.
+///
+/// # Panics
+/// When called outside a tokio runtime.
+pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
+    config.validate()?;
+    // The only wall clock the node reads: its identity's start stamp.
+    let epoch = config.epoch.unwrap_or_else(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
+    });
+    let udp = socket::bind_udp(config.bind).map_err(|source| AgentError::Bind {
+        what: "UDP socket",
+        addr: config.bind.to_string(),
+        source,
+    })?;
+    let udp_addr = udp.local_addr().unwrap_or(config.bind);
+    let listeners = endpoint::Listeners::bind(&config)?;
+    let client_addr = listeners.tcp_addr();
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(socket::bind_tcp(addr).map_err(|source| AgentError::Bind {
+            what: "metrics endpoint",
+            addr: addr.to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (commands, rx) = mpsc::unbounded_channel();
+    let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+    let agent = task::NodeTask::new(&config, epoch, udp, stopped_tx)?;
+    let metrics_handle = agent.metrics_handle();
+    info!(
+        name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
+        mode = %config.mode_name(), node_tag = config.lock.tag, epoch,
+        "agent starting"
+    );
+    let task = tokio::spawn(agent.run(rx));
+    let mut aux = endpoint::spawn_listeners(listeners, commands.clone());
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
+    // The listeners live as long as the node task.
+    let unix_socket = config.unix_socket.clone();
+    tokio::spawn(async move {
+        let _ = stopped_rx.await;
+        aux.abort_all();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        if let Some(path) = unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    });
+    Ok(Handle { commands, task, udp: udp_addr, client: client_addr, metrics: metrics_addr })
+}

@@ -1,0 +1,328 @@
+//! The node task: the only owner of the [`Node`] core.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use swimlock_lock::{Event, Failure, LossReason};
+use swimlock_wire::client::{
+    ClientRequest, FailReason, HeldInfo, LostReason, MemberInfo, Reply, Request, ServerMessage, Status,
+    TableEntry, TableInfo,
+};
+use swimlock_wire::frame::{ClusterId, MAX_DATAGRAM};
+use swimlock_wire::{ClientId, LockName, ReqId};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::config::{AgentConfig, ConfigError};
+use crate::metrics::Metrics;
+use crate::node::{Node, NodeConfig, NodeEvent};
+
+/// Longest wait a client may ask for; longer requests are capped (and the
+/// deadline arithmetic can never overflow).
+const MAX_LOCK_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a stopping node waits for the coordinator to confirm the
+/// releases of its clients' locks before it leaves anyway (leaving releases
+/// them too, after failure detection).
+const RELEASE_GRACE: Duration = Duration::from_secs(1);
+
+/// What the rest of the agent asks the node task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A new client: the task answers with its id and sends it
+    /// [`ServerMessage`]s on `events` until it disconnects.
+    Connect { events: mpsc::UnboundedSender<ServerMessage>, reply: oneshot::Sender<ClientId> },
+    /// A request of a connected client.
+    Request { client: ClientId, request: ClientRequest },
+    /// The client went away: release its locks.
+    Disconnect { client: ClientId },
+    /// Release every client's locks, leave the cluster, stop.
+    Shutdown,
+}
+
+/// A lock request waiting for its outcome.
+#[derive(Debug)]
+struct PendingOp {
+    client: ClientId,
+    id: u64,
+    started: Instant,
+}
+
+pub(crate) struct NodeTask {
+    node: Node,
+    socket: UdpSocket,
+    origin: Instant,
+    name: String,
+    bind: SocketAddr,
+    mode: String,
+    sessions: BTreeMap<ClientId, mpsc::UnboundedSender<ServerMessage>>,
+    ops: BTreeMap<ReqId, PendingOp>,
+    next_client: u64,
+    metrics: Metrics,
+    coordinator: bool,
+    /// Dropped when the task ends, which stops the listeners.
+    _stopped: oneshot::Sender<()>,
+}
+
+impl NodeTask {
+    pub fn new(
+        config: &AgentConfig,
+        epoch: u64,
+        socket: UdpSocket,
+        stopped: oneshot::Sender<()>,
+    ) -> Result<NodeTask, ConfigError> {
+        let me = swimlock_wire::NodeId { epoch, addr: config.advertise };
+        let node_config = NodeConfig {
+            name: config.name.clone(),
+            cluster: ClusterId::from_name(&config.cluster),
+            seeds: config.seeds.clone(),
+            lock: config.lock.clone(),
+            membership: config.membership.clone(),
+        };
+        // The seed only spreads probe targets; the start stamp differs per process.
+        let node = Node::new(me, node_config, epoch ^ u64::from(config.lock.tag))?;
+        Ok(NodeTask {
+            node,
+            socket,
+            origin: Instant::now(),
+            name: config.name.clone(),
+            bind: config.bind,
+            mode: config.mode_name(),
+            sessions: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_client: 1,
+            metrics: Metrics::new(),
+            coordinator: false,
+            _stopped: stopped,
+        })
+    }
+
+    pub fn metrics_handle(&self) -> PrometheusHandle {
+        self.metrics.handle()
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        self.node.start(self.now());
+        self.drain().await;
+        loop {
+            let deadline = self.node.poll_timeout().map(|d| self.origin + d);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.node.handle_datagram(self.now(), from, &buf[..len]),
+                    Err(e) => debug!(error = %e, "UDP receive failed"),
+                },
+                () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
+            }
+            self.drain().await;
+        }
+        self.stop(&mut buf).await;
+    }
+
+    /// Releases every client's locks, waits (briefly) until the coordinator
+    /// has confirmed, then leaves.
+    async fn stop(&mut self, buf: &mut [u8]) {
+        let clients: Vec<ClientId> = self.sessions.keys().copied().collect();
+        let now = self.now();
+        for client in clients {
+            self.node.release_client(now, client);
+        }
+        self.sessions.clear();
+        self.ops.clear();
+        self.drain().await;
+        let give_up = Instant::now() + RELEASE_GRACE;
+        while self.node.lock_node().pending_ops() > 0 && Instant::now() < give_up {
+            let deadline = self.node.poll_timeout().map(|d| (self.origin + d).min(give_up)).or(Some(give_up));
+            tokio::select! {
+                received = self.socket.recv_from(buf) => if let Ok((len, from)) = received {
+                    self.node.handle_datagram(self.now(), from, &buf[..len]);
+                },
+                () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
+            }
+            self.drain().await;
+        }
+        self.node.leave(self.now());
+        self.drain().await;
+        info!(name = %self.name, "left the cluster");
+    }
+
+    /// Sends what the node produced and routes its events.
+    async fn drain(&mut self) {
+        while let Some((to, datagram)) = self.node.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&datagram, to).await {
+                debug!(%to, error = %e, "UDP send failed");
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.on_event(event);
+        }
+        self.metrics.update(&self.node);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Connect { events, reply } => {
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                if reply.send(client).is_ok() {
+                    self.sessions.insert(client, events);
+                    debug!(client = client.0, "client connected");
+                }
+            }
+            Command::Request { client, request } => self.on_request(now, client, request),
+            Command::Disconnect { client } => {
+                if self.sessions.remove(&client).is_some() {
+                    debug!(client = client.0, "client disconnected; releasing its locks");
+                    self.ops.retain(|_, op| op.client != client);
+                    self.node.release_client(now, client);
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_request(&mut self, now: Duration, client: ClientId, request: ClientRequest) {
+        if !self.sessions.contains_key(&client) {
+            return;
+        }
+        let id = request.id;
+        match request.request {
+            Request::Lock { name, timeout_ms } => {
+                let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
+                let req = self.node.lock(now, client, name, timeout);
+                self.ops.insert(req, PendingOp { client, id, started: Instant::now() });
+            }
+            Request::TryLock { name } => {
+                let req = self.node.try_lock(now, client, name);
+                self.ops.insert(req, PendingOp { client, id, started: Instant::now() });
+            }
+            Request::Unlock { name } => {
+                let reply = match self.node.unlock(now, client, &name) {
+                    Ok(()) => Reply::Unlocked,
+                    Err(_) => Reply::NotHeld,
+                };
+                self.reply(client, id, reply);
+            }
+            Request::Status => {
+                let status = self.status();
+                self.reply(client, id, Reply::Status(Box::new(status)));
+            }
+        }
+    }
+
+    fn reply(&self, client: ClientId, id: u64, reply: Reply) {
+        if let Some(tx) = self.sessions.get(&client) {
+            let _ = tx.send(ServerMessage::Reply { id, reply });
+        }
+    }
+
+    fn on_event(&mut self, event: NodeEvent) {
+        match event {
+            NodeEvent::View { view, merge } => self.on_view(&view, merge),
+            NodeEvent::Lock(Event::Acquired { req, client, name, token, holds }) => {
+                debug!(client = client.0, lock = %name, %token, holds, "lock acquired");
+                if let Some(op) = self.ops.remove(&req) {
+                    self.metrics.record_acquire_latency(op.started.elapsed());
+                    self.reply(op.client, op.id, Reply::Acquired { token, holds });
+                }
+            }
+            NodeEvent::Lock(Event::Failed { req, client, name, reason }) => {
+                debug!(client = client.0, lock = %name, ?reason, "lock request failed");
+                if let Some(op) = self.ops.remove(&req) {
+                    let reason = match reason {
+                        Failure::Busy => FailReason::Busy,
+                        Failure::TimedOut => FailReason::TimedOut,
+                        Failure::NoQuorum => FailReason::NoQuorum,
+                    };
+                    self.reply(op.client, op.id, Reply::Failed { reason });
+                }
+            }
+            NodeEvent::Lock(Event::Lost { client, name, token, reason }) => {
+                self.on_lost(client, name, token, reason)
+            }
+            NodeEvent::Lock(Event::TermStarted { term }) => info!(term, "coordinator term started"),
+        }
+    }
+
+    fn on_lost(&mut self, client: ClientId, name: LockName, token: swimlock_wire::Token, reason: LossReason) {
+        warn!(client = client.0, lock = %name, %token, ?reason, "lock lost");
+        let reason = match reason {
+            LossReason::Duplicate => LostReason::Duplicate,
+            LossReason::QuorumLost => LostReason::QuorumLost,
+        };
+        if let Some(tx) = self.sessions.get(&client) {
+            let _ = tx.send(ServerMessage::Lost { name, token, reason });
+        }
+    }
+
+    fn on_view(&mut self, view: &swimlock_membership::View, merge: bool) {
+        let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+        let coordinator = view.coordinator().map_or("-", |m| m.name.as_str());
+        info!(view_id = view.id, merge, members = ?names, coordinator, "view installed");
+        let me = self.node.id();
+        let coordinates = view.coordinator().is_some_and(|m| m.id == me);
+        if coordinates != self.coordinator {
+            self.coordinator = coordinates;
+            if coordinates {
+                info!(view_id = view.id, "became coordinator");
+            } else {
+                info!(view_id = view.id, coordinator, "no longer coordinator");
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let view = self.node.membership().view();
+        let member = |m: &swimlock_membership::Member| MemberInfo { name: m.name.clone(), id: m.id };
+        let lock = self.node.lock_node();
+        let table = lock.table_stats().map(|t| {
+            let entries = lock
+                .table()
+                .into_iter()
+                .map(|(name, owner, token)| TableEntry {
+                    name,
+                    node: owner.node,
+                    client: owner.client,
+                    token,
+                })
+                .collect();
+            TableInfo { held: t.held as u64, waiters: t.waiters as u64, serving: lock.is_serving(), entries }
+        });
+        Status {
+            name: self.name.clone(),
+            id: self.node.id(),
+            bind: self.bind,
+            mode: self.mode.clone(),
+            view_id: view.id,
+            view_digest: view.digest(),
+            members: view.members.iter().map(member).collect(),
+            coordinator: view.coordinator().map(member),
+            locks: lock
+                .held()
+                .into_iter()
+                .map(|h| HeldInfo { client: h.client, name: h.name, token: h.token, holds: h.holds })
+                .collect(),
+            table,
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

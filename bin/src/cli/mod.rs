@@ -1,0 +1,130 @@
+//! The `swimlock` command line.
+
+mod demo;
+mod lock;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::AgentArgs;
+
+/// Exit code: the lock was not acquired within --timeout.
+pub const EXIT_TIMEOUT: u8 = 75;
+/// Exit code: the lock was lost while the command ran.
+pub const EXIT_LOST: u8 = 76;
+/// Exit code: the agent could not be reached or refused.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code: the configuration was refused.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// swimlock: a distributed lock node (SWIM membership, CENTRAL_LOCK2 locks
+/// with fencing tokens).
+#[derive(Parser, Debug)]
+#[command(name = "swimlock", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Run a lock node on this host (stops gracefully on SIGTERM/Ctrl-C:
+    /// releases its clients' locks and leaves the cluster).
+    Agent(Box<AgentArgs>),
+    /// Hold a lock while a command runs: `swimlock lock NAME -- CMD [ARGS...]`.
+    ///
+    /// The command runs in its own process group with SWIMLOCK_LOCK and
+    /// SWIMLOCK_TOKEN (the fencing token) set; the lock is released when it
+    /// exits, and swimlock exits with its code. Exit 75: not acquired within
+    /// --timeout. Exit 76: the lock was lost, and the command's whole process
+    /// group was stopped (SIGTERM, then SIGKILL after --kill-grace).
+    Lock(lock::LockArgs),
+    /// Show the local node's view, coordinator and locks.
+    Status(status::StatusArgs),
+    /// Run a 3-node cluster on loopback until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Run the deterministic simulator over many seeds (or replay one).
+    Sim(crate::sim::SimArgs),
+}
+
+/// Runs the command line; the process exits with the returned code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Agent(args) => agent(*args),
+        Commands::Lock(args) => runtime().block_on(lock::run(args)),
+        Commands::Status(args) => runtime().block_on(status::run(args)),
+        Commands::Demo(args) => runtime().block_on(demo::run(args)),
+        Commands::Sim(args) => crate::sim::main(args),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swimlock: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+fn agent(args: AgentArgs) -> ExitCode {
+    init_tracing();
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("swimlock agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    runtime().block_on(async move {
+        let handle = match crate::agent::spawn(config) {
+            Ok(handle) => handle,
+            Err(e) => {
+                eprintln!("swimlock agent: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        wait_for_stop_signal().await;
+        tracing::info!("stopping: releasing client locks and leaving the cluster");
+        handle.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Parses "500ms", "2s", "1m".
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::agent::parse_duration(text)
+}

@@ -1,0 +1,118 @@
+//! `swimlock status`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+use swimlock_wire::client::Status;
+
+use super::EXIT_UNAVAILABLE;
+use crate::agent::DEFAULT_CLIENT;
+use crate::client::Client;
+
+/// Options of `swimlock status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Client endpoint of the agent: HOST:PORT or unix:PATH.
+    #[arg(long, default_value = DEFAULT_CLIENT, value_name = "ADDR")]
+    pub client: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Asks the agent and prints.
+pub async fn run(args: StatusArgs) -> ExitCode {
+    let status = match Client::connect(&args.client).await {
+        Ok(client) => client.status().await,
+        Err(e) => Err(e),
+    };
+    match status {
+        Ok(status) if args.json => {
+            println!("{}", to_json(&status));
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            print!("{}", to_text(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swimlock status: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// The JSON form: one object, stable keys.
+pub fn to_json(s: &Status) -> serde_json::Value {
+    let member = |m: &swimlock_wire::client::MemberInfo| json!({ "name": m.name, "addr": m.id.addr.to_string(), "epoch": m.id.epoch });
+    json!({
+        "name": s.name,
+        "id": s.id.to_string(),
+        "bind": s.bind.to_string(),
+        "mode": s.mode,
+        "view_id": s.view_id,
+        "view_digest": format!("{:016x}", s.view_digest),
+        "coordinator": s.coordinator.as_ref().map(|m| m.name.clone()),
+        "is_coordinator": s.coordinator.as_ref().is_some_and(|m| m.id == s.id),
+        "members": s.members.iter().map(member).collect::<Vec<_>>(),
+        "locks": s.locks.iter().map(|l| json!({
+            "name": l.name.as_str(), "token": l.token.0, "client": l.client.0, "holds": l.holds,
+        })).collect::<Vec<_>>(),
+        "table": s.table.as_ref().map(|t| json!({
+            "held": t.held,
+            "waiters": t.waiters,
+            "serving": t.serving,
+            "entries": t.entries.iter().map(|e| json!({
+                "name": e.name.as_str(), "token": e.token.0, "node": e.node.to_string(), "client": e.client.0,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+/// The text form, for a person.
+pub fn to_text(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let coordinator = s.coordinator.as_ref().map_or("-", |m| m.name.as_str());
+    let _ = writeln!(out, "node         {} ({})", s.name, s.id);
+    let _ = writeln!(out, "mode         {}", s.mode);
+    let _ = writeln!(
+        out,
+        "view         {} (digest {:016x}), {} members",
+        s.view_id,
+        s.view_digest,
+        s.members.len()
+    );
+    let _ = writeln!(out, "coordinator  {coordinator}");
+    let _ = writeln!(out, "members (oldest first):");
+    let width = s.members.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    for m in &s.members {
+        let mut notes = Vec::new();
+        if s.coordinator.as_ref().is_some_and(|c| c.id == m.id) {
+            notes.push("coordinator");
+        }
+        if m.id == s.id {
+            notes.push("this node");
+        }
+        let notes = if notes.is_empty() { String::new() } else { format!("  ({})", notes.join(", ")) };
+        let _ = writeln!(out, "  {:width$}  {}{notes}", m.name, m.id.addr);
+    }
+    if s.locks.is_empty() {
+        let _ = writeln!(out, "locks held here: none");
+    } else {
+        let _ = writeln!(out, "locks held here:");
+        for l in &s.locks {
+            let _ =
+                writeln!(out, "  {}  token {}  client {}  holds {}", l.name, l.token, l.client.0, l.holds);
+        }
+    }
+    if let Some(t) = &s.table {
+        let phase = if t.serving { "serving" } else { "reconciling" };
+        let _ = writeln!(out, "lock table ({phase}): {} held, {} waiting", t.held, t.waiters);
+        for e in &t.entries {
+            let _ = writeln!(out, "  {}  token {}  holder {}/{}", e.name, e.token, e.node, e.client.0);
+        }
+    }
+    out
+}

@@ -1,0 +1,421 @@
+//! The Rust client library.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), swimlock::client::ClientError> {
+//! use std::time::Duration;
+//! use swimlock::client::Client;
+//!
+//! let client = Client::connect("127.0.0.1:7950").await?;
+//! let mut guard = client.lock("db/orders", Duration::from_secs(5)).await?;
+//! let token = guard.token(); // pass it to the fenced resource
+//! tokio::select! {
+//!     lost = guard.lost() => eprintln!("lost the lock: {lost}"),
+//!     () = tokio::time::sleep(Duration::from_secs(1)) => {}
+//! }
+//! guard.unlock().await?; // or drop the guard
+//! # let _ = token;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Client`] is one connection to a node, which is one lock owner: two
+//! clients exclude each other, and one client locking a name it holds gets
+//! the same token again (the lock is released when every guard is gone).
+//! Closing the connection (dropping the client and all its guards) releases
+//! its locks. Clones share the connection.
+//!
+//! In-process nodes ([`crate::agent::spawn`]) hand out clients with
+//! [`crate::agent::Handle::client`]; the API is the same.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use swimlock_wire::client::{
+    self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status,
+};
+use swimlock_wire::{LockName, Token, WireError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::agent::Command;
+
+/// What went wrong with a client operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached.
+    #[error("cannot connect to the swimlock agent at {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The connection to the node closed.
+    #[error("the connection to the swimlock agent closed")]
+    Closed,
+    /// `lock`: no grant before the timeout.
+    #[error("timed out waiting for the lock")]
+    TimedOut,
+    /// `lock`: another owner holds the lock (only `try_lock` says so by
+    /// returning `None`).
+    #[error("the lock is held by another owner")]
+    Busy,
+    /// Mode `majority` and the node's side holds no majority.
+    #[error("no quorum: this node's side of the cluster holds no majority of the members")]
+    NoQuorum,
+    /// `unlock` of a lock this client does not hold.
+    #[error("the lock is not held by this client")]
+    NotHeld,
+    /// An invalid lock name.
+    #[error("invalid lock name: {0}")]
+    BadName(WireError),
+    /// The node refused the request.
+    #[error("the agent refused the request: {0}")]
+    Server(String),
+    /// The node sent something this library does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Why a held lock was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostCause {
+    /// Held twice after a partition healed; the other holder kept it.
+    Duplicate,
+    /// Mode `majority`: the node's side lost its majority.
+    QuorumLost,
+    /// The connection to the node closed, so the lock is (or soon will be)
+    /// released.
+    ConnectionClosed,
+}
+
+/// A lock that is no longer held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The lock.
+    pub name: LockName,
+    /// The token that was held.
+    pub token: Token,
+    /// Why.
+    pub cause: LostCause,
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.cause {
+            LostCause::Duplicate => "held twice after a partition healed; the other holder kept it",
+            LostCause::QuorumLost => "this node's side of the cluster lost its majority",
+            LostCause::ConnectionClosed => "the connection to the agent closed",
+        };
+        write!(f, "lock {} (token {}) lost: {why}", self.name, self.token)
+    }
+}
+
+type LostTx = watch::Sender<Option<Lost>>;
+type LostRx = watch::Receiver<Option<Lost>>;
+/// Where the connection task hands a reply (and, for a grant, the lock's
+/// loss channel).
+type ReplyTx = oneshot::Sender<(Reply, Option<LostRx>)>;
+
+/// State shared by the API and the connection task.
+#[derive(Default)]
+struct Shared {
+    /// Replies awaited, by request id; lock requests remember their name.
+    waiting: BTreeMap<u64, (Option<LockName>, ReplyTx)>,
+    /// Per held lock, where its loss is announced.
+    lost: BTreeMap<LockName, LostTx>,
+    closed: bool,
+}
+
+struct Inner {
+    out: mpsc::UnboundedSender<ClientRequest>,
+    shared: Arc<Mutex<Shared>>,
+    next_id: AtomicU64,
+}
+
+/// A connection to a swimlock node: one lock owner. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to a node's client endpoint: `HOST:PORT` (TCP) or
+    /// `unix:PATH`.
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let err = |source| ClientError::Connect { addr: addr.to_string(), source };
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let stream = tokio::net::UnixStream::connect(path).await.map_err(err)?;
+            Ok(Client::over_stream(stream))
+        } else {
+            let stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
+            let _ = stream.set_nodelay(true);
+            Ok(Client::over_stream(stream))
+        }
+    }
+
+    fn over_stream<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Client {
+        let (out, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(run_stream(stream, requests, shared.clone()));
+        Client { inner: Arc::new(Inner { out, shared, next_id: AtomicU64::new(1) }) }
+    }
+
+    /// A client of an in-process node.
+    pub(crate) async fn local(commands: mpsc::UnboundedSender<Command>) -> Result<Client, ClientError> {
+        let (events, from_node) = mpsc::unbounded_channel();
+        let (reply, client) = oneshot::channel();
+        commands.send(Command::Connect { events, reply }).map_err(|_| ClientError::Closed)?;
+        let client = client.await.map_err(|_| ClientError::Closed)?;
+        let (out, mut requests) = mpsc::unbounded_channel::<ClientRequest>();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task_shared = shared.clone();
+        tokio::spawn(async move {
+            let mut from_node = from_node;
+            loop {
+                tokio::select! {
+                    request = requests.recv() => {
+                        // Every handle dropped: the connection closes.
+                        let Some(request) = request else { break };
+                        if commands.send(Command::Request { client, request }).is_err() {
+                            break;
+                        }
+                    }
+                    msg = from_node.recv() => match msg {
+                        Some(msg) => dispatch(&task_shared, msg),
+                        None => break,
+                    },
+                }
+            }
+            let _ = commands.send(Command::Disconnect { client });
+            close(&task_shared);
+        });
+        Ok(Client { inner: Arc::new(Inner { out, shared, next_id: AtomicU64::new(1) }) })
+    }
+
+    /// Waits up to `timeout` for `name`, behind earlier waiters.
+    pub async fn lock(&self, name: &str, timeout: Duration) -> Result<LockGuard, ClientError> {
+        let name = LockName::new(name).map_err(ClientError::BadName)?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.acquire(Request::Lock { name: name.clone(), timeout_ms }, name).await
+    }
+
+    /// Takes `name` if it is free now; `None` if another owner holds it.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
+        let name = LockName::new(name).map_err(ClientError::BadName)?;
+        match self.acquire(Request::TryLock { name: name.clone() }, name).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(ClientError::Busy) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The node's view and locks.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        match self.request(Request::Status, None).await?.0 {
+            Reply::Status(status) => Ok(*status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire(&self, request: Request, name: LockName) -> Result<LockGuard, ClientError> {
+        match self.request(request, Some(name.clone())).await? {
+            (Reply::Acquired { token, holds }, Some(lost)) => {
+                Ok(LockGuard { client: self.clone(), name, token, holds, lost, released: false })
+            }
+            (Reply::Failed { reason: FailReason::Busy }, _) => Err(ClientError::Busy),
+            (Reply::Failed { reason: FailReason::TimedOut }, _) => Err(ClientError::TimedOut),
+            (Reply::Failed { reason: FailReason::NoQuorum }, _) => Err(ClientError::NoQuorum),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    async fn unlock(&self, name: &LockName) -> Result<(), ClientError> {
+        match self.request(Request::Unlock { name: name.clone() }, None).await?.0 {
+            Reply::Unlocked => Ok(()),
+            Reply::NotHeld => Err(ClientError::NotHeld),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends an unlock and does not wait for the answer (guard drop).
+    fn unlock_nowait(&self, name: &LockName) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.out.send(ClientRequest { id, request: Request::Unlock { name: name.clone() } });
+    }
+
+    async fn request(
+        &self,
+        request: Request,
+        lock: Option<LockName>,
+    ) -> Result<(Reply, Option<LostRx>), ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.closed {
+                return Err(ClientError::Closed);
+            }
+            shared.waiting.insert(id, (lock, tx));
+        }
+        self.inner.out.send(ClientRequest { id, request }).map_err(|_| ClientError::Closed)?;
+        match rx.await {
+            Ok((Reply::Error { message }, _)) => Err(ClientError::Server(message)),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+/// Routes one message from the node.
+fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
+    let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+    match msg {
+        ServerMessage::Reply { id, reply } => {
+            let Some((lock, tx)) = shared.waiting.remove(&id) else { return };
+            // The loss channel exists before the caller sees the grant, so a
+            // loss that follows at once is never missed.
+            let lost = match (&reply, lock) {
+                (Reply::Acquired { holds, .. }, Some(name)) => {
+                    let fresh = *holds == 1 || !shared.lost.contains_key(&name);
+                    if fresh {
+                        shared.lost.insert(name.clone(), watch::channel(None).0);
+                    }
+                    shared.lost.get(&name).map(LostTx::subscribe)
+                }
+                _ => None,
+            };
+            let _ = tx.send((reply, lost));
+        }
+        ServerMessage::Lost { name, token, reason } => {
+            let cause = match reason {
+                proto::LostReason::Duplicate => LostCause::Duplicate,
+                proto::LostReason::QuorumLost => LostCause::QuorumLost,
+            };
+            if let Some(tx) = shared.lost.remove(&name) {
+                let _ = tx.send(Some(Lost { name, token, cause }));
+            }
+        }
+    }
+}
+
+/// The connection is gone: pending requests fail, held locks are lost.
+fn close(shared: &Mutex<Shared>) {
+    let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+    shared.closed = true;
+    shared.waiting.clear();
+    for (name, tx) in std::mem::take(&mut shared.lost) {
+        let token = tx.borrow().as_ref().map_or(Token(0), |l| l.token);
+        let _ = tx.send(Some(Lost { name, token, cause: LostCause::ConnectionClosed }));
+    }
+}
+
+async fn run_stream<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    mut requests: mpsc::UnboundedReceiver<ClientRequest>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut buf = Vec::with_capacity(4096);
+    'conn: loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { break };
+                let Ok(frame) = proto::encode(&request) else { continue };
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            read = reader.read_buf(&mut buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    break;
+                }
+                loop {
+                    match proto::decode_frame::<ServerMessage>(&buf) {
+                        Ok(Some((msg, used))) => {
+                            buf.drain(..used);
+                            dispatch(&shared, msg);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'conn,
+                    }
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    close(&shared);
+}
+
+/// A held lock. Dropping it releases one hold (without waiting); use
+/// [`LockGuard::unlock`] to wait for the node's answer.
+#[derive(Debug)]
+pub struct LockGuard {
+    client: Client,
+    name: LockName,
+    token: Token,
+    holds: u32,
+    lost: LostRx,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The fencing token of the grant: give it to the resource the lock
+    /// protects, which rejects tokens lower than the highest it has seen.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The lock.
+    pub fn name(&self) -> &LockName {
+        &self.name
+    }
+
+    /// How many holds this client had right after this acquisition.
+    pub fn holds(&self) -> u32 {
+        self.holds
+    }
+
+    /// Whether the lock is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.borrow().is_some()
+    }
+
+    /// Completes when the lock is lost (duplicate after a partition healed,
+    /// quorum lost, connection to the node closed); pending while it is held.
+    pub async fn lost(&mut self) -> Lost {
+        if let Ok(lost) = self.lost.wait_for(Option::is_some).await
+            && let Some(lost) = lost.clone()
+        {
+            return lost;
+        }
+        // The channel goes away only once the lock was released.
+        std::future::pending().await
+    }
+
+    /// Releases this hold and waits for the node to accept it.
+    pub async fn unlock(mut self) -> Result<(), ClientError> {
+        self.released = true;
+        self.client.unlock(&self.name).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.released && !self.is_lost() {
+            self.client.unlock_nowait(&self.name);
+        }
+    }
+}
