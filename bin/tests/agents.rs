@@ -1,0 +1,273 @@
+//! End-to-end tests with real `swimlock` processes on 127.0.0.1.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use swimlock::client::Client;
+use swimlock_wire::frame::{ClusterId, Kind, encode_gossip, encode_lock};
+use swimlock_wire::lock::{LockFrame, LockMsg, UnlockRsp};
+use swimlock_wire::{NodeId, ReqId};
+
+const FORM: Duration = Duration::from_secs(15);
+
+#[test]
+fn three_agents_form_one_view() {
+    let _serial = serial();
+    let cluster = Cluster::start("view", 3, &[]);
+    let took = cluster.wait_formed(&[0, 1, 2], FORM);
+    eprintln!("3 agents formed one view in {took:?}");
+    let status = cluster.agents[2].status().unwrap();
+    let names: Vec<&str> =
+        status["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["view-1", "view-2", "view-3"], "members oldest first");
+    assert_eq!(status["coordinator"], "view-1");
+    assert_eq!(cluster.agents[0].status().unwrap()["is_coordinator"], true);
+    assert_eq!(status["is_coordinator"], false);
+}
+
+/// 24 `swimlock lock` runs against all three nodes protect a read-modify-write
+/// of one file: the count is exact, and the tokens, logged in acquisition
+/// order, strictly increase.
+#[test]
+fn concurrent_lock_commands_exclude_each_other() {
+    let _serial = serial();
+    let cluster = Cluster::start("rmw", 3, &[]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let dir = cluster.dir.path();
+    std::fs::write(dir.join("count"), "0\n").unwrap();
+    // The pause between read and write makes a lost update near certain
+    // without mutual exclusion.
+    let script = "n=$(cat count); echo \"$SWIMLOCK_TOKEN\" >> tokens; sleep 0.02; echo $((n + 1)) > count";
+    let started = Instant::now();
+    let mut runs: Vec<Proc> = (0..24)
+        .map(|i| {
+            let client = cluster.agents[i % 3].client_arg();
+            let child = Command::new(BIN)
+                .args(["lock", "counter", "--timeout", "60s", "--client", &client, "--", "sh", "-c", script])
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            Proc(Some(child))
+        })
+        .collect();
+    for run in &mut runs {
+        let status = run.wait_exit(Duration::from_secs(90)).expect("lock run finished");
+        assert!(status.success(), "lock run failed: {status}");
+    }
+    eprintln!("24 lock runs took {:?}", started.elapsed());
+    let count = std::fs::read_to_string(dir.join("count")).unwrap();
+    assert_eq!(count.trim(), "24");
+    let tokens: Vec<u64> =
+        std::fs::read_to_string(dir.join("tokens")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(tokens.len(), 24);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens not strictly increasing: {tokens:?}");
+}
+
+/// kill -9 of the coordinator while a client of another node holds a lock:
+/// the survivors form a view, the lock keeps its token, and a new grant
+/// carries a higher token, within FAILOVER_BOUND.
+#[test]
+fn coordinator_kill_9_fails_over_and_keeps_held_locks() {
+    const FAILOVER_BOUND: Duration = Duration::from_secs(5);
+    let _serial = serial();
+    let mut cluster = Cluster::start("failover", 3, &[]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let rt = runtime();
+    let (b, c) = (cluster.agents[1].client_arg(), cluster.agents[2].client_arg());
+    let holder = rt.block_on(Client::connect(&b)).unwrap();
+    let mut held = rt.block_on(holder.lock("failover", Duration::from_secs(5))).unwrap();
+    let waiter = rt.block_on(Client::connect(&c)).unwrap();
+
+    let killed = Instant::now();
+    cluster.agents[0].proc.kill();
+    // A fresh lock on the third node is granted once the new coordinator serves.
+    let fresh =
+        rt.block_on(waiter.lock("after-failover", Duration::from_secs(10))).expect("granted after failover");
+    let failover = killed.elapsed();
+    eprintln!("failover after kill -9 of the coordinator: {failover:?} (bound {FAILOVER_BOUND:?})");
+    assert!(failover < FAILOVER_BOUND, "failover took {failover:?}");
+    cluster.wait_formed(&[1, 2], Duration::from_secs(5));
+
+    // The held lock survived with its token: it is in the new coordinator's table.
+    let status = cluster.agents[1].status().unwrap();
+    assert_eq!(status["coordinator"], "failover-2");
+    let entries = status["table"]["entries"].as_array().unwrap();
+    let entry = entries.iter().find(|e| e["name"] == "failover").expect("held lock re-installed");
+    assert_eq!(entry["token"], held.token().0);
+    assert!(!held.is_lost());
+    assert!(fresh.token() > held.token());
+
+    // The next grant of the same name carries a higher token.
+    let old = held.token();
+    let next = rt.block_on(async {
+        let next = tokio::spawn({
+            let waiter = waiter.clone();
+            async move { waiter.lock("failover", Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lost = tokio::time::timeout(Duration::from_millis(10), held.lost()).await;
+        assert!(lost.is_err(), "held lock reported lost");
+        held.unlock().await.unwrap();
+        next.await.unwrap()
+    });
+    let next = next.expect("waiter granted after the unlock");
+    assert!(next.token() > old, "token {} not above {}", next.token(), old);
+}
+
+/// A client connection that closes while holding a lock releases it: the
+/// next waiter, on another node, gets it.
+#[test]
+fn dropped_connection_hands_the_lock_to_the_next_waiter() {
+    let _serial = serial();
+    let cluster = Cluster::start("drop", 3, &[]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let dir = cluster.dir.path();
+    let pidfile = dir.join("cmd.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let mut holder = Proc(Some(
+        Command::new(BIN)
+            .args(["lock", "conn", "--client", &cluster.agents[1].client_arg(), "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until(Duration::from_secs(10), "the holder's command to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty())
+    });
+    let cmd_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // The holder's command is a child we started indirectly: kill it at the end.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _cmd = KillOnDrop(cmd_pid);
+
+    let rt = runtime();
+    let waiter = rt.block_on(Client::connect(&cluster.agents[2].client_arg())).unwrap();
+    let first = cluster.agents[1].status().unwrap();
+    let held_token = first["locks"][0]["token"].as_u64().expect("holder has the lock");
+    let pending =
+        rt.spawn(async move { waiter.lock("conn", Duration::from_secs(15)).await.map(|g| g.token()) });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!pending.is_finished(), "waiter got a held lock");
+
+    // SIGKILL the `swimlock lock` process: its connection closes, unlock never sent.
+    let dropped = Instant::now();
+    holder.kill();
+    let token = rt.block_on(pending).unwrap().expect("waiter granted after the connection dropped");
+    eprintln!("lock handed over {:?} after the holder's connection dropped", dropped.elapsed());
+    assert!(token.0 > held_token);
+}
+
+/// Garbage, truncated and foreign datagrams are dropped and counted; the
+/// agent keeps serving.
+#[test]
+fn bad_datagrams_are_counted_and_the_agent_keeps_serving() {
+    let _serial = serial();
+    let cluster = Cluster::start("garbage", 1, &[]);
+    cluster.wait_formed(&[0], FORM);
+    let agent = &cluster.agents[0];
+    let before = metric(&agent.scrape().unwrap(), "swimlock_decode_errors_total").unwrap();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ours = ClusterId::from_name("swimlock");
+    let foreign = ClusterId::from_name("another");
+    let stranger = NodeId { epoch: 1, addr: socket.local_addr().unwrap() };
+    let to_someone_else = NodeId { epoch: 2, addr: agent.udp };
+    let rsp = LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1), term: 1 });
+    let frame = LockFrame { from: stranger, to: to_someone_else, msgs: vec![rsp] };
+    let mut garbage_lock = encode_gossip(&[0xff; 64], ours).unwrap();
+    garbage_lock[5] = Kind::Lock as u8;
+    let datagrams: Vec<Vec<u8>> = vec![
+        b"hello".to_vec(),
+        vec![0u8; 1000],
+        b"SWLK\x01".to_vec(),
+        encode_gossip(b"not gossip at all", ours).unwrap(),
+        garbage_lock,
+        encode_gossip(b"x", foreign).unwrap(),
+        encode_lock(&frame, foreign).unwrap(),
+        encode_lock(&frame, ours).unwrap(),
+    ];
+    for d in &datagrams {
+        socket.send_to(d, agent.udp).unwrap();
+    }
+    wait_until(Duration::from_secs(5), "the decode-error counter to count every bad datagram", || {
+        agent
+            .scrape()
+            .and_then(|t| metric(&t, "swimlock_decode_errors_total"))
+            .is_some_and(|n| n >= before + datagrams.len() as f64)
+    });
+    let text = agent.scrape().unwrap();
+    assert!(metric_with(&text, "swimlock_decode_errors_total", "reason=\"foreign_cluster\"").unwrap() >= 2.0);
+    assert!(metric_with(&text, "swimlock_decode_errors_total", "reason=\"misaddressed\"").unwrap() >= 1.0);
+
+    // Still serving.
+    let out =
+        swimlock(&["lock", "still-here", "--timeout", "5s", "--client", &agent.client_arg(), "--", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// /metrics reports the view, the coordinator flag and exactly the requests
+/// the test made.
+#[test]
+fn metrics_report_view_coordinator_and_requests() {
+    let _serial = serial();
+    let cluster = Cluster::start("metrics", 3, &[]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let rt = runtime();
+    let node = &cluster.agents[1];
+    rt.block_on(async {
+        let a = Client::connect(&node.client_arg()).await.unwrap();
+        let b = Client::connect(&node.client_arg()).await.unwrap();
+        let g1 = a.lock("m1", Duration::from_secs(5)).await.unwrap();
+        let g2 = a.lock("m2", Duration::from_secs(5)).await.unwrap();
+        assert!(b.try_lock("m1").await.unwrap().is_none(), "m1 is held by a");
+        let t = b.lock("m2", Duration::from_millis(300)).await;
+        assert!(matches!(t, Err(swimlock::client::ClientError::TimedOut)), "{t:?}");
+        g1.unlock().await.unwrap();
+        g2.unlock().await.unwrap();
+        let g3 = b.try_lock("m1").await.unwrap().expect("free again");
+        g3.unlock().await.unwrap();
+    });
+    wait_until(Duration::from_secs(5), "metrics to reflect the requests", || {
+        node.scrape()
+            .is_some_and(|t| metric_with(&t, "swimlock_requests_total", "result=\"acquired\"") == Some(3.0))
+    });
+    let text = node.scrape().unwrap();
+    assert_eq!(metric(&text, "swimlock_view_members"), Some(3.0));
+    assert_eq!(metric(&text, "swimlock_is_coordinator"), Some(0.0));
+    assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"busy\""), Some(1.0));
+    assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"timed_out\""), Some(1.0));
+    assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"no_quorum\""), Some(0.0));
+    assert_eq!(metric(&text, "swimlock_acquire_latency_seconds_count"), Some(3.0));
+    assert!(metric_with(&text, "swimlock_datagrams_total", "direction=\"in\"").unwrap() > 0.0);
+    assert_eq!(metric(&text, "swimlock_locks_held"), Some(0.0));
+
+    let coordinator = cluster.agents[0].scrape().unwrap();
+    assert_eq!(metric(&coordinator, "swimlock_is_coordinator"), Some(1.0));
+    assert_eq!(metric(&coordinator, "swimlock_view_members"), Some(3.0));
+    assert!(metric(&coordinator, "swimlock_reconciliations_total").unwrap() >= 1.0);
+    assert_eq!(metric(&coordinator, "swimlock_lock_table_held"), Some(0.0));
+}
+
+/// Bad configuration is refused at start with the field named.
+#[test]
+fn bad_configuration_is_refused_naming_the_field() {
+    let out = swimlock(&["agent", "--mode", "majority", "--metrics", "off", "--client", "off"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`members`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = swimlock(&["agent", "--probe-period", "fast"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("membership.probe_period"));
+}
