@@ -271,3 +271,75 @@ fn bad_configuration_is_refused_naming_the_field() {
     let out = swimlock(&["agent", "--probe-period", "fast"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("membership.probe_period"));
 }
+
+/// Mode majority: when the holder's node loses its majority, `swimlock lock`
+/// reports the loss, stops the command's whole process group (a grandchild
+/// included) and exits 76.
+#[test]
+fn lost_lock_stops_the_whole_process_group() {
+    let _serial = serial();
+    let mut cluster = Cluster::start("lost", 3, &["--mode", "majority", "--members", "3"]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let dir = cluster.dir.path().to_path_buf();
+    let pids = dir.join("pids");
+    // A grandchild in the background, as `sh -c` scripts often leave.
+    let script = format!("sleep 60 & echo $! >> {0}; echo $$ >> {0}; wait", pids.display());
+    let mut run = Proc(Some(
+        Command::new(BIN)
+            .args(["lock", "lost", "--kill-grace", "1s", "--client", &cluster.agents[2].client_arg()])
+            .args(["--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until(Duration::from_secs(10), "the command and its grandchild", || {
+        std::fs::read_to_string(&pids).is_ok_and(|s| s.lines().count() == 2)
+    });
+    let group: Vec<i32> =
+        std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    struct KillOnDrop(Vec<i32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _group = KillOnDrop(group.clone());
+
+    cluster.agents[0].proc.kill();
+    cluster.agents[1].proc.kill();
+    let status = run.wait_exit(Duration::from_secs(15)).expect("swimlock lock exits after the loss");
+    assert_eq!(status.code(), Some(76));
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    wait_until(Duration::from_secs(3), "the process group to be gone", || !group.iter().any(|&p| alive(p)));
+}
+
+/// With --state-dir, a node restarted alone grants above every token of its
+/// earlier life.
+#[test]
+fn restarted_node_with_state_dir_never_repeats_a_token() {
+    let _serial = serial();
+    let dir = TempDir::new("restart");
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let mut tokens = Vec::new();
+    for life in 0..2 {
+        let mut agent =
+            Agent::start(dir.path(), &format!("restart-{life}"), None, &["--state-dir", state_arg]);
+        wait_until(FORM, "the restarted node to serve", || {
+            agent.status().is_some_and(|s| s["table"]["serving"] == serde_json::Value::Bool(true))
+        });
+        let status = Command::new(BIN)
+            .args(["lock", "r", "--timeout", "5s", "--client", &agent.client_arg(), "--"])
+            .args(["sh", "-c", "echo $SWIMLOCK_TOKEN"])
+            .output()
+            .unwrap();
+        tokens.push(String::from_utf8_lossy(&status.stdout).trim().parse::<u64>().unwrap());
+        agent.proc.kill();
+    }
+    assert!(tokens[1] > tokens[0], "token after restart {} not above {}", tokens[1], tokens[0]);
+}

@@ -66,6 +66,11 @@ pub struct AgentConfig {
     pub lock: swimlock_lock::Config,
     /// Membership timings.
     pub membership: swimlock_membership::Config,
+    /// Directory where the node keeps the last coordinator term it
+    /// started (file `term`), so that after a restart it never grants a
+    /// token it granted before. `None` keeps nothing: tokens can then
+    /// repeat if every member restarts at once.
+    pub state_dir: Option<PathBuf>,
     /// Start stamp of the node's identity; `None` takes the wall clock at
     /// spawn (microseconds since the Unix epoch).
     pub epoch: Option<u64>,
@@ -86,6 +91,7 @@ impl AgentConfig {
             metrics: None,
             lock: swimlock_lock::Config::lan(node_tag(bind)),
             membership: swimlock_membership::Config::lan(),
+            state_dir: None,
             epoch: None,
         }
     }
@@ -195,6 +201,10 @@ pub struct AgentArgs {
     /// Also serve clients on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
+    /// Directory for the node's durable state (the last coordinator term,
+    /// so tokens never repeat across restarts) [default: none].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Address of the Prometheus endpoint, or `off` [default: 127.0.0.1:9950].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -236,6 +246,7 @@ struct FileConfig {
     members: Option<usize>,
     client: Option<String>,
     unix_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     metrics: Option<String>,
     node_tag: Option<u16>,
     lock_delay: Option<String>,
@@ -292,6 +303,7 @@ impl AgentArgs {
         c.cluster = self.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
         c.client = optional_addr("client", self.client.as_ref().or(file.client.as_ref()), DEFAULT_CLIENT)?;
         c.unix_socket = self.unix_socket.clone().or(file.unix_socket);
+        c.state_dir = self.state_dir.clone().or(file.state_dir);
         c.metrics =
             optional_addr("metrics", self.metrics.as_ref().or(file.metrics.as_ref()), DEFAULT_METRICS)?;
         c.lock.tag = self.node_tag.or(file.node_tag).unwrap_or_else(|| node_tag(c.advertise));

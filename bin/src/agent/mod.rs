@@ -14,6 +14,7 @@
 mod config;
 mod endpoint;
 mod socket;
+mod state;
 mod task;
 
 use std::net::SocketAddr;
@@ -47,6 +48,14 @@ pub enum AgentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The state directory could not be used.
+    #[error("cannot use the state directory {path}: {source}")]
+    State {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// A running agent. Dropping it does not stop the node; call
@@ -55,6 +64,8 @@ pub enum AgentError {
 pub struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
+    /// Stops the listeners once the node task has ended.
+    cleanup: JoinHandle<()>,
     udp: SocketAddr,
     client: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
@@ -88,6 +99,7 @@ impl Handle {
     pub async fn shutdown(self) {
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.task.await;
+        let _ = self.cleanup.await;
     }
 }
 
@@ -122,11 +134,19 @@ pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
 
     let (commands, rx) = mpsc::unbounded_channel();
     let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
-    let agent = task::NodeTask::new(&config, epoch, udp, stopped_tx)?;
+    let (term_store, term_floor) = match &config.state_dir {
+        Some(dir) => {
+            let (store, term) = state::TermStore::open(dir)
+                .map_err(|source| AgentError::State { path: dir.display().to_string(), source })?;
+            (Some(store), term)
+        }
+        None => (None, 0),
+    };
+    let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?;
     let metrics_handle = agent.metrics_handle();
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
-        mode = %config.mode_name(), node_tag = config.lock.tag, epoch,
+        mode = %config.mode_name(), node_tag = config.lock.tag, epoch, term_floor,
         "agent starting"
     );
     let task = tokio::spawn(agent.run(rx));
@@ -134,7 +154,7 @@ pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
     let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
     // The listeners live as long as the node task.
     let unix_socket = config.unix_socket.clone();
-    tokio::spawn(async move {
+    let cleanup = tokio::spawn(async move {
         let _ = stopped_rx.await;
         aux.abort_all();
         if let Some(t) = metrics_task {
@@ -144,5 +164,5 @@ pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
             let _ = std::fs::remove_file(path);
         }
     });
-    Ok(Handle { commands, task, udp: udp_addr, client: client_addr, metrics: metrics_addr })
+    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr })
 }

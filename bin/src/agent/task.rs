@@ -15,9 +15,10 @@ use swimlock_wire::{ClientId, LockName, ReqId};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::config::{AgentConfig, ConfigError};
+use super::state::TermStore;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeConfig, NodeEvent};
 
@@ -63,6 +64,7 @@ pub(crate) struct NodeTask {
     next_client: u64,
     metrics: Metrics,
     coordinator: bool,
+    terms: Option<TermStore>,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -72,6 +74,7 @@ impl NodeTask {
         config: &AgentConfig,
         epoch: u64,
         socket: UdpSocket,
+        (terms, term_floor): (Option<TermStore>, u32),
         stopped: oneshot::Sender<()>,
     ) -> Result<NodeTask, ConfigError> {
         let me = swimlock_wire::NodeId { epoch, addr: config.advertise };
@@ -83,7 +86,7 @@ impl NodeTask {
             membership: config.membership.clone(),
         };
         // The seed only spreads probe targets; the start stamp differs per process.
-        let node = Node::new(me, node_config, epoch ^ u64::from(config.lock.tag))?;
+        let node = Node::with_term_floor(me, node_config, epoch ^ u64::from(config.lock.tag), term_floor)?;
         Ok(NodeTask {
             node,
             socket,
@@ -96,6 +99,7 @@ impl NodeTask {
             next_client: 1,
             metrics: Metrics::new(),
             coordinator: false,
+            terms,
             _stopped: stopped,
         })
     }
@@ -157,15 +161,33 @@ impl NodeTask {
         info!(name = %self.name, "left the cluster");
     }
 
-    /// Sends what the node produced and routes its events.
+    /// Routes the node's events and sends its datagrams. A new coordinator
+    /// term is saved first: nothing granted under it may leave the node
+    /// before it is durable.
     async fn drain(&mut self) {
+        let mut events = Vec::new();
+        while let Some(event) = self.node.poll_event() {
+            events.push(event);
+        }
+        let term = events
+            .iter()
+            .filter_map(|e| match e {
+                NodeEvent::Lock(Event::TermStarted { term }) => Some(*term),
+                _ => None,
+            })
+            .max();
+        if let (Some(term), Some(store)) = (term, &self.terms)
+            && let Err(e) = store.save(term)
+        {
+            error!(term, error = %e, "cannot save the coordinator term; tokens may repeat after a restart");
+        }
+        for event in events {
+            self.on_event(event);
+        }
         while let Some((to, datagram)) = self.node.poll_transmit() {
             if let Err(e) = self.socket.send_to(&datagram, to).await {
                 debug!(%to, error = %e, "UDP send failed");
             }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.on_event(event);
         }
         self.metrics.update(&self.node);
     }

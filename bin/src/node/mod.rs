@@ -8,8 +8,9 @@
 //!    operations ([`Node::lock`], [`Node::unlock`], ...) and
 //!    [`Node::handle_timeout`] when the deadline of [`Node::poll_timeout`]
 //!    passes (early or repeated calls are harmless);
-//! 2. after every call, drain [`Node::poll_transmit`] (send each datagram to
-//!    its address) and [`Node::poll_event`];
+//! 2. after every call, drain [`Node::poll_event`] (persisting a
+//!    `TermStarted` term before anything else leaves the node), then
+//!    [`Node::poll_transmit`] (send each datagram to its address);
 //! 3. re-arm one timer at [`Node::poll_timeout`].
 //!
 //! `now` is the time since an origin fixed by the driver and never goes
@@ -46,9 +47,13 @@ pub struct NodeConfig {
 }
 
 /// What the node reports to its driver.
+///
+/// A [`swimlock_lock::Event::TermStarted`] must be made durable before the
+/// driver sends the datagrams or delivers the other events of the same
+/// input (drain events first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    /// An outcome of a lock operation, or a lost lock.
+    /// An outcome of a lock operation, a lost lock, or a new coordinator term.
     Lock(swimlock_lock::Event),
     /// A view was installed (already handed to the lock machine).
     View {
@@ -112,9 +117,22 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node with identity `me`; `rng_seed` fixes every random choice of
-    /// the membership layer.
+    /// A node with identity `me` that never coordinated before; `rng_seed`
+    /// fixes every random choice of the membership layer.
     pub fn new(me: NodeId, config: NodeConfig, rng_seed: u64) -> Result<Node, NodeError> {
+        Node::with_term_floor(me, config, rng_seed, 0)
+    }
+
+    /// A node whose earlier life on this host announced coordinator terms up
+    /// to `term_floor` (the last [`swimlock_lock::Event::TermStarted`] the
+    /// driver made durable): it will grant only above that term, so a
+    /// restarted coordinator never repeats a token.
+    pub fn with_term_floor(
+        me: NodeId,
+        config: NodeConfig,
+        rng_seed: u64,
+        term_floor: u32,
+    ) -> Result<Node, NodeError> {
         config
             .lock
             .validate()
@@ -132,7 +150,7 @@ impl Node {
             me,
             cluster: config.cluster,
             membership,
-            lock: LockNode::new(me, config.lock),
+            lock: LockNode::with_term_floor(me, config.lock, term_floor),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NodeCounters::default(),

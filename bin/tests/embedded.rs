@@ -1,0 +1,69 @@
+//! Nodes embedded in the test process with `swimlock::agent::spawn`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TempDir, free_port, serial};
+use swimlock::agent::{self, AgentConfig};
+use swimlock::client::Client;
+
+fn config(port: u16, seed: u16) -> AgentConfig {
+    let mut c = AgentConfig::new(([127, 0, 0, 1], port).into());
+    c.name = format!("embedded-{port}");
+    c.seeds = vec![([127, 0, 0, 1], seed).into()];
+    c
+}
+
+async fn wait_members(client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = client.status().await.unwrap();
+        if s.members.len() == n && (s.table.is_none() || s.table.as_ref().is_some_and(|t| t.serving)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no view of {n} members: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_nodes_lock_in_process_and_over_a_unix_socket() {
+    let _serial = serial();
+    let dir = TempDir::new("embedded");
+    let (p1, p2) = (free_port(), free_port());
+    let first = agent::spawn(config(p1, p1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut second_config = config(p2, p1);
+    let socket = dir.path().join("client.sock");
+    second_config.unix_socket = Some(socket.clone());
+    let second = agent::spawn(second_config).unwrap();
+
+    let a = first.client().await.unwrap();
+    let b = Client::connect(&format!("unix:{}", socket.display())).await.unwrap();
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+
+    let guard = a.lock("embedded", Duration::from_secs(5)).await.unwrap();
+    let again = a.lock("embedded", Duration::from_secs(5)).await.unwrap();
+    assert_eq!((again.token(), again.holds()), (guard.token(), 2), "re-entry keeps the token");
+    assert!(b.try_lock("embedded").await.unwrap().is_none());
+    drop(again);
+    assert!(b.try_lock("embedded").await.unwrap().is_none(), "one hold left");
+    let token = guard.token();
+    drop(guard);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let next = loop {
+        if let Some(g) = b.try_lock("embedded").await.unwrap() {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "lock not released by the dropped guards");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(next.token() > token);
+    drop(next);
+    drop(b);
+    second.shutdown().await;
+    first.shutdown().await;
+    assert!(!socket.exists(), "the Unix socket is removed on shutdown");
+}
