@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TempDir, free_port, serial};
+use common::{TempDir, free_port};
 use swimlock::agent::{self, AgentConfig};
 use swimlock::client::Client;
 
@@ -29,7 +29,6 @@ async fn wait_members(client: &Client, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_nodes_lock_in_process_and_over_a_unix_socket() {
-    let _serial = serial();
     let dir = TempDir::new("embedded");
     let (p1, p2) = (free_port(), free_port());
     let first = agent::spawn(config(p1, p1)).unwrap();
