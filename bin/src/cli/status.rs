@@ -111,7 +111,12 @@ pub fn to_text(s: &Status) -> String {
         let phase = if t.serving { "serving" } else { "reconciling" };
         let _ = writeln!(out, "lock table ({phase}): {} held, {} waiting", t.held, t.waiters);
         for e in &t.entries {
-            let _ = writeln!(out, "  {}  token {}  holder {}/{}", e.name, e.token, e.node, e.client.0);
+            let holder = s
+                .members
+                .iter()
+                .find(|m| m.id == e.node)
+                .map_or_else(|| e.node.to_string(), |m| m.name.clone());
+            let _ = writeln!(out, "  {}  token {}  holder {holder} client {}", e.name, e.token, e.client.0);
         }
     }
     out
