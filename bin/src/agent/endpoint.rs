@@ -16,6 +16,10 @@ use super::config::AgentConfig;
 use super::task::Command;
 use super::{AgentError, socket};
 
+/// Requests of one connection the node has not answered yet, beyond which
+/// the connection is not read (so one client cannot grow the node's memory).
+const MAX_OUTSTANDING: usize = 1024;
+
 /// The bound listeners, before their tasks start.
 pub struct Listeners {
     tcp: Option<TcpListener>,
@@ -108,16 +112,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, commands: mpsc::Unb
     let Ok(client) = client.await else { return };
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = Vec::with_capacity(4096);
+    let mut outstanding = 0usize;
     loop {
         tokio::select! {
             // `read_buf` is cancel-safe: bytes read stay in `buf`.
-            read = reader.read_buf(&mut buf) => {
+            read = reader.read_buf(&mut buf), if outstanding < MAX_OUTSTANDING => {
                 match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
                 match decode_requests(&mut buf) {
                     Ok(requests) => {
+                        outstanding += requests.len();
                         for request in requests {
                             if commands.send(Command::Request { client, request }).is_err() {
                                 return;
@@ -132,6 +138,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, commands: mpsc::Unb
             }
             msg = from_node.recv() => {
                 let Some(msg) = msg else { break };
+                if matches!(msg, ServerMessage::Reply { .. }) {
+                    outstanding = outstanding.saturating_sub(1);
+                }
                 if write(&mut writer, &msg).await.is_err() {
                     break;
                 }

@@ -23,7 +23,7 @@ pub const EXIT_CONFIG: u8 = 78;
 /// swimlock: a distributed lock node (SWIM membership, CENTRAL_LOCK2 locks
 /// with fencing tokens).
 #[derive(Parser, Debug)]
-#[command(name = "swimlock", version, about, long_about = None)]
+#[command(name = "swimlock", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Commands,
