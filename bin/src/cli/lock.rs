@@ -118,8 +118,7 @@ async fn stop_group(child: &mut Child, group: Pid, grace: Duration) {
         if !reaped && matches!(child.try_wait(), Ok(Some(_))) {
             reaped = true;
         }
-        // Signal 0 probes whether any process of the group is left.
-        if reaped && killpg(group, None).is_err() {
+        if reaped && !group_alive(group) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -127,6 +126,27 @@ async fn stop_group(child: &mut Child, group: Pid, grace: Duration) {
     eprintln!("swimlock lock: process group {group} still running after {grace:?}; sending SIGKILL");
     let _ = killpg(group, Signal::SIGKILL);
     let _ = child.wait().await;
+}
+
+/// Whether a process of `group` is still running. Zombies do not count: an
+/// orphaned grandchild that died waits for init to reap it, which some
+/// containers' init never does.
+fn group_alive(group: Pid) -> bool {
+    // Signal 0 probes the group; without /proc it is the whole answer.
+    if killpg(group, None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return true };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // After the command name (in parentheses, may contain spaces):
+        // state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(group.as_raw()) && state != Some("Z")
+    })
 }
 
 /// Releases the lock and waits (briefly) for the agent to accept.
