@@ -63,7 +63,12 @@ fn small_and_large_clusters() {
 #[ignore = "a tool for replaying one seed"]
 fn replay() {
     let seed = std::env::var("SWIMLOCK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let outcome = run(RunConfig { seed, trace: true, ..base(5) });
+    let nodes = std::env::var("SWIMLOCK_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut cfg = RunConfig { seed, trace: true, ..base(nodes) };
+    if std::env::var("SWIMLOCK_MODE").as_deref() == Ok("majority") {
+        cfg.mode = parse_mode("majority", 5).unwrap();
+    }
+    let outcome = run(cfg);
     for line in &outcome.trace {
         println!("{line}");
     }

@@ -535,7 +535,9 @@ impl ClientRole {
     }
 
     /// On reception of DUPLICATE-LOCK(X): the lock is lost; tell the
-    /// application. Acknowledged so the coordinator stops repeating it.
+    /// application. Acknowledged so the coordinator stops repeating it,
+    /// unless the answer granting the lost lock is still on its way: then a
+    /// repeat after that answer will take the lock away.
     fn on_duplicate_lock(&mut self, from: NodeId, dup: DuplicateLock, out: &mut Outbox) {
         if self.coordinator != Some(from) {
             // Not acknowledged: the sender repeats it once views agree.
@@ -553,6 +555,8 @@ impl ClientRole {
                     token: dup.token,
                     reason: LossReason::Duplicate,
                 });
+            } else if self.ops.get(&dup.req).is_some_and(|op| matches!(op.kind, OpKind::Lock { .. })) {
+                return;
             }
         }
         out.send(from, LockMsg::DuplicateAck(dup));

@@ -17,7 +17,7 @@ use swimlock_wire::lock::{
 };
 use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::node::{Outbox, TableStats};
 use crate::table::{Grant, LockTable, Waiter};
 use crate::token::TokenIssuer;
@@ -115,16 +115,23 @@ pub(crate) enum Phase {
 /// The lock table and what serving it needs.
 #[derive(Debug)]
 pub(crate) struct Serving {
+    /// New grants wait until then (the lock-delay after a round starts).
+    grace_until: Option<Duration>,
+    /// Mode `majority`: new grants wait while a member of the view has not
+    /// answered, since it may hold any lock.
+    hold: bool,
     issuer: TokenIssuer,
     table: LockTable,
     sessions: BTreeMap<NodeId, Session>,
-    dups: BTreeMap<(NodeId, ClientId, LockName, Token), Resend>,
+    dups: BTreeMap<(NodeId, ClientId, LockName, Token), (ReqId, Resend)>,
 }
 
 /// The coordinator role of one node.
 #[derive(Debug)]
 pub(crate) struct Coordinator {
     config: Config,
+    /// No new grants before this instant (see `become_coord`).
+    grace_until: Option<Duration>,
     /// The round: every member learns it from LOCK-INFO-REQ, and tokens of
     /// this coordinator carry it (or a higher term, see `Serving::issuer`).
     term: u32,
@@ -135,7 +142,11 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    /// BecomeCoord: starts the reconciliation round under `term`.
+    /// BecomeCoord: starts the reconciliation round under `term`. The table
+    /// is rebuilt from the members' answers, so it cannot know a holder that
+    /// is out of reach; such a holder may still believe it holds its lock
+    /// until it learns it is cut off. Hence nothing new is granted for the
+    /// lock-delay after the round starts.
     pub fn become_coord(
         now: Duration,
         members: &[NodeId],
@@ -145,6 +156,7 @@ impl Coordinator {
     ) -> Self {
         let mut coord = Coordinator {
             config: config.clone(),
+            grace_until: (!config.lock_delay.is_zero()).then(|| now + config.lock_delay),
             term,
             members: members.to_vec(),
             awaiting: BTreeMap::new(),
@@ -234,6 +246,7 @@ impl Coordinator {
             }
         }
         self.members = members.to_vec();
+        self.refresh_hold(now, out);
         let term = self.term;
         match &mut self.phase {
             Phase::Reconciling { reports, .. } => {
@@ -276,6 +289,7 @@ impl Coordinator {
             }
             Phase::Serving(s) => s.merge_late_report(now, term, from, report, &self.config, out),
         }
+        self.refresh_hold(now, out);
     }
 
     /// ReconciliationProtocol, second half: rebuild the table from the
@@ -292,6 +306,8 @@ impl Coordinator {
             return;
         }
         let mut serving = Serving {
+            grace_until: self.grace_until,
+            hold: false,
             issuer: TokenIssuer::new(self.term, self.config.tag),
             table: LockTable::default(),
             sessions: BTreeMap::new(),
@@ -309,10 +325,26 @@ impl Coordinator {
             pending.extend(report.pending.into_iter().map(|req| (node, req)));
         }
         sort_by_ticket(&mut pending);
+        serving.hold = matches!(self.config.mode, Mode::Majority { .. }) && !self.awaiting.is_empty();
         for (node, req) in pending {
             serving.admit_lock(now, self.term, node, req, out);
         }
         self.phase = Phase::Serving(serving);
+    }
+
+    /// Mode `majority`: pauses new grants while any member has not answered
+    /// the round, and resumes them once all have.
+    fn refresh_hold(&mut self, now: Duration, out: &mut Outbox) {
+        let majority = matches!(self.config.mode, Mode::Majority { .. });
+        let term = self.term;
+        if let Phase::Serving(s) = &mut self.phase {
+            let hold = majority && !self.awaiting.is_empty();
+            let resumed = s.hold && !hold;
+            s.hold = hold;
+            if resumed {
+                s.grant_all_next(now, term, out);
+            }
+        }
     }
 
     /// Whether requests of `from` may be served now. A member that never
@@ -331,6 +363,7 @@ impl Coordinator {
         if self.members.contains(&from) && !self.awaiting.contains_key(&from) {
             s.sessions.remove(&from);
             self.awaiting.insert(from, Assembly::new(now, &self.config));
+            self.refresh_hold(now, out);
             self.ask_due(now, out);
         }
         false
@@ -388,8 +421,15 @@ impl Coordinator {
         let phase = match &self.phase {
             Phase::Reconciling { deadline, .. } => Some(*deadline),
             Phase::Serving(s) => {
-                let dups = s.dups.values().map(|r| r.next).min();
-                dups.into_iter().chain(s.table.next_delay_end()).min()
+                let dups = s.dups.values().map(|(_, r)| r.next).min();
+                // Nothing is granted during the grace, lock-delays included.
+                // A hold ends with an answer, not with time.
+                let grants = match (s.hold, s.grace_until) {
+                    (true, _) => None,
+                    (false, Some(grace)) => Some(grace),
+                    (false, None) => s.table.next_delay_end(),
+                };
+                dups.into_iter().chain(grants).min()
             }
         };
         asks.into_iter().chain(phase).min()
@@ -449,7 +489,7 @@ impl Serving {
             self.table.replace_holder(&req.name, Grant { req: req.id, ..h });
             return self.reply(term, from, req.id, LockOutcome::Granted(h.token), out);
         }
-        let free = entry.is_none_or(|e| e.grantable(now) && e.waiters.is_empty());
+        let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters.is_empty());
         if free {
             let token = self.issuer.issue();
             out.stats.grants += 1;
@@ -498,7 +538,22 @@ impl Serving {
     }
 
     /// Grants the lock to its first waiter, if it is free.
+    /// Whether new grants may be made now.
+    fn may_grant(&self, now: Duration) -> bool {
+        !self.hold && self.grace_until.is_none_or(|t| t <= now)
+    }
+
+    /// Grants the first waiter of every queue (after a pause in granting).
+    fn grant_all_next(&mut self, now: Duration, term: u32, out: &mut Outbox) {
+        for name in self.table.names_with_waiters() {
+            self.grant_next(now, term, &name, out);
+        }
+    }
+
     fn grant_next(&mut self, now: Duration, term: u32, name: &LockName, out: &mut Outbox) {
+        if !self.may_grant(now) {
+            return;
+        }
         let Some(next) = self.table.pop_grantable(name, now) else { return };
         let token = self.issuer.issue();
         out.stats.grants += 1;
@@ -533,11 +588,16 @@ impl Serving {
             self.table.replace_holder(&held.name, keep);
         }
         out.stats.duplicates_resolved += 1;
-        let dup =
-            DuplicateLock { term, client: lose.owner.client, name: held.name.clone(), token: lose.token };
+        let dup = DuplicateLock {
+            term,
+            client: lose.owner.client,
+            name: held.name.clone(),
+            token: lose.token,
+            req: lose.req,
+        };
         out.send(lose.owner.node, LockMsg::DuplicateLock(dup));
         let resend = Resend { next: now + config.retransmit_initial, backoff: config.retransmit_initial };
-        self.dups.insert((lose.owner.node, lose.owner.client, held.name, lose.token), resend);
+        self.dups.insert((lose.owner.node, lose.owner.client, held.name, lose.token), (lose.req, resend));
     }
 
     /// A member's answer that came after the round's deadline, or after it
@@ -583,20 +643,36 @@ impl Serving {
     }
 
     fn handle_timeout(&mut self, now: Duration, term: u32, config: &Config, out: &mut Outbox) {
-        for ((node, client, name, token), resend) in self.dups.iter_mut() {
-            if resend.next <= now {
-                out.stats.retransmissions += 1;
-                let dup = DuplicateLock { term, client: *client, name: name.clone(), token: *token };
-                out.send(*node, LockMsg::DuplicateLock(dup));
-                resend.backoff = (resend.backoff * 2).min(config.retransmit_max);
-                resend.next = now + resend.backoff;
+        match self.grace_until {
+            Some(grace) if grace <= now => {
+                self.grace_until = None;
+                self.grant_all_next(now, term, out);
             }
+            Some(_) => return self.resend_duplicates(now, term, config, out),
+            None => {}
+        }
+        self.resend_duplicates(now, term, config, out);
+        if self.hold {
+            return;
         }
         for name in self.table.delays_over(now) {
             if self.table.get(&name).is_some_and(|e| e.waiters.is_empty()) {
                 self.table.end_delay(&name);
             } else {
                 self.grant_next(now, term, &name, out);
+            }
+        }
+    }
+
+    fn resend_duplicates(&mut self, now: Duration, term: u32, config: &Config, out: &mut Outbox) {
+        for ((node, client, name, token), (req, resend)) in self.dups.iter_mut() {
+            if resend.next <= now {
+                out.stats.retransmissions += 1;
+                let dup =
+                    DuplicateLock { term, client: *client, name: name.clone(), token: *token, req: *req };
+                out.send(*node, LockMsg::DuplicateLock(dup));
+                resend.backoff = (resend.backoff * 2).min(config.retransmit_max);
+                resend.next = now + resend.backoff;
             }
         }
     }

@@ -283,7 +283,8 @@ impl LockNode {
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
         let term = self.client.max_term().max(self.issued_term).saturating_add(1);
-        self.coord = Some(Coordinator::become_coord(now, &view.members, term, &self.config, &mut self.out));
+        let coord = Coordinator::become_coord(now, &view.members, term, &self.config, &mut self.out);
+        self.coord = Some(coord);
         self.announce_term();
     }
 

@@ -187,6 +187,11 @@ impl LockTable {
         }
     }
 
+    /// Names with a queue.
+    pub fn names_with_waiters(&self) -> Vec<LockName> {
+        self.locks.iter().filter(|(_, e)| !e.waiters.is_empty()).map(|(n, _)| n.clone()).collect()
+    }
+
     /// Every held lock with its holder.
     pub fn holders(&self) -> impl Iterator<Item = (&LockName, Grant)> {
         self.locks.iter().filter_map(|(n, e)| e.holder.map(|h| (n, h)))

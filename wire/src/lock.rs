@@ -231,4 +231,7 @@ pub struct DuplicateLock {
     pub name: LockName,
     /// The token that lost.
     pub token: Token,
+    /// The lock request that was granted with it: a client whose answer to
+    /// that request is still on its way waits for it before acknowledging.
+    pub req: ReqId,
 }

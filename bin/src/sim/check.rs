@@ -43,7 +43,8 @@ pub struct Checker {
     known: BTreeMap<NodeId, BTreeMap<LockName, Token>>,
     /// The round each coordinator runs, with what its members knew.
     rounds: BTreeMap<NodeId, RoundSnapshot>,
-    /// Highest token ever granted per name.
+    /// Highest token ever granted per name, received or not (seen in a
+    /// coordinator's table or in a client's grant).
     best: BTreeMap<LockName, Token>,
     /// Fresh grants seen (re-entry not counted).
     pub grants: u64,
@@ -56,33 +57,68 @@ impl Checker {
         self.rounds.remove(&node);
     }
 
-    /// Called after every step for a coordinator: a new round is recorded
-    /// with what the members of its view knew at its start.
-    pub fn observe_coordinator(&mut self, node: &LockNode) {
+    /// Called after every step for a coordinator. A new round is recorded
+    /// with what the members of its view knew at its start; every token
+    /// this coordinator newly put in its table is checked at that moment
+    /// (invariant 2): above its earlier grants of the name, and above every
+    /// token of the name known to a member it has reconciled with by then.
+    pub fn observe_coordinator(&mut self, node: &LockNode) -> Result<(), Violation> {
         let Some(term) = node.round_term() else {
             self.rounds.remove(&node.id());
-            return;
+            return Ok(());
         };
-        if self.rounds.get(&node.id()).is_some_and(|r| r.term == term) {
-            return;
+        if self.rounds.get(&node.id()).is_none_or(|r| r.term != term) {
+            let members = node.view().map(|v| v.members.clone()).unwrap_or_default();
+            let known =
+                members.iter().map(|m| (*m, self.known.get(m).cloned().unwrap_or_default())).collect();
+            self.rounds.insert(node.id(), RoundSnapshot { term, known });
         }
+        let tag = node.config().tag;
+        let awaiting = node.awaiting();
         let members = node.view().map(|v| v.members.clone()).unwrap_or_default();
-        let known = members.iter().map(|m| (*m, self.known.get(m).cloned().unwrap_or_default())).collect();
-        self.rounds.insert(node.id(), RoundSnapshot { term, known });
+        for (name, _, token) in node.table() {
+            let best = self.best.entry(name.clone()).or_insert(token);
+            *best = (*best).max(token);
+            if token.tag() != tag || token.term() < term {
+                continue; // installed from a member's answer, not granted here
+            }
+            let key = (node.id(), name.clone());
+            let prev = self.by_coordinator.get(&key).copied();
+            if prev == Some(token) {
+                continue;
+            }
+            if let Some(prev) = prev.filter(|p| *p > token) {
+                return Err(Violation::new(
+                    2,
+                    Some(&name),
+                    format!("{} granted {name} with {token} after granting {prev}", node.id()),
+                ));
+            }
+            self.by_coordinator.insert(key, token);
+            let round = &self.rounds[&node.id()];
+            for (member, known) in &round.known {
+                if awaiting.contains(member) || !members.contains(member) {
+                    continue; // not (or no longer) reconciled with
+                }
+                if let Some(old) = known.get(&name).filter(|old| **old >= token) {
+                    return Err(Violation::new(
+                        2,
+                        Some(&name),
+                        format!(
+                            "{} granted {name} with {token}, not above {old} known to {member} which reconciled with it",
+                            node.id()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// An event of node `at`'s application. `coordinator` is the node whose
-    /// answer produced it (the coordinator of `at`'s view), with the
-    /// members it still awaits.
-    pub fn on_event(
-        &mut self,
-        at: NodeId,
-        event: &Event,
-        coordinator: Option<(&LockNode, bool)>,
-        available_mode: bool,
-    ) -> Result<(), Violation> {
+    /// An event of node `at`'s application.
+    pub fn on_event(&mut self, at: NodeId, event: &Event, available_mode: bool) -> Result<(), Violation> {
         match event {
-            Event::Acquired { name, token, holds: 1, .. } => self.on_grant(at, name, *token, coordinator),
+            Event::Acquired { name, token, holds: 1, .. } => self.on_grant(at, name, *token),
             Event::Lost { name, token, reason: LossReason::Duplicate, .. } => {
                 if self.best.get(name).is_some_and(|b| b > token) {
                     Ok(())
@@ -90,56 +126,27 @@ impl Checker {
                     Err(Violation::new(
                         6,
                         Some(name),
-                        format!("{at} lost {name} (token {token}) as a duplicate, but no higher token was granted"),
+                        format!(
+                            "{at} lost {name} (token {token}) as a duplicate, but no higher token was granted"
+                        ),
                     ))
                 }
             }
-            Event::Lost { name, token, reason: LossReason::QuorumLost, .. } if available_mode => Err(
-                Violation::new(4, Some(name), format!("{at} lost {name} ({token}) to quorum in available mode")),
-            ),
+            Event::Lost { name, token, reason: LossReason::QuorumLost, .. } if available_mode => {
+                Err(Violation::new(
+                    4,
+                    Some(name),
+                    format!("{at} lost {name} ({token}) to quorum in available mode"),
+                ))
+            }
             _ => Ok(()),
         }
     }
 
-    fn on_grant(
-        &mut self,
-        at: NodeId,
-        name: &LockName,
-        token: Token,
-        coordinator: Option<(&LockNode, bool)>,
-    ) -> Result<(), Violation> {
+    fn on_grant(&mut self, at: NodeId, name: &LockName, token: Token) -> Result<(), Violation> {
         self.grants += 1;
         if !self.granted.insert((name.clone(), token)) {
             return Err(Violation::new(3, Some(name), format!("token {token} of {name} granted twice")));
-        }
-        if let Some((coord, _)) = coordinator {
-            let key = (coord.id(), name.clone());
-            if let Some(prev) = self.by_coordinator.get(&key).filter(|p| **p >= token) {
-                return Err(Violation::new(
-                    2,
-                    Some(name),
-                    format!("{} granted {name} with {token} after granting {prev}", coord.id()),
-                ));
-            }
-            self.by_coordinator.insert(key, token);
-            if let Some(round) = self.rounds.get(&coord.id()) {
-                let awaiting = coord.awaiting();
-                for (member, known) in &round.known {
-                    if awaiting.contains(member) {
-                        continue;
-                    }
-                    if let Some(old) = known.get(name).filter(|old| **old >= token) {
-                        return Err(Violation::new(
-                            2,
-                            Some(name),
-                            format!(
-                                "{} granted {name} with {token}, not above {old} known to {member} which reconciled with it",
-                                coord.id()
-                            ),
-                        ));
-                    }
-                }
-            }
         }
         let known = self.known.entry(at).or_default().entry(name.clone()).or_insert(token);
         *known = (*known).max(token);

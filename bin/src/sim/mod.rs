@@ -109,7 +109,8 @@ pub fn parse_mode(mode: &str, nodes: usize) -> Result<Mode, String> {
 pub fn run_seeds(seeds: impl Iterator<Item = u64>, base: &RunConfig, threads: usize) -> Summary {
     let seeds: Vec<u64> = seeds.collect();
     let threads = threads.max(1);
-    let chunks: Vec<Vec<u64>> = (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
+    let chunks: Vec<Vec<u64>> =
+        (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()

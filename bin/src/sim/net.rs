@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
 use rand::RngExt;
+use rand::rngs::SmallRng;
 
 /// How the network misbehaves during the fault phase of a run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,16 +58,6 @@ impl<E> Queue<E> {
     pub fn pop(&mut self) -> Option<(Duration, E)> {
         self.events.pop_first().map(|((at, _), e)| (at, e))
     }
-
-    /// Number of events waiting.
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    /// Whether no event is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
 }
 
 /// The delivery times of one message: none if lost, two if duplicated.
@@ -101,8 +91,9 @@ impl Partition {
         Partition { group: vec![0; hosts] }
     }
 
-    /// A random split of the hosts into two non-empty sides.
+    /// A random split of the hosts (at least two) into two non-empty sides.
     pub fn split(rng: &mut SmallRng, hosts: usize) -> Partition {
+        assert!(hosts > 1, "one host cannot be split");
         loop {
             let group: Vec<u8> = (0..hosts).map(|_| u8::from(rng.random_bool(0.5))).collect();
             if group.contains(&0) && group.contains(&1) {
