@@ -274,7 +274,8 @@ fn an_encoder_refuses_a_frame_above_the_limit() {
 }
 
 /// A `msgs` length varint of 2^60 must not make the decoder reserve memory
-/// for 2^60 messages: postcard checks the remaining input, so it fails fast.
+/// for 2^60 messages: postcard checks the remaining input, so it fails fast
+/// (the test finishing at all, without an allocation failure, is the check).
 #[test]
 fn a_length_prefix_bomb_is_malformed_without_allocating() {
     let empty = LockFrame { from: sample_node(), to: sample_node(), msgs: Vec::new() };
@@ -282,9 +283,7 @@ fn a_length_prefix_bomb_is_malformed_without_allocating() {
     assert_eq!(bytes.pop(), Some(0), "the empty Vec's length is the last byte");
     bytes.extend_from_slice(&varint(1 << 60));
     bytes.extend_from_slice(&[0u8; 64]);
-    let started = std::time::Instant::now();
     assert_eq!(refusal(&bytes), Some(WireError::Malformed));
-    assert!(started.elapsed() < std::time::Duration::from_secs(1));
 
     // The same bomb inside a LockInfoRsp's `held` list.
     let rsp = LockInfoRsp {
