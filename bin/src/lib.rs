@@ -8,12 +8,14 @@
 //!   in-process;
 //! - [`cli`]: the `swimlock` command line;
 //! - [`metrics`]: the Prometheus exporter;
-//! - [`sim`]: the deterministic simulator.
+//! - [`sim`]: the deterministic simulator;
+//! - [`bench`]: `swimlock bench`, the end-to-end benchmark.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod metrics;

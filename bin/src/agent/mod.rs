@@ -101,6 +101,15 @@ impl Handle {
         let _ = self.task.await;
         let _ = self.cleanup.await;
     }
+
+    /// Crash stop, as a process killed with SIGKILL would: the node task is
+    /// aborted without releasing locks or leaving, its socket closes, and
+    /// the other members find out by failure detection only.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let _ = self.cleanup.await;
+    }
 }
 
 /// Starts an agent in the current tokio runtime. Fails with the bad field

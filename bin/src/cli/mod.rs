@@ -48,6 +48,9 @@ enum Commands {
     Demo(demo::DemoArgs),
     /// Run the deterministic simulator over many seeds (or replay one).
     Sim(crate::sim::SimArgs),
+    /// Measure a 3-node loopback cluster (latency, throughput, contention,
+    /// failover) against the raw UDP round trip; table, JSON, SVG plot.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the command line; the process exits with the returned code.
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Commands::Status(args) => runtime().block_on(status::run(args)),
         Commands::Demo(args) => runtime().block_on(demo::run(args)),
         Commands::Sim(args) => crate::sim::main(args),
+        Commands::Bench(args) => crate::bench::main(args),
     }
 }
 

@@ -1,0 +1,192 @@
+//! Fixtures shared by the swimlock benchmarks: sample messages of every
+//! kind, and a coordinator about to reconcile a member that holds many
+//! locks. The benchmarks themselves are in `benches/`; the end-to-end
+//! benchmark against the UDP floor is `swimlock bench`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use swimlock_lock::{Config, Event, LockNode, View};
+use swimlock_wire::lock::{
+    CancelReq, DuplicateLock, HeldLock, LockFrame, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq,
+    LockRsp, Redirect, UnlockReq, UnlockRsp, Wait,
+};
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId, Token};
+
+/// A node id on loopback.
+pub fn node(port: u16, epoch: u64) -> NodeId {
+    NodeId { epoch, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+}
+
+/// A lock name of typical length.
+pub fn name(i: usize) -> LockName {
+    LockName::new(format!("jobs/batch-{i:06}")).expect("valid name")
+}
+
+/// One message of every kind, with its name: the lock path's messages
+/// carry one request each, the reconciliation answer one full part.
+pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
+    let token = Token::new(7, 1, 42);
+    let req = LockReq {
+        id: ReqId(1001),
+        sync: 3,
+        client: ClientId(17),
+        name: name(1),
+        wait: Wait::Queue,
+        ticket: None,
+        floor: ReqId(990),
+    };
+    let held = |i: usize| HeldLock { client: ClientId(i as u64), name: name(i), token, req: ReqId(i as u64) };
+    let dup = DuplicateLock { term: 7, client: ClientId(17), name: name(1), token, req: ReqId(1001) };
+    vec![
+        ("lock_req", LockMsg::Lock(req.clone())),
+        (
+            "unlock_req",
+            LockMsg::Unlock(UnlockReq {
+                id: ReqId(1002),
+                sync: 3,
+                client: ClientId(17),
+                name: name(1),
+                token,
+            }),
+        ),
+        (
+            "cancel_req",
+            LockMsg::Cancel(CancelReq {
+                id: ReqId(1003),
+                sync: 3,
+                client: ClientId(17),
+                name: name(1),
+                target: ReqId(1001),
+            }),
+        ),
+        (
+            "lock_rsp",
+            LockMsg::LockRsp(LockRsp { id: ReqId(1001), term: 7, outcome: LockOutcome::Granted(token) }),
+        ),
+        ("unlock_rsp", LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1002), term: 7 })),
+        ("redirect", LockMsg::Redirect(Redirect { id: ReqId(1001), coordinator: Some(node(7001, 1)) })),
+        ("lock_info_req", LockMsg::LockInfoReq(LockInfoReq { term: 7, have: vec![0, 1, 2] })),
+        (
+            "lock_info_rsp_32",
+            LockMsg::LockInfoRsp(LockInfoRsp {
+                term: 7,
+                part: 0,
+                parts: 1,
+                next_req: ReqId(2000),
+                max_term: 6,
+                sync: 3,
+                held: (0..32).map(held).collect(),
+                pending: vec![req],
+            }),
+        ),
+        ("duplicate_lock", LockMsg::DuplicateLock(dup.clone())),
+        ("duplicate_ack", LockMsg::DuplicateAck(dup)),
+    ]
+}
+
+/// A frame carrying one message, between two loopback nodes.
+pub fn frame_of(msg: LockMsg) -> LockFrame {
+    LockFrame { from: node(7002, 2), to: node(7001, 1), msgs: vec![msg] }
+}
+
+/// A single-node cluster: the node is its own coordinator, serving.
+pub fn single_node() -> LockNode {
+    let me = node(7001, 1);
+    let mut n = LockNode::new(me, Config::lan(1));
+    n.handle_view(Duration::ZERO, View { id: 1, members: vec![me], merge: false });
+    let mut now = Duration::ZERO;
+    // The round with only itself finishes at once; step time just in case.
+    for _ in 0..100 {
+        if n.is_serving() {
+            break;
+        }
+        now += Duration::from_millis(10);
+        n.handle_timeout(now);
+    }
+    assert!(n.is_serving(), "single node did not start serving");
+    drain(&mut n);
+    n
+}
+
+/// Drops every pending transmit and event; returns the number of grants.
+pub fn drain(n: &mut LockNode) -> usize {
+    while n.poll_transmit().is_some() {}
+    let mut grants = 0;
+    while let Some(e) = n.poll_event() {
+        grants += usize::from(matches!(e, Event::Acquired { .. }));
+    }
+    grants
+}
+
+/// A member that holds `locks` locks (each its own client and name),
+/// granted while it coordinated alone, and the coordinator id that will
+/// take over.
+pub struct ReconcileFixture {
+    /// The member holding the locks.
+    pub member: LockNode,
+    /// Its id.
+    pub member_id: NodeId,
+    /// The older node that becomes coordinator of the merged view.
+    pub coord_id: NodeId,
+    /// The merged view (coordinator first).
+    pub view: View,
+}
+
+impl ReconcileFixture {
+    /// Builds the member and has it take `locks` locks.
+    pub fn new(locks: usize) -> ReconcileFixture {
+        let member_id = node(7002, 2);
+        let coord_id = node(7001, 1);
+        let mut member = LockNode::new(member_id, Config::lan(2));
+        member.handle_view(Duration::ZERO, View { id: 1, members: vec![member_id], merge: false });
+        let now = Duration::from_millis(1);
+        member.handle_timeout(now);
+        let mut granted = 0;
+        for i in 0..locks {
+            member.lock(now, ClientId(i as u64 + 1), name(i), Duration::from_secs(10));
+            granted += drain(&mut member);
+        }
+        assert_eq!(granted, locks, "the member did not get every lock");
+        let view = View { id: 2, members: vec![coord_id, member_id], merge: true };
+        member.handle_view(now, view.clone());
+        drain(&mut member);
+        ReconcileFixture { member, member_id, coord_id, view }
+    }
+
+    /// A fresh coordinator that has started its round, and the member's
+    /// answer (every part) to its LOCK-INFO-REQ. The coordinator's term
+    /// floor is above the member's term, so the round finishes in one pass.
+    pub fn round(&mut self) -> (LockNode, Vec<LockMsg>) {
+        let now = Duration::from_millis(2);
+        let mut coord = LockNode::with_term_floor(self.coord_id, Config::lan(1), 100);
+        coord.handle_view(now, self.view.clone());
+        let mut answer = Vec::new();
+        while let Some(t) = coord.poll_transmit() {
+            if t.to == self.member_id {
+                self.member.handle_message(now, self.coord_id, t.msg);
+            }
+        }
+        while let Some(t) = self.member.poll_transmit() {
+            if t.to == self.coord_id && matches!(t.msg, LockMsg::LockInfoRsp(_)) {
+                answer.push(t.msg);
+            }
+        }
+        while coord.poll_event().is_some() {}
+        (coord, answer)
+    }
+}
+
+/// Feeds `member`'s answer to the coordinator; returns it serving.
+pub fn reconcile(member: NodeId, mut coord: LockNode, answer: Vec<LockMsg>) -> LockNode {
+    let now = Duration::from_millis(3);
+    for msg in answer {
+        coord.handle_message(now, member, msg);
+    }
+    assert!(coord.is_serving(), "the coordinator did not finish its round");
+    while coord.poll_transmit().is_some() {}
+    coord
+}

@@ -1,0 +1,88 @@
+//! A cluster of in-process agents on loopback, each with its own UDP
+//! socket on a distinct 127.0.0.1 port and a TCP client endpoint.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+
+use crate::agent::{self, AgentConfig, Handle};
+
+/// How long a cluster may take to form one view with a serving coordinator.
+const FORM_LIMIT: Duration = Duration::from_secs(15);
+
+/// Running nodes; node 0 is the oldest, so it coordinates.
+pub struct Cluster {
+    /// `None` once killed or stopped.
+    pub nodes: Vec<Option<Handle>>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until they share one view and node 0
+    /// serves as coordinator.
+    pub async fn start(n: usize) -> anyhow::Result<Cluster> {
+        let addrs = free_ports(n)?;
+        let base = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        let mut nodes = Vec::with_capacity(n);
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut config = AgentConfig::new(*addr);
+            config.name = format!("bench-{}", i + 1);
+            config.seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
+            config.client = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            config.epoch = Some(base + i as u64);
+            config.lock.tag = i as u16 + 1;
+            nodes.push(Some(agent::spawn(config).with_context(|| format!("starting node {}", i + 1))?));
+        }
+        let cluster = Cluster { nodes };
+        cluster.wait_formed(n).await?;
+        Ok(cluster)
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> anyhow::Result<&Handle> {
+        self.nodes.get(i).and_then(Option::as_ref).context("node not running")
+    }
+
+    async fn wait_formed(&self, n: usize) -> anyhow::Result<()> {
+        let coord = self.node(0)?;
+        let start = Instant::now();
+        while start.elapsed() < FORM_LIMIT {
+            let mut formed = true;
+            for h in self.nodes.iter().flatten() {
+                let status = h.client().await?.status().await?;
+                let serving = status.table.as_ref().is_some_and(|t| t.serving);
+                let coordinator = status.coordinator.as_ref().map(|c| c.id.addr);
+                formed &= status.members.len() == n && coordinator == Some(coord.udp_addr());
+                if h.udp_addr() == coord.udp_addr() {
+                    formed &= serving;
+                }
+            }
+            if formed {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the {n} nodes did not form one view within {FORM_LIMIT:?}")
+    }
+
+    /// Kills node `i` without releasing or leaving (its socket closes).
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(h) = self.nodes.get_mut(i).and_then(Option::take) {
+            h.kill().await;
+        }
+    }
+
+    /// Stops every node still running, without waiting for a goodbye.
+    pub async fn stop(mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i).await;
+        }
+    }
+}
+
+/// `n` distinct free UDP ports on 127.0.0.1 (held together while chosen).
+fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let sockets: Vec<UdpSocket> =
+        (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect::<Result<_, _>>().context("choosing ports")?;
+    Ok(sockets.iter().map(|s| s.local_addr()).collect::<Result<_, _>>()?)
+}

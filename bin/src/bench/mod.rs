@@ -1,0 +1,319 @@
+//! `swimlock bench`: end-to-end latency and throughput of a real cluster on
+//! loopback (in-process agents, each with its own UDP socket), against the
+//! floor of a raw UDP round trip measured beside every measurement.
+//!
+//! Every loop is bounded in count and in time; a default run takes well
+//! under three minutes.
+
+mod cluster;
+mod floor;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use crate::client::Client;
+use cluster::Cluster;
+use floor::Floor;
+
+/// Options of `swimlock bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Nodes in the cluster (at least 2, so a non-coordinator and a
+    /// failover survivor exist).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=9))]
+    pub nodes: u16,
+    /// Write the results as JSON here (one entry per measurement).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the latency-percentile plot (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Pin every thread of the run to this CPU.
+    #[arg(long)]
+    pub pin_cpu: Option<usize>,
+    /// Length of each throughput/contention measurement (uncontended runs
+    /// stop at this length or 20,000 pairs).
+    #[arg(long, default_value = "2s", value_parser = crate::agent::parse_duration)]
+    pub duration: Duration,
+    /// Failover runs (a fresh cluster each).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub failover_runs: u32,
+}
+
+/// Clients of the throughput and contention measurements.
+const CLIENTS: usize = 16;
+/// Pairs of an uncontended measurement, at most.
+const UNCONTENDED_PAIRS: u64 = 20_000;
+/// Pairs before each uncontended measurement, not recorded.
+const WARMUP_PAIRS: u64 = 200;
+/// Timeout of one lock call.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A failover run gives up after this long.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(15);
+
+/// One measurement: latencies in nanoseconds, the floor measured right
+/// before it, and a rate for the throughput kinds.
+pub struct Measurement {
+    /// Name in the table and the JSON.
+    pub name: String,
+    /// What a sample is.
+    pub what: &'static str,
+    /// Samples, ns.
+    pub hist: Histogram<u64>,
+    /// The floor measured right before.
+    pub floor: Option<Floor>,
+    /// Operations per second (pairs or hand-offs), if a rate was measured.
+    pub rate: Option<f64>,
+}
+
+/// A histogram of nanoseconds, 1 ns to 100 s, 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
+}
+
+fn record(hist: &mut Histogram<u64>, d: Duration) {
+    let _ = hist.record((d.as_nanos() as u64).max(1));
+}
+
+/// Runs the benchmark; the process exits with the returned code.
+pub fn main(args: BenchArgs) -> ExitCode {
+    if let Some(cpu) = args.pin_cpu
+        && let Err(e) = pin(cpu)
+    {
+        eprintln!("swimlock bench: cannot pin to CPU {cpu}: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Threads started from here on inherit the affinity.
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swimlock bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swimlock bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pin(cpu: usize) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let payload = report::lock_request_len();
+    let nodes = usize::from(args.nodes);
+    println!(
+        "swimlock bench: {nodes} nodes on loopback, floor payload {payload} bytes, duration {:?}{}",
+        args.duration,
+        args.pin_cpu.map(|c| format!(", pinned to CPU {c}")).unwrap_or_default()
+    );
+    let mut results = Vec::new();
+    let mut floors = Vec::new();
+
+    let cluster = Cluster::start(nodes).await?;
+    let coord = cluster.node(0)?;
+    let other = cluster.node(1)?;
+    let tcp = |h: &crate::agent::Handle| h.client_addr().map(|a| a.to_string()).context("no client endpoint");
+    let cases: [(&str, Client); 4] = [
+        ("uncontended_noncoord_embedded", other.client().await?),
+        ("uncontended_coord_embedded", coord.client().await?),
+        ("uncontended_noncoord_tcp", Client::connect(&tcp(other)?).await?),
+        ("uncontended_coord_tcp", Client::connect(&tcp(coord)?).await?),
+    ];
+    for (name, client) in cases {
+        let floor = floor::measure(payload).await?;
+        floors.push(floor.clone());
+        let hist = uncontended(&client, name, args.duration).await?;
+        results.push(Measurement {
+            name: name.into(),
+            what: "lock+unlock pair",
+            hist,
+            floor: Some(floor),
+            rate: None,
+        });
+    }
+
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(coord.client().await?);
+    }
+    let (hist, rate) = throughput(&clients, None, args.duration).await?;
+    results.push(Measurement {
+        name: "throughput_16_distinct".into(),
+        what: "lock+unlock pair",
+        hist,
+        floor: Some(floor),
+        rate: Some(rate),
+    });
+
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let (hist, rate) = throughput(&clients, Some("bench/contended"), args.duration).await?;
+    results.push(Measurement {
+        name: "contention_16_one_name".into(),
+        what: "wait for the lock",
+        hist,
+        floor: Some(floor),
+        rate: Some(rate),
+    });
+    drop(clients);
+    cluster.stop().await;
+
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let hist = failover(nodes, args.failover_runs).await?;
+    results.push(Measurement {
+        name: "failover_kill_coordinator".into(),
+        what: "kill to first grant",
+        hist,
+        floor: Some(floor),
+        rate: None,
+    });
+
+    let mut all = new_hist();
+    for f in &floors {
+        all.add(&f.hist).context("merging floors")?;
+    }
+    let overall = Floor { hist: all };
+    results.insert(
+        0,
+        Measurement {
+            name: "udp_floor".into(),
+            what: "UDP round trip",
+            hist: overall.hist.clone(),
+            floor: None,
+            rate: None,
+        },
+    );
+
+    print!("{}", report::table(&results));
+    print!("{}", report::targets(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&results, args))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report::svg(&results)).with_context(|| format!("writing {}", path.display()))?;
+        println!("plot written to {}", path.display());
+    }
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// lock+unlock pairs of one client on its own name.
+async fn uncontended(client: &Client, name: &str, limit: Duration) -> anyhow::Result<Histogram<u64>> {
+    let name = format!("bench/{name}");
+    for _ in 0..WARMUP_PAIRS {
+        client.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
+    }
+    let mut hist = new_hist();
+    let start = Instant::now();
+    for _ in 0..UNCONTENDED_PAIRS {
+        if start.elapsed() > limit {
+            break;
+        }
+        let t = Instant::now();
+        client.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
+        record(&mut hist, t.elapsed());
+    }
+    Ok(hist)
+}
+
+/// Every client loops lock+unlock for `limit`: on its own name (`shared`
+/// `None`: latency of the pair, rate in pairs/s) or all on one name (latency
+/// of the wait for the grant, rate in hand-offs/s).
+async fn throughput(
+    clients: &[Client],
+    shared: Option<&str>,
+    limit: Duration,
+) -> anyhow::Result<(Histogram<u64>, f64)> {
+    let start = Instant::now();
+    let deadline = Arc::new(start + limit);
+    let mut tasks = JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        let name = shared.map_or_else(|| format!("bench/distinct-{i}"), str::to_string);
+        let contended = shared.is_some();
+        let deadline = deadline.clone();
+        tasks.spawn(async move {
+            let mut hist = new_hist();
+            let mut count = 0u64;
+            // Bounded by time and by count.
+            while Instant::now() < *deadline && count < 10_000_000 {
+                let t = Instant::now();
+                let guard = client.lock(&name, LOCK_TIMEOUT).await?;
+                if contended {
+                    record(&mut hist, t.elapsed());
+                }
+                guard.unlock().await?;
+                if !contended {
+                    record(&mut hist, t.elapsed());
+                }
+                count += 1;
+            }
+            anyhow::Ok((hist, count))
+        });
+    }
+    let mut hist = new_hist();
+    let mut total = 0u64;
+    while let Some(joined) = tasks.join_next().await {
+        let (h, count) = joined??;
+        hist.add(&h).context("merging histograms")?;
+        total += count;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok((hist, rate))
+}
+
+/// Time from killing the coordinator (its task aborted: no release, no
+/// leave, socket closed) to the first grant to a client of a survivor,
+/// over `runs` fresh clusters.
+async fn failover(nodes: usize, runs: u32) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = new_hist();
+    for run in 0..runs {
+        let mut cluster = Cluster::start(nodes).await?;
+        let survivor = cluster.node(nodes - 1)?.client().await?;
+        let name = format!("bench/failover-{run}");
+        survivor.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
+        let t = Instant::now();
+        cluster.kill(0).await;
+        loop {
+            match survivor.lock(&name, Duration::from_secs(5)).await {
+                Ok(guard) => {
+                    record(&mut hist, t.elapsed());
+                    drop(guard);
+                    break;
+                }
+                Err(e) if t.elapsed() < FAILOVER_LIMIT => {
+                    tracing::debug!("failover run {run}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => {
+                    return Err(e).context(format!("failover run {run}: no grant within {FAILOVER_LIMIT:?}"));
+                }
+            }
+        }
+        drop(survivor);
+        cluster.stop().await;
+    }
+    Ok(hist)
+}

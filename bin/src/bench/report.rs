@@ -1,0 +1,227 @@
+//! The results as a table, target checks, JSON and an SVG plot.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use swimlock_wire::frame::{ClusterId, encode_lock};
+use swimlock_wire::lock::{LockFrame, LockMsg, LockReq, Wait};
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
+
+use super::{BenchArgs, Measurement};
+
+/// Percentiles of the table, the JSON and the plot.
+const PERCENTILES: [(&str, f64); 4] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
+
+/// Size of a lock request datagram (header and frame).
+pub fn lock_request_len() -> usize {
+    let node = |port| NodeId { epoch: 1, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)) };
+    let req = LockReq {
+        id: ReqId(1_000_000),
+        sync: 1,
+        client: ClientId(1000),
+        name: LockName::new("bench/uncontended_noncoord_embedded").expect("valid name"),
+        wait: Wait::Queue,
+        ticket: None,
+        floor: ReqId(999_999),
+    };
+    let frame = LockFrame { from: node(7001), to: node(7002), msgs: vec![LockMsg::Lock(req)] };
+    encode_lock(&frame, ClusterId::from_name(crate::agent::DEFAULT_CLUSTER)).map_or(64, |d| d.len())
+}
+
+fn us(hist: &Histogram<u64>, percentile: f64) -> f64 {
+    hist.value_at_percentile(percentile) as f64 / 1e3
+}
+
+fn ratio(m: &Measurement) -> Option<f64> {
+    m.floor.as_ref().map(|f| us(&m.hist, 50.0) / f.p50_us())
+}
+
+/// The table: percentiles in µs, rate, the floor beside it and its mode.
+pub fn table(results: &[Measurement]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:<30} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>22} {:>9}",
+        "measurement (µs)",
+        "n",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "ops/s",
+        "floor p50 (mode)",
+        "p50/floor"
+    );
+    for m in results {
+        let floor = m.floor.as_ref().map_or("-".to_string(), |f| format!("{:.1} ({})", f.p50_us(), f.mode()));
+        let rate = m.rate.map_or("-".to_string(), |r| format!("{r:.0}"));
+        let ratio = ratio(m).map_or("-".to_string(), |r| format!("{r:.1}x"));
+        let _ = write!(s, "{:<30} {:>7}", m.name, m.hist.len());
+        for (_, p) in PERCENTILES {
+            let _ = write!(s, " {:>10.1}", us(&m.hist, p));
+        }
+        let _ = writeln!(s, " {:>10.1} {rate:>10} {floor:>22} {ratio:>9}", m.hist.max() as f64 / 1e3);
+    }
+    s
+}
+
+fn find<'a>(results: &'a [Measurement], name: &str) -> Option<&'a Measurement> {
+    results.iter().find(|m| m.name == name)
+}
+
+/// The issue's targets, each met or missed.
+pub fn targets(results: &[Measurement]) -> String {
+    let mut s = String::from("\ntargets:\n");
+    let mut line = |what: String, ok: bool| {
+        let _ = writeln!(s, "  [{}] {what}", if ok { "met " } else { "MISS" });
+    };
+    if let Some(m) = find(results, "uncontended_noncoord_embedded")
+        && let Some(f) = &m.floor
+    {
+        let (p50, f50) = (us(&m.hist, 50.0), f.p50_us());
+        let (p99, f99) = (us(&m.hist, 99.0), us(&f.hist, 99.0));
+        line(
+            format!("non-coordinator embedded p50 {p50:.1} µs <= 2 x floor p50 {f50:.1} µs ({})", f.mode()),
+            p50 <= 2.0 * f50,
+        );
+        line(
+            format!("non-coordinator embedded p99 {p99:.1} µs <= 5 x floor p99 {f99:.1} µs"),
+            p99 <= 5.0 * f99,
+        );
+    }
+    if let Some(r) = find(results, "throughput_16_distinct").and_then(|m| m.rate) {
+        line(
+            format!("{r:.0} pairs/s >= 150,000 (16 clients, distinct names, one coordinator)"),
+            r >= 150_000.0,
+        );
+    }
+    if let Some(r) = find(results, "contention_16_one_name").and_then(|m| m.rate) {
+        line(format!("{r:.0} hand-offs/s >= 50,000 (16 clients, one name)"), r >= 50_000.0);
+    }
+    if let Some(m) = find(results, "failover_kill_coordinator") {
+        let p50 = us(&m.hist, 50.0) / 1e6;
+        line(format!("failover p50 {p50:.3} s <= 1.0 s ({} runs, defaults)", m.hist.len()), p50 <= 1.0);
+    }
+    s.push_str("  (reconciliation of 100k locks: `cargo bench -p swimlock-benches --bench reconcile_mem`)\n");
+    s
+}
+
+/// One JSON entry per measurement.
+pub fn json(results: &[Measurement], args: &BenchArgs) -> String {
+    let entries: Vec<serde_json::Value> = results
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "sample": m.what,
+                "count": m.hist.len(),
+                "p50_us": us(&m.hist, 50.0),
+                "p90_us": us(&m.hist, 90.0),
+                "p99_us": us(&m.hist, 99.0),
+                "p999_us": us(&m.hist, 99.9),
+                "max_us": m.hist.max() as f64 / 1e3,
+                "mean_us": m.hist.mean() / 1e3,
+                "ops_per_s": m.rate,
+                "floor_p50_us": m.floor.as_ref().map(|f| f.p50_us()),
+                "floor_p99_us": m.floor.as_ref().map(|f| us(&f.hist, 99.0)),
+                "floor_mode": m.floor.as_ref().map(|f| f.mode()),
+                "p50_over_floor": ratio(m),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "nodes": args.nodes,
+        "pin_cpu": args.pin_cpu,
+        "duration_s": args.duration.as_secs_f64(),
+        "measurements": entries,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+const COLORS: [&str; 8] =
+    ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+
+/// Latency by percentile, both axes logarithmic (x: 1/(1-p)), one line
+/// per measurement.
+pub fn svg(results: &[Measurement]) -> String {
+    let (w, h, left, right, top, bottom) = (900.0, 520.0, 70.0, 260.0, 30.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    // x: 0 (p0) .. 5 (p99.999); y: log10 µs.
+    let points = |hist: &Histogram<u64>| -> Vec<(f64, f64)> {
+        let mut v = Vec::new();
+        let mut x = 0.0;
+        while x <= 5.0 {
+            let p = 100.0 * (1.0 - 10f64.powf(-x));
+            v.push((x, (hist.value_at_percentile(p) as f64 / 1e3).max(0.1).log10()));
+            x += 0.05;
+        }
+        v
+    };
+    let all: Vec<Vec<(f64, f64)>> = results.iter().map(|m| points(&m.hist)).collect();
+    let ymin = all.iter().flatten().map(|p| p.1).fold(f64::MAX, f64::min).floor();
+    let ymax = all.iter().flatten().map(|p| p.1).fold(f64::MIN, f64::max).ceil().max(ymin + 1.0);
+    let sx = |x: f64| left + x / 5.0 * pw;
+    let sy = |y: f64| top + ph - (y - ymin) / (ymax - ymin) * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="18" font-size="14">swimlock bench: latency by percentile (µs, log scales)</text>"#
+    );
+    for (x, label) in [(0.0, "0"), (1.0, "90"), (2.0, "99"), (3.0, "99.9"), (4.0, "99.99"), (5.0, "99.999")] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0}" y1="{top}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{label}</text>"##,
+            sx(x),
+            top + ph,
+            top + ph + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
+        left + pw / 2.0,
+        h - 10.0
+    );
+    let mut y = ymin;
+    while y <= ymax {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
+            sy(y),
+            left + pw,
+            left - 6.0,
+            sy(y) + 4.0,
+            10f64.powf(y)
+        );
+        y += 1.0;
+    }
+    for (i, (m, pts)) in results.iter().zip(&all).enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let dash = if m.name == "udp_floor" { r#" stroke-dasharray="6,3""# } else { "" };
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash} points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = top + 14.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{color}" stroke-width="2"{dash}/><text x="{3}" y="{4}">{5}</text>"#,
+            left + pw + 12.0,
+            ly,
+            left + pw + 32.0,
+            left + pw + 38.0,
+            ly + 4.0,
+            m.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
