@@ -1,0 +1,782 @@
+//! Scenario tests of CENTRAL_LOCK2 (issue #2) on a small deterministic
+//! network, in the style of raft-rs's harness: the fault verbs read like the
+//! scenario, and each test cites the CENTRAL_LOCK2 step or the DESIGN
+//! invariant it checks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use swimlock_lock::{ClientId, LockName, NodeId, Owner, ReqId, Token};
+use swimlock_lock::{Config, Event, Failure, LockMsg, LockNode, LossReason, Mode, View};
+use swimlock_wire::lock::{LockOutcome, LockRsp};
+
+/// Upper bound on the steps of any loop of the harness, so a livelock fails
+/// the test instead of hanging it.
+const MAX_STEPS: usize = 100_000;
+
+/// A predicate on a message in flight: `(from, to, msg)`.
+type Pred = Box<dyn Fn(NodeId, NodeId, &LockMsg) -> bool>;
+
+/// A drop rule: messages matching `pred` are dropped, `remaining` times
+/// (`None`: until [`Net::heal`]).
+struct Filter {
+    pred: Pred,
+    remaining: Option<usize>,
+}
+
+/// A deterministic network of [`LockNode`]s.
+///
+/// Messages are delivered in send order with no latency; time only moves in
+/// [`Net::advance`], which fires timers in deadline order and delivers what
+/// they send in between. Every transmit and event a node produces is drained
+/// right after each input, as the calling convention asks.
+struct Net {
+    /// The nodes, crashed ones included (they get no input any more).
+    nodes: BTreeMap<NodeId, LockNode>,
+    /// Simulated time.
+    now: Duration,
+    /// Messages sent and not yet delivered or dropped, oldest first.
+    inflight: VecDeque<(NodeId, NodeId, LockMsg)>,
+    /// Drop rules, checked in order on every delivery.
+    filters: Vec<Filter>,
+    /// Directed links that drop everything.
+    cuts: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes that no longer run.
+    crashed: BTreeSet<NodeId>,
+    /// Application events per node, not yet taken by [`Net::events`]
+    /// (`TermStarted` goes to `terms` instead).
+    events: BTreeMap<NodeId, Vec<Event>>,
+    /// Highest term each node announced with `Event::TermStarted`.
+    terms: BTreeMap<NodeId, u32>,
+    /// Source of view ids.
+    next_view: u64,
+}
+
+/// The identity of the `i`-th node; a lower `i` is an older member.
+fn id(i: u16) -> NodeId {
+    NodeId { epoch: u64::from(i), addr: format!("10.0.0.{i}:7946").parse().unwrap() }
+}
+
+fn name(s: &str) -> LockName {
+    LockName::new(s).unwrap()
+}
+
+const C1: ClientId = ClientId(1);
+const C2: ClientId = ClientId(2);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Net {
+    /// `n` nodes `id(1)..=id(n)` with `Config::lan(i)` changed by `tune`, all
+    /// in one view, reconciled and serving (`id(1)` coordinates).
+    fn new(n: u16, tune: impl Fn(&mut Config)) -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            now: Duration::ZERO,
+            inflight: VecDeque::new(),
+            filters: Vec::new(),
+            cuts: BTreeSet::new(),
+            crashed: BTreeSet::new(),
+            events: BTreeMap::new(),
+            terms: BTreeMap::new(),
+            next_view: 1,
+        };
+        for i in 1..=n {
+            let mut config = Config::lan(i);
+            tune(&mut config);
+            net.add(LockNode::new(id(i), config));
+        }
+        let all: Vec<NodeId> = net.nodes.keys().copied().collect();
+        net.install_view(&all, false);
+        net.advance(Duration::from_secs(1));
+        assert!(net.node(id(1)).is_serving(), "setup: the oldest member serves");
+        net
+    }
+
+    /// Adds a node (for example a restarted process).
+    fn add(&mut self, node: LockNode) {
+        self.crashed.remove(&node.id());
+        self.nodes.insert(node.id(), node);
+    }
+
+    fn node(&self, id: NodeId) -> &LockNode {
+        &self.nodes[&id]
+    }
+
+    /// Drains what `id` produced into the network and the event log.
+    fn collect(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        while let Some(t) = node.poll_transmit() {
+            self.inflight.push_back((id, t.to, t.msg));
+        }
+        while let Some(e) = node.poll_event() {
+            match e {
+                Event::TermStarted { term } => {
+                    let t = self.terms.entry(id).or_default();
+                    *t = (*t).max(term);
+                }
+                e => self.events.entry(id).or_default().push(e),
+            }
+        }
+    }
+
+    /// Runs `f` on node `id` at the current time, then drains its output.
+    fn with<R>(&mut self, id: NodeId, f: impl FnOnce(&mut LockNode, Duration) -> R) -> R {
+        assert!(!self.crashed.contains(&id), "{id} has crashed");
+        let now = self.now;
+        let r = f(self.nodes.get_mut(&id).unwrap(), now);
+        self.collect(id);
+        r
+    }
+
+    /// `lock(name, timeout)` by `client` of `id`, then delivers everything.
+    fn lock(&mut self, id: NodeId, client: ClientId, lock: &str, timeout: Duration) -> ReqId {
+        let r = self.with(id, |n, now| n.lock(now, client, name(lock), timeout));
+        self.deliver_all();
+        r
+    }
+
+    /// `try_lock(name)` by `client` of `id`, then delivers everything.
+    fn try_lock(&mut self, id: NodeId, client: ClientId, lock: &str) -> ReqId {
+        let r = self.with(id, |n, now| n.try_lock(now, client, name(lock)));
+        self.deliver_all();
+        r
+    }
+
+    /// `unlock(name)` by `client` of `id`, then delivers everything.
+    fn unlock(&mut self, id: NodeId, client: ClientId, lock: &str) {
+        self.with(id, |n, now| n.unlock(now, client, &name(lock))).expect("held");
+        self.deliver_all();
+    }
+
+    /// Installs a view with `members` (sorted oldest first) on each live
+    /// member, then delivers everything.
+    fn install_view(&mut self, members: &[NodeId], merge: bool) {
+        let mut sorted = members.to_vec();
+        sorted.sort();
+        for &m in &sorted {
+            if self.crashed.contains(&m) {
+                continue;
+            }
+            let view = View { id: self.next_view, members: sorted.clone(), merge };
+            self.next_view += 1;
+            self.with(m, |n, now| n.handle_view(now, view));
+        }
+        self.deliver_all();
+    }
+
+    /// The node stops: it gets no input and its messages in flight are lost.
+    fn crash(&mut self, id: NodeId) {
+        self.crashed.insert(id);
+        self.inflight.retain(|(f, t, _)| *f != id && *t != id);
+    }
+
+    /// Drops every message between `a` and `b`, both ways.
+    fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.cuts.insert((a, b));
+        self.cuts.insert((b, a));
+    }
+
+    /// Cuts `a` off from every other node.
+    fn isolate(&mut self, a: NodeId) {
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|n| *n != a).collect();
+        for b in others {
+            self.cut(a, b);
+        }
+    }
+
+    /// Cuts every link between `left` and `right` (a partition).
+    fn partition(&mut self, left: &[NodeId], right: &[NodeId]) {
+        for &a in left {
+            for &b in right {
+                self.cut(a, b);
+            }
+        }
+    }
+
+    /// Removes every cut and drop rule.
+    fn heal(&mut self) {
+        self.cuts.clear();
+        self.filters.clear();
+    }
+
+    /// Drops the next message that matches `pred`.
+    fn drop_next(&mut self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool + 'static) {
+        self.filters.push(Filter { pred: Box::new(pred), remaining: Some(1) });
+    }
+
+    /// Drops every message that matches `pred` until [`Net::heal`].
+    fn drop_where(&mut self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool + 'static) {
+        self.filters.push(Filter { pred: Box::new(pred), remaining: None });
+    }
+
+    /// Copies of the messages in flight that match `pred` (to replay later
+    /// with [`Net::inject`]).
+    fn copy_where(&self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool) -> Vec<(NodeId, NodeId, LockMsg)> {
+        self.inflight.iter().filter(|(f, t, m)| pred(*f, *t, m)).cloned().collect()
+    }
+
+    /// Puts a message on the wire (a duplicate or a late copy).
+    fn inject(&mut self, msgs: Vec<(NodeId, NodeId, LockMsg)>) {
+        self.inflight.extend(msgs);
+        self.deliver_all();
+    }
+
+    fn dropped(&mut self, from: NodeId, to: NodeId, msg: &LockMsg) -> bool {
+        if self.cuts.contains(&(from, to)) || self.crashed.contains(&to) {
+            return true;
+        }
+        for f in &mut self.filters {
+            if f.remaining != Some(0) && (f.pred)(from, to, msg) {
+                if let Some(r) = &mut f.remaining {
+                    *r -= 1;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Delivers messages in send order until none are in flight.
+    fn deliver_all(&mut self) {
+        for _ in 0..MAX_STEPS {
+            let Some((from, to, msg)) = self.inflight.pop_front() else { return };
+            if self.dropped(from, to, &msg) {
+                continue;
+            }
+            let now = self.now;
+            self.nodes.get_mut(&to).unwrap().handle_message(now, from, msg);
+            self.collect(to);
+        }
+        panic!("messages kept flowing for {MAX_STEPS} deliveries");
+    }
+
+    /// Moves time forward by `dur`, firing every timer that falls due in
+    /// deadline order and delivering messages between timers.
+    fn advance(&mut self, dur: Duration) {
+        let end = self.now + dur;
+        for _ in 0..MAX_STEPS {
+            self.deliver_all();
+            let live = self.nodes.iter().filter(|(id, _)| !self.crashed.contains(id));
+            let next = live.filter_map(|(_, n)| n.poll_timeout()).min();
+            let Some(next) = next.filter(|t| *t <= end) else {
+                self.now = end;
+                return;
+            };
+            self.now = self.now.max(next);
+            let due: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| !self.crashed.contains(id) && n.poll_timeout().is_some_and(|t| t <= next))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                self.with(id, |n, now| n.handle_timeout(now));
+            }
+        }
+        panic!("timers kept firing for {MAX_STEPS} steps");
+    }
+
+    /// Takes the application events of `id` since the last call.
+    fn events(&mut self, id: NodeId) -> Vec<Event> {
+        self.events.remove(&id).unwrap_or_default()
+    }
+
+    /// The token of `id`'s grant to `req`, asserting the events of `id` are
+    /// exactly that one grant.
+    fn granted(&mut self, id: NodeId, req: ReqId, client: ClientId, lock: &str, holds: u32) -> Token {
+        let events = self.events(id);
+        match events.as_slice() {
+            [Event::Acquired { req: r, client: c, name: n, token, holds: h }]
+                if *r == req && *c == client && *n == name(lock) && *h == holds =>
+            {
+                *token
+            }
+            other => panic!("{id}: expected one grant of {lock} to {req:?}, got {other:?}"),
+        }
+    }
+
+    /// The coordinator table of `coord` as (lock, owner, token).
+    fn table(&self, coord: NodeId) -> Vec<(LockName, Owner, Token)> {
+        self.node(coord).table()
+    }
+}
+
+fn owner(node: NodeId, client: ClientId) -> Owner {
+    Owner { node, client }
+}
+
+fn is_lock_rsp(_: NodeId, _: NodeId, m: &LockMsg) -> bool {
+    matches!(m, LockMsg::LockRsp(_))
+}
+
+// ---------------------------------------------------------------------------
+
+/// CENTRAL_LOCK2 handleLock / LOCK(X) / handleUnlock: a free lock is granted,
+/// try_lock on a held lock is denied, waiters are granted in FIFO order after
+/// the holder unlocks, and tokens grow from grant to grant (invariants 1, 2).
+#[test]
+fn grant_busy_unlock_and_fifo_waiters() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let t1 = net.granted(b, rb, C1, "x", 1);
+    assert_eq!(t1, Token::new(1, 1, 1), "first grant of term 1 by tag 1");
+
+    let rc = net.try_lock(c, C1, "x");
+    assert_eq!(
+        net.events(c),
+        vec![Event::Failed { req: rc, client: C1, name: name("x"), reason: Failure::Busy }]
+    );
+
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    assert!(net.events(c).is_empty() && net.events(d).is_empty(), "both wait");
+
+    net.unlock(b, C1, "x");
+    let t2 = net.granted(c, rc, C1, "x", 1);
+    assert!(net.events(d).is_empty(), "the later waiter still waits");
+    assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), t2)]);
+
+    net.unlock(c, C1, "x");
+    let t3 = net.granted(d, rd, C1, "x", 1);
+    assert!(t1 < t2 && t2 < t3, "tokens strictly increase: {t1} {t2} {t3}");
+    net.unlock(d, C1, "x");
+    assert!(net.table(a).is_empty());
+}
+
+/// DESIGN Lock semantics (re-entry): the same owner gets the same token and a
+/// hold count; only the last unlock releases the lock at the coordinator. Two
+/// clients of one node exclude each other.
+#[test]
+fn reentry_counts_holds_and_only_the_last_unlock_releases() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(3, |_| {});
+    let r1 = net.lock(b, C1, "x", Duration::from_secs(5));
+    let t = net.granted(b, r1, C1, "x", 1);
+    let r2 = net.lock(b, C1, "x", Duration::from_secs(5));
+    assert_eq!(net.granted(b, r2, C1, "x", 2), t, "re-entry keeps the token");
+
+    let other = net.lock(b, C2, "x", Duration::from_secs(5));
+    assert!(net.events(b).is_empty(), "another client of the same node waits");
+
+    net.unlock(b, C1, "x");
+    net.advance(ms(100));
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t)], "one hold left: still held");
+    assert!(net.events(b).is_empty());
+
+    net.unlock(b, C1, "x");
+    let t2 = net.granted(b, other, C2, "x", 1);
+    assert!(t2 > t);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C2), t2)]);
+}
+
+/// BecomeCoord / ReconciliationProtocol after a coordinator crash: the next
+/// oldest member reconciles; held locks keep their tokens (invariant 4);
+/// queued waiters keep their ticket order, not report order (invariant 8);
+/// new tokens exceed every old one (invariant 2).
+#[test]
+fn coordinator_crash_keeps_held_locks_and_waiter_order() {
+    let (a, b, c, d, e) = (id(1), id(2), id(3), id(4), id(5));
+    let mut net = Net::new(5, |_| {});
+    let rx = net.lock(c, C1, "x", Duration::from_secs(30));
+    let tx = net.granted(c, rx, C1, "x", 1);
+    let ry = net.lock(d, C1, "y", Duration::from_secs(30));
+    let ty = net.granted(d, ry, C1, "y", 1);
+    // e queues before b: after the failover e must still come first, though
+    // b is older and its report is read first.
+    let re = net.lock(e, C1, "x", Duration::from_secs(30));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(30));
+    assert!(net.events(e).is_empty() && net.events(b).is_empty());
+
+    net.crash(a);
+    net.install_view(&[b, c, d, e], false);
+    net.advance(ms(500));
+    assert!(net.node(b).is_serving(), "the next oldest member took over");
+    assert_eq!(net.table(b), vec![(name("x"), owner(c, C1), tx), (name("y"), owner(d, C1), ty)]);
+    assert!(net.events(c).is_empty() && net.events(d).is_empty(), "nobody lost a lock");
+
+    net.unlock(c, C1, "x");
+    let t_e = net.granted(e, re, C1, "x", 1);
+    assert!(net.events(b).is_empty(), "b queued later and waits");
+    net.unlock(e, C1, "x");
+    let t_b = net.granted(b, rb, C1, "x", 1);
+    assert!(t_e > tx.max(ty) && t_b > t_e, "new tokens exceed the old: {tx} {ty} {t_e} {t_b}");
+    assert!(t_e.term() > tx.term());
+}
+
+/// Split brain then MergeView: both sides granted `x`; the merge round finds
+/// the duplicate and keeps the higher token; the other holder gets
+/// DUPLICATE-LOCK → `Lost { Duplicate }` (invariants 3 and 6).
+#[test]
+fn merge_resolves_a_duplicate_in_favour_of_the_higher_token() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    net.partition(&[a, b], &[c, d]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d], false);
+    net.advance(ms(500));
+    assert!(net.node(c).is_serving(), "the other side elected its own coordinator");
+
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    let td = net.granted(d, rd, C1, "x", 1);
+    assert_ne!(tb, td, "two sides never issue one token (invariant 3)");
+    assert!(td > tb, "c's term is above a's: it learned a's term in its round");
+
+    net.heal();
+    net.install_view(&[a, b, c, d], true);
+    net.advance(ms(500));
+    assert!(net.node(a).is_serving());
+    assert_eq!(net.table(a), vec![(name("x"), owner(d, C1), td)], "the higher token stays");
+    assert_eq!(
+        net.events(b),
+        vec![Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::Duplicate }]
+    );
+    assert!(net.events(d).is_empty());
+    let holders: Vec<NodeId> = [a, b, c, d]
+        .into_iter()
+        .filter(|n| net.node(*n).held().iter().any(|h| h.name == name("x")))
+        .collect();
+    assert_eq!(holders, vec![d], "exactly one client holds x");
+    assert_eq!(net.table_stats_unacked(a), 0, "the loser acknowledged");
+
+    // Every grant after the merge exceeds every token of either side.
+    net.unlock(d, C1, "x");
+    let r = net.lock(b, C1, "x", Duration::from_secs(5));
+    assert!(net.granted(b, r, C1, "x", 1) > td);
+}
+
+impl Net {
+    fn table_stats_unacked(&self, coord: NodeId) -> usize {
+        self.node(coord).table_stats().unwrap().unacked_duplicates
+    }
+}
+
+/// Lost LOCK-RSP: the client retransmits LOCK(X); the coordinator answers the
+/// repeat with the answer it already gave: the same token, no second grant
+/// (invariant 5).
+#[test]
+fn a_lost_lock_rsp_is_answered_again_with_the_same_grant() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(3, |_| {});
+    net.drop_next(is_lock_rsp);
+    let r = net.lock(b, C1, "x", Duration::from_secs(5));
+    assert!(net.events(b).is_empty(), "the answer was lost");
+    let grants = net.node(a).stats().grants;
+    net.advance(ms(200));
+    let t = net.granted(b, r, C1, "x", 1);
+    assert_eq!(net.node(a).stats().grants, grants, "no second grant");
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t)]);
+    assert!(net.node(b).stats().retransmissions >= 1);
+    net.advance(ms(1000));
+    assert!(net.events(b).is_empty(), "exactly one Acquired");
+}
+
+/// Lost UNLOCK: retransmitted until the coordinator confirms; the lock is
+/// released once and the next waiter granted once (invariant 5).
+#[test]
+fn a_lost_unlock_is_retransmitted_and_releases_once() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    net.drop_next(|_, _, m| matches!(m, LockMsg::Unlock(_)));
+    net.unlock(b, C1, "x");
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), tb)], "the unlock was lost");
+    net.advance(ms(200));
+    let tc = net.granted(c, rc, C1, "x", 1);
+    assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)]);
+    assert_eq!(net.node(b).pending_ops(), 0, "the unlock was confirmed");
+    net.advance(ms(2000));
+    assert!(net.events(c).is_empty() && net.events(b).is_empty());
+    assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)]);
+}
+
+/// Lost UNLOCK-RSP: the repeated UNLOCK carries the old token, so it cannot
+/// release the next holder's grant (invariant 5).
+#[test]
+fn a_lost_unlock_rsp_does_not_release_the_next_grant() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    net.drop_next(|_, _, m| matches!(m, LockMsg::UnlockRsp(_)));
+    net.unlock(b, C1, "x");
+    let tc = net.granted(c, rc, C1, "x", 1);
+    assert_eq!(net.node(b).pending_ops(), 1, "b still waits for the confirmation");
+    let grants = net.node(a).stats().grants;
+    net.advance(ms(500));
+    assert_eq!(net.node(b).pending_ops(), 0);
+    assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)], "c keeps its grant");
+    assert_eq!(net.node(a).stats().grants, grants);
+    assert!(net.events(c).is_empty());
+}
+
+/// Duplicated and reordered datagrams (invariant 5): a LOCK delivered twice
+/// grants once; a stale LOCK after the unlock does not grant again; a stale
+/// LOCK-RSP from an earlier round does not change the client.
+#[test]
+fn duplicated_and_reordered_datagrams_never_change_state() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let r1 = net.with(b, |n, now| n.lock(now, C1, name("x"), Duration::from_secs(5)));
+    let req = net.copy_where(|_, _, m| matches!(m, LockMsg::Lock(_)));
+    assert_eq!(req.len(), 1);
+    net.inflight.extend(req.clone());
+    net.deliver_all();
+    let t1 = net.granted(b, r1, C1, "x", 1);
+    assert_eq!(net.node(a).stats().grants, 1, "the doubled LOCK granted once");
+
+    // Keep a copy of the grant, as if it were delayed in the network.
+    net.unlock(b, C1, "x");
+    let r2 = net.with(b, |n, now| n.lock(now, C1, name("x"), Duration::from_secs(5)));
+    let old_rsp = net.copy_where(is_lock_rsp);
+    assert!(old_rsp.is_empty(), "nothing answered yet");
+    net.deliver_all();
+    let t2 = net.granted(b, r2, C1, "x", 1);
+    assert!(t2 > t1);
+
+    // A stale copy of the first LOCK arrives after its unlock.
+    net.inject(req);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t2)]);
+    assert!(net.events(b).is_empty());
+
+    // A new round (merge view), then a LOCK-RSP of the old round shows up.
+    let stale =
+        vec![(a, b, LockMsg::LockRsp(LockRsp { id: r1, term: 1, outcome: LockOutcome::Granted(t1) }))];
+    net.install_view(&[a, b, c], true);
+    net.advance(ms(500));
+    net.inject(stale);
+    assert!(net.events(b).is_empty());
+    let held: Vec<Token> = net.node(b).held().iter().map(|h| h.token).collect();
+    assert_eq!(held, vec![t2]);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t2)]);
+}
+
+/// DESIGN Lock semantics: a member that leaves the view loses its locks and
+/// the coordinator grants them to the next waiter.
+#[test]
+fn a_waiter_is_granted_when_the_holders_node_leaves() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    net.crash(b);
+    net.install_view(&[a, c, d], false);
+    let tc = net.granted(c, rc, C1, "x", 1);
+    assert!(tc > tb);
+    assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)]);
+}
+
+/// Same, with `lock_delay`: the freed lock is granted only once the delay
+/// has run out.
+#[test]
+fn with_a_lock_delay_the_waiter_is_granted_only_after_it() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |cfg| cfg.lock_delay = ms(400));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    net.crash(b);
+    net.install_view(&[a, c, d], false);
+    net.advance(ms(399));
+    assert!(net.events(c).is_empty(), "not before the lock-delay");
+    assert!(net.table(a).is_empty());
+    net.advance(ms(1));
+    net.granted(c, rc, C1, "x", 1);
+}
+
+/// "On reception of a timeout (client)": the request fails with `TimedOut`
+/// and is withdrawn at the coordinator, so a later release does not grant it.
+#[test]
+fn a_client_timeout_cancels_the_queued_request() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", ms(100));
+    net.advance(ms(150));
+    assert_eq!(
+        net.events(c),
+        vec![Event::Failed { req: rc, client: C1, name: name("x"), reason: Failure::TimedOut }]
+    );
+    assert_eq!(net.node(a).table_stats().unwrap().waiters, 0, "the waiter was withdrawn");
+    let grants = net.node(a).stats().grants;
+    net.unlock(b, C1, "x");
+    net.advance(ms(1000));
+    assert!(net.events(c).is_empty(), "no grant to a cancelled request");
+    assert!(net.table(a).is_empty());
+    assert_eq!(net.node(a).stats().grants, grants);
+    assert!(net.node(c).held().is_empty());
+}
+
+/// DESIGN Lock semantics: a client connection that closes releases its locks
+/// and withdraws its requests; other clients of the node keep theirs.
+#[test]
+fn release_client_releases_all_its_locks() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let r1 = net.lock(b, C1, "x", Duration::from_secs(5));
+    net.granted(b, r1, C1, "x", 1);
+    let r2 = net.lock(b, C1, "y", Duration::from_secs(5));
+    net.granted(b, r2, C1, "y", 1);
+    let r3 = net.lock(b, C2, "z", Duration::from_secs(5));
+    let tz = net.granted(b, r3, C2, "z", 1);
+    let rw = net.lock(c, C2, "w", Duration::from_secs(5));
+    let tw = net.granted(c, rw, C2, "w", 1);
+    let _queued = net.lock(b, C1, "w", Duration::from_secs(5));
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    assert!(net.events(b).is_empty() && net.events(c).is_empty());
+
+    net.with(b, |n, now| n.release_client(now, C1));
+    net.deliver_all();
+    let tx = net.granted(c, rc, C1, "x", 1);
+    net.advance(ms(500));
+    assert_eq!(
+        net.table(a),
+        vec![(name("w"), owner(c, C2), tw), (name("x"), owner(c, C1), tx), (name("z"), owner(b, C2), tz)]
+    );
+    assert_eq!(net.node(a).table_stats().unwrap().waiters, 0, "b/1's wait for w was withdrawn");
+    assert_eq!(net.node(b).pending_ops(), 0);
+    assert!(net.events(b).is_empty());
+}
+
+/// DESIGN Split brain and modes: in majority mode a minority side reports its
+/// locks as `Lost { QuorumLost }` and its try_lock fails with `NoQuorum`.
+#[test]
+fn majority_mode_minority_side_loses_its_locks() {
+    let (a, b, c, d, e) = (id(1), id(2), id(3), id(4), id(5));
+    let members = NonZeroUsize::new(5).unwrap();
+    let mut net = Net::new(5, |cfg| cfg.mode = Mode::Majority { members });
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let ra = net.lock(a, C1, "y", Duration::from_secs(5));
+    let ta = net.granted(a, ra, C1, "y", 1);
+
+    net.partition(&[a, b], &[c, d, e]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d, e], false);
+    assert_eq!(
+        net.events(b),
+        vec![Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::QuorumLost }]
+    );
+    assert_eq!(
+        net.events(a),
+        vec![Event::Lost { client: C1, name: name("y"), token: ta, reason: LossReason::QuorumLost }]
+    );
+    assert!(!net.node(a).is_coordinator(), "a minority coordinator does not serve");
+
+    let r = net.try_lock(b, C2, "z");
+    assert_eq!(
+        net.events(b),
+        vec![Event::Failed { req: r, client: C2, name: name("z"), reason: Failure::NoQuorum }]
+    );
+
+    net.advance(ms(500));
+    assert!(net.node(c).is_serving(), "the majority side serves");
+    let rd = net.lock(d, C1, "z", Duration::from_secs(5));
+    let tz = net.granted(d, rd, C1, "z", 1);
+    assert!(tz > tb.max(ta));
+}
+
+/// ReconciliationProtocol "or occurrence of timeout" + invariant 7: a member
+/// whose LOCK-INFO-RSP misses the deadline answers late; its report is still
+/// merged and the duplicate it carries is resolved (highest token kept,
+/// loser told).
+#[test]
+fn a_late_reconciliation_answer_is_merged_duplicates_and_all() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    net.partition(&[a, b], &[c, d]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d], false);
+    net.advance(ms(500));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    let td = net.granted(d, rd, C1, "x", 1);
+    assert!(td > tb);
+
+    net.heal();
+    net.drop_where(move |from, _, m| from == d && matches!(m, LockMsg::LockInfoRsp(_)));
+    net.install_view(&[a, b, c, d], true);
+    // c reports the term of its own side, so the round restarts above it
+    // once; each round has its own deadline.
+    net.advance(ms(1000));
+    assert!(net.node(a).is_serving(), "served after the deadline without d");
+    assert_eq!(net.node(a).awaiting(), vec![d]);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), tb)], "only b's hold is known");
+
+    net.heal();
+    net.advance(ms(1000));
+    assert!(net.node(a).awaiting().is_empty(), "d's late answer arrived");
+    assert_eq!(net.table(a), vec![(name("x"), owner(d, C1), td)], "the higher token stays");
+    assert_eq!(
+        net.events(b),
+        vec![Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::Duplicate }]
+    );
+    assert!(net.events(d).is_empty());
+    assert!(net.node(b).held().is_empty());
+}
+
+/// `Event::TermStarted` / `LockNode::with_term_floor` (invariant 2 across a
+/// restart): a coordinator restarted alone with the last term it announced
+/// issues tokens above its earlier ones; without the floor it would repeat
+/// a token.
+#[test]
+fn a_restart_with_the_term_floor_never_repeats_a_token() {
+    let a = id(1);
+    let mut net = Net::new(1, |_| {});
+    let r = net.lock(a, C1, "x", Duration::from_secs(5));
+    let before = net.granted(a, r, C1, "x", 1);
+    let floor = net.terms[&a];
+    assert_eq!(floor, before.term());
+    net.crash(a);
+
+    let restarted = NodeId { epoch: 100, addr: a.addr };
+    let mut fresh = LockNode::new(restarted, Config::lan(1));
+    fresh.handle_view(net.now, View { id: 1, members: vec![restarted], merge: false });
+    fresh.handle_timeout(net.now + ms(1));
+    let _ = fresh.lock(net.now + ms(1), C1, name("x"), Duration::from_secs(1));
+    let repeated = std::iter::from_fn(|| fresh.poll_event()).find_map(|e| match e {
+        Event::Acquired { token, .. } => Some(token),
+        _ => None,
+    });
+    assert_eq!(repeated, Some(before), "the hazard the floor exists for");
+
+    net.add(LockNode::with_term_floor(restarted, Config::lan(1), floor));
+    net.install_view(&[restarted], false);
+    net.advance(ms(100));
+    let r = net.lock(restarted, C1, "x", Duration::from_secs(5));
+    let after = net.granted(restarted, r, C1, "x", 1);
+    assert!(after > before, "{after} > {before}");
+    assert!(net.terms[&restarted] > floor);
+}
+
+/// LOCK(X) (client) "sent to the coordinator ... until a LOCK-RSP(X) has been
+/// received": an isolated member keeps retransmitting with backoff, and once
+/// the network heals its request is granted exactly once (invariant 5).
+#[test]
+fn an_isolated_member_retransmits_until_healed_and_is_granted_once() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(3, |_| {});
+    net.isolate(b);
+    let r = net.lock(b, C1, "x", Duration::from_secs(10));
+    net.advance(ms(1000));
+    assert!(net.events(b).is_empty());
+    let sent = net.node(b).stats().retransmissions;
+    assert!((3..=10).contains(&sent), "backoff bounds the repeats: {sent}");
+    net.heal();
+    net.advance(ms(600));
+    let t = net.granted(b, r, C1, "x", 1);
+    assert_eq!(net.node(a).stats().grants, 1);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t)]);
+}
