@@ -23,6 +23,8 @@ type Pred = Box<dyn Fn(NodeId, NodeId, &LockMsg) -> bool>;
 struct Filter {
     pred: Pred,
     remaining: Option<usize>,
+    /// Keep the dropped message in [`Net::delayed`] to deliver it later.
+    delay: bool,
 }
 
 /// A deterministic network of [`LockNode`]s.
@@ -49,6 +51,8 @@ struct Net {
     events: BTreeMap<NodeId, Vec<Event>>,
     /// Highest term each node announced with `Event::TermStarted`.
     terms: BTreeMap<NodeId, u32>,
+    /// Messages held back by [`Net::delay_next`], for [`Net::release_delayed`].
+    delayed: Vec<(NodeId, NodeId, LockMsg)>,
     /// Source of view ids.
     next_view: u64,
 }
@@ -82,6 +86,7 @@ impl Net {
             crashed: BTreeSet::new(),
             events: BTreeMap::new(),
             terms: BTreeMap::new(),
+            delayed: Vec::new(),
             next_view: 1,
         };
         for i in 1..=n {
@@ -205,12 +210,24 @@ impl Net {
 
     /// Drops the next message that matches `pred`.
     fn drop_next(&mut self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool + 'static) {
-        self.filters.push(Filter { pred: Box::new(pred), remaining: Some(1) });
+        self.filters.push(Filter { pred: Box::new(pred), remaining: Some(1), delay: false });
     }
 
     /// Drops every message that matches `pred` until [`Net::heal`].
     fn drop_where(&mut self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool + 'static) {
-        self.filters.push(Filter { pred: Box::new(pred), remaining: None });
+        self.filters.push(Filter { pred: Box::new(pred), remaining: None, delay: false });
+    }
+
+    /// Holds back the next message that matches `pred` (a reordering): it
+    /// is delivered by [`Net::release_delayed`].
+    fn delay_next(&mut self, pred: impl Fn(NodeId, NodeId, &LockMsg) -> bool + 'static) {
+        self.filters.push(Filter { pred: Box::new(pred), remaining: Some(1), delay: true });
+    }
+
+    /// Delivers the messages held back by [`Net::delay_next`].
+    fn release_delayed(&mut self) {
+        let msgs = std::mem::take(&mut self.delayed);
+        self.inject(msgs);
     }
 
     /// Copies of the messages in flight that match `pred` (to replay later
@@ -233,6 +250,9 @@ impl Net {
             if f.remaining != Some(0) && (f.pred)(from, to, msg) {
                 if let Some(r) = &mut f.remaining {
                     *r -= 1;
+                }
+                if f.delay {
+                    self.delayed.push((from, to, msg.clone()));
                 }
                 return true;
             }
@@ -779,4 +799,46 @@ fn an_isolated_member_retransmits_until_healed_and_is_granted_once() {
     let t = net.granted(b, r, C1, "x", 1);
     assert_eq!(net.node(a).stats().grants, 1);
     assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t)]);
+}
+
+/// "On reception of a LOCK-RSP(X) (client)" applies only answers of the
+/// round the client reported to: a grant of the old round that arrives after
+/// a new round (merge view) is not applied, before or after the new round's
+/// own grant; the client ends with exactly one grant, the one in the table
+/// (invariant 5).
+#[test]
+fn a_grant_of_an_old_round_is_never_applied() {
+    for late_after_new_grant in [false, true] {
+        let (a, b, c) = (id(1), id(2), id(3));
+        let mut net = Net::new(3, |_| {});
+        let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+        net.granted(c, rc, C1, "x", 1);
+        let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+        // c's release grants x to b; that answer is delayed in the network.
+        net.delay_next(move |_, to, m| to == b && matches!(m, LockMsg::LockRsp(_)));
+        net.unlock(c, C1, "x");
+        let [(_, _, LockMsg::LockRsp(old))] = net.delayed.as_slice() else { panic!("{:?}", net.delayed) };
+        let LockOutcome::Granted(t_old) = old.outcome else { panic!("a grant: {old:?}") };
+        assert!(net.events(b).is_empty(), "b has not heard of its grant");
+
+        if !late_after_new_grant {
+            // b answers the new round, but its answer is held back too: the
+            // old grant reaches b first, while the new round is not served.
+            net.delay_next(move |from, _, m| from == b && matches!(m, LockMsg::LockInfoRsp(_)));
+        }
+        net.install_view(&[a, b, c], true);
+        assert_eq!(net.delayed.len(), if late_after_new_grant { 1 } else { 2 });
+        if !late_after_new_grant {
+            assert!(!net.node(a).is_serving());
+        }
+        // Deliver the old round's grant (then b's answer, if held back).
+        net.release_delayed();
+        net.advance(ms(1000));
+        let t_new = net.granted(b, rb, C1, "x", 1);
+        assert_ne!(t_new, t_old, "b got the new round's grant, not the stale one");
+        let held: Vec<Token> = net.node(b).held().iter().map(|h| h.token).collect();
+        assert_eq!(held, vec![t_new]);
+        assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t_new)]);
+        assert!(t_new > t_old, "the new round grants above the old: {t_new} {t_old}");
+    }
 }
