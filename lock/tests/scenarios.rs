@@ -842,3 +842,108 @@ fn a_grant_of_an_old_round_is_never_applied() {
         assert!(t_new > t_old, "the new round grants above the old: {t_new} {t_old}");
     }
 }
+
+/// Client timeout whose CANCEL is lost while the holder lets go: the
+/// coordinator grants the lock to the withdrawn request, the client (which
+/// already reported `TimedOut`) never applies it, and the retransmitted
+/// CANCEL releases that grant so the next waiter gets the lock (invariants
+/// 1 and 5).
+#[test]
+fn a_late_cancel_releases_a_grant_the_client_gave_up_on() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    net.granted(b, rb, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", ms(100));
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    net.drop_where(move |from, _, m| from == c && matches!(m, LockMsg::Cancel(_)));
+    net.advance(ms(150));
+    assert_eq!(
+        net.events(c),
+        vec![Event::Failed { req: rc, client: C1, name: name("x"), reason: Failure::TimedOut }]
+    );
+    net.unlock(b, C1, "x");
+    let (_, holder, t_c) = net.table(a).pop().expect("granted to the withdrawn request");
+    assert_eq!(holder, owner(c, C1));
+    assert!(net.events(c).is_empty() && net.node(c).held().is_empty(), "c never applies it");
+
+    net.heal();
+    net.advance(ms(1000));
+    let t_d = net.granted(d, rd, C1, "x", 1);
+    assert!(t_d > t_c);
+    assert_eq!(net.table(a), vec![(name("x"), owner(d, C1), t_d)]);
+    assert!(net.events(c).is_empty());
+    assert_eq!(net.node(c).pending_ops(), 0);
+}
+
+/// Coordinator crash with an UNLOCK in flight: the new coordinator rebuilds
+/// its table from the members' reports (the released lock is not among
+/// them), grants the waiter once, and answers the repeated UNLOCK without
+/// touching the new grant (invariants 4 and 5).
+#[test]
+fn an_unlock_in_flight_survives_a_coordinator_crash() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    let rc = net.lock(c, C1, "x", Duration::from_secs(30));
+    let tc = net.granted(c, rc, C1, "x", 1);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(30));
+    net.drop_next(|_, _, m| matches!(m, LockMsg::Unlock(_)));
+    net.unlock(c, C1, "x");
+    net.crash(a);
+    net.install_view(&[b, c, d], false);
+    net.advance(ms(1000));
+    let td = net.granted(d, rd, C1, "x", 1);
+    assert!(td > tc);
+    assert_eq!(net.table(b), vec![(name("x"), owner(d, C1), td)]);
+    assert_eq!(net.node(c).pending_ops(), 0, "the new coordinator confirmed the unlock");
+    assert!(net.events(c).is_empty() && net.events(d).is_empty());
+    assert_eq!(net.node(b).stats().grants, 1);
+}
+
+/// DUPLICATE-LOCK is repeated until acknowledged: with the first copy lost,
+/// the loser still learns it lost the lock, exactly once (invariant 6).
+#[test]
+fn a_lost_duplicate_lock_is_repeated_until_acknowledged() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    net.partition(&[a, b], &[c, d]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d], false);
+    net.advance(ms(500));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    let td = net.granted(d, rd, C1, "x", 1);
+
+    net.heal();
+    net.drop_next(|_, _, m| matches!(m, LockMsg::DuplicateLock(_)));
+    net.install_view(&[a, b, c, d], true);
+    assert!(net.events(b).is_empty(), "the first DUPLICATE-LOCK was lost");
+    assert_eq!(net.table_stats_unacked(a), 1);
+    net.advance(ms(1000));
+    assert_eq!(
+        net.events(b),
+        vec![Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::Duplicate }]
+    );
+    assert_eq!(net.table_stats_unacked(a), 0);
+    assert_eq!(net.table(a), vec![(name("x"), owner(d, C1), td)]);
+}
+
+/// Re-locking while the last UNLOCK is still unconfirmed: the new LOCK waits
+/// for the unlock's answer (one request per name in flight), so it cannot
+/// overtake it; it gets a fresh, higher token.
+#[test]
+fn relocking_during_an_unconfirmed_unlock_gets_a_fresh_token() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(3, |_| {});
+    let r1 = net.lock(b, C1, "x", Duration::from_secs(5));
+    let t1 = net.granted(b, r1, C1, "x", 1);
+    net.drop_next(|_, _, m| matches!(m, LockMsg::UnlockRsp(_)));
+    net.unlock(b, C1, "x");
+    let r2 = net.lock(b, C1, "x", Duration::from_secs(5));
+    assert!(net.events(b).is_empty(), "waits for the unlock to be confirmed");
+    net.advance(ms(500));
+    let t2 = net.granted(b, r2, C1, "x", 1);
+    assert!(t2 > t1);
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t2)]);
+}
