@@ -77,6 +77,16 @@ impl Net {
     /// `n` nodes `id(1)..=id(n)` with `Config::lan(i)` changed by `tune`, all
     /// in one view, reconciled and serving (`id(1)` coordinates).
     fn new(n: u16, tune: impl Fn(&mut Config)) -> Net {
+        let mut net = Net::without_view(n, tune);
+        let all: Vec<NodeId> = net.nodes.keys().copied().collect();
+        net.install_view(&all, false);
+        net.advance(Duration::from_secs(1));
+        assert!(net.node(id(1)).is_serving(), "setup: the oldest member serves");
+        net
+    }
+
+    /// `n` nodes as in [`Net::new`] that have not seen any view yet.
+    fn without_view(n: u16, tune: impl Fn(&mut Config)) -> Net {
         let mut net = Net {
             nodes: BTreeMap::new(),
             now: Duration::ZERO,
@@ -94,10 +104,6 @@ impl Net {
             tune(&mut config);
             net.add(LockNode::new(id(i), config));
         }
-        let all: Vec<NodeId> = net.nodes.keys().copied().collect();
-        net.install_view(&all, false);
-        net.advance(Duration::from_secs(1));
-        assert!(net.node(id(1)).is_serving(), "setup: the oldest member serves");
         net
     }
 
@@ -946,4 +952,84 @@ fn relocking_during_an_unconfirmed_unlock_gets_a_fresh_token() {
     let t2 = net.granted(b, r2, C1, "x", 1);
     assert!(t2 > t1);
     assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t2)]);
+}
+
+/// Invariants 3 and 2 for two groups that formed apart (a partition from the
+/// start): both coordinators grant under the same term, the tag keeps their
+/// tokens apart, and after the merge every grant exceeds both sides' tokens.
+#[test]
+fn two_groups_formed_apart_share_a_term_but_never_a_token() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::without_view(4, |_| {});
+    net.partition(&[a, b], &[c, d]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d], false);
+    net.advance(ms(500));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(5));
+    let td = net.granted(d, rd, C1, "x", 1);
+    assert_eq!(tb.term(), td.term(), "same term on both sides");
+    assert_eq!((tb.tag(), td.tag()), (1, 3), "each coordinator's tag");
+    assert_ne!(tb, td);
+
+    net.heal();
+    net.install_view(&[a, b, c, d], true);
+    net.advance(ms(500));
+    assert_eq!(net.table(a), vec![(name("x"), owner(d, C1), td)]);
+    assert_eq!(
+        net.events(b),
+        vec![Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::Duplicate }]
+    );
+    let r = net.lock(c, C1, "y", Duration::from_secs(5));
+    assert!(net.granted(c, r, C1, "y", 1) > tb.max(td));
+}
+
+/// BecomeCoord "blocks until done, or timeout": nothing is granted while the
+/// new coordinator reconciles; a try_lock made meanwhile is retransmitted and
+/// granted once the round is over, and a lost LOCK-INFO-REQ is repeated so a
+/// held lock still keeps its token (invariant 4).
+#[test]
+fn no_grant_while_reconciling_and_a_lost_lock_info_req_is_repeated() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |_| {});
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    let tc = net.granted(c, rc, C1, "x", 1);
+    net.crash(a);
+    net.drop_next(move |_, to, m| to == c && matches!(m, LockMsg::LockInfoReq(_)));
+    net.drop_where(move |from, _, m| from == d && matches!(m, LockMsg::LockInfoRsp(_)));
+    net.install_view(&[b, c, d], false);
+    let r = net.try_lock(c, C2, "y");
+    for _ in 0..20 {
+        net.advance(ms(10));
+        if net.node(b).is_serving() {
+            break;
+        }
+        assert!(net.events(c).is_empty(), "no grant while reconciling");
+        assert_eq!(net.node(b).stats().grants, 0);
+    }
+    assert!(!net.node(b).awaiting().contains(&c), "c answered the repeated request");
+    net.advance(ms(1000));
+    assert!(net.node(b).is_serving());
+    let ty = net.granted(c, r, C2, "y", 1);
+    assert!(ty > tc);
+    assert_eq!(net.table(b), vec![(name("x"), owner(c, C1), tc), (name("y"), owner(c, C2), ty)]);
+}
+
+/// A coordinator that holds a lock through its own client and crashes: its
+/// lock dies with it, and the waiter is granted by the next coordinator once
+/// its round is over.
+#[test]
+fn a_crashed_coordinators_own_lock_goes_to_the_waiter() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(5));
+    let ta = net.granted(a, ra, C1, "x", 1);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    net.crash(a);
+    net.install_view(&[b, c], false);
+    net.advance(ms(500));
+    let tc = net.granted(c, rc, C1, "x", 1);
+    assert!(tc > ta);
+    assert_eq!(net.table(b), vec![(name("x"), owner(c, C1), tc)]);
 }
