@@ -1033,3 +1033,126 @@ fn a_crashed_coordinators_own_lock_goes_to_the_waiter() {
     assert!(tc > ta);
     assert_eq!(net.table(b), vec![(name("x"), owner(c, C1), tc)]);
 }
+
+/// One step of a random schedule for [`random_schedules_keep_mutual_exclusion`].
+#[derive(Clone, Debug)]
+enum Step {
+    Lock { node: u16, client: u64, lock: u8, timeout_ms: u64 },
+    TryLock { node: u16, client: u64, lock: u8 },
+    Unlock { node: u16, client: u64, lock: u8 },
+    Release { node: u16, client: u64 },
+    DropNext { kind: u8 },
+    Advance { ms: u64 },
+    CrashCoordinator,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1..=4u16, 1..=2u64, 0..2u8, 20..2000u64)
+            .prop_map(|(node, client, lock, timeout_ms)| Step::Lock { node, client, lock, timeout_ms }),
+        2 => (1..=4u16, 1..=2u64, 0..2u8).prop_map(|(node, client, lock)| Step::TryLock { node, client, lock }),
+        4 => (1..=4u16, 1..=2u64, 0..2u8).prop_map(|(node, client, lock)| Step::Unlock { node, client, lock }),
+        1 => (1..=4u16, 1..=2u64).prop_map(|(node, client)| Step::Release { node, client }),
+        2 => (0..5u8).prop_map(|kind| Step::DropNext { kind }),
+        4 => (1..400u64).prop_map(|ms| Step::Advance { ms }),
+        1 => Just(Step::CrashCoordinator),
+    ]
+}
+
+impl Net {
+    /// Invariant 1 as the clients see it: in a component that agrees on its
+    /// coordinator, at most one client holds each name; and the holder the
+    /// clients believe in is never contradicted by the serving coordinator.
+    fn check_exclusion(&self) {
+        let live: Vec<&LockNode> =
+            self.nodes.iter().filter(|(id, _)| !self.crashed.contains(id)).map(|(_, n)| n).collect();
+        let mut holders: BTreeMap<LockName, Vec<(NodeId, ClientId, Token)>> = BTreeMap::new();
+        for n in &live {
+            for h in n.held() {
+                holders.entry(h.name).or_default().push((n.id(), h.client, h.token));
+            }
+        }
+        for (name, hs) in &holders {
+            assert!(hs.len() <= 1, "{name} held by {hs:?} at {:?}", self.now);
+        }
+        for n in live.iter().filter(|n| n.is_serving()) {
+            for (name, owner, token) in n.table() {
+                if let Some([(node, client, t)]) = holders.get(&name).map(Vec::as_slice) {
+                    assert_eq!((owner, token), (Owner { node: *node, client: *client }, *t), "{name}");
+                }
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Random operations with lost messages and a coordinator crash, in one
+    /// component: after every step no name has two holders (invariant 1),
+    /// grants of one name carry strictly increasing tokens (invariant 2),
+    /// and once the losses stop every operation finishes (liveness).
+    #[test]
+    fn random_schedules_keep_mutual_exclusion(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut net = Net::new(4, |_| {});
+        let names = ["x", "y"];
+        let mut last: BTreeMap<LockName, Token> = BTreeMap::new();
+        let mut crashed_once = false;
+        for s in steps {
+            match s {
+                Step::Lock { node, client, lock, timeout_ms } if !net.crashed.contains(&id(node)) => {
+                    net.lock(id(node), ClientId(client), names[usize::from(lock)], ms(timeout_ms));
+                }
+                Step::TryLock { node, client, lock } if !net.crashed.contains(&id(node)) => {
+                    net.try_lock(id(node), ClientId(client), names[usize::from(lock)]);
+                }
+                Step::Unlock { node, client, lock } if !net.crashed.contains(&id(node)) => {
+                    let n = name(names[usize::from(lock)]);
+                    let _ = net.with(id(node), |nd, now| nd.unlock(now, ClientId(client), &n));
+                    net.deliver_all();
+                }
+                Step::Release { node, client } if !net.crashed.contains(&id(node)) => {
+                    net.with(id(node), |nd, now| nd.release_client(now, ClientId(client)));
+                    net.deliver_all();
+                }
+                Step::DropNext { kind } => net.drop_next(move |_, _, m| {
+                    matches!(
+                        (kind, m),
+                        (0, LockMsg::Lock(_))
+                            | (1, LockMsg::LockRsp(_))
+                            | (2, LockMsg::Unlock(_))
+                            | (3, LockMsg::UnlockRsp(_))
+                            | (4, LockMsg::Cancel(_))
+                    )
+                }),
+                Step::Advance { ms: d } => net.advance(ms(d)),
+                Step::CrashCoordinator if !crashed_once => {
+                    crashed_once = true;
+                    net.crash(id(1));
+                    net.install_view(&[id(2), id(3), id(4)], false);
+                }
+                _ => {}
+            }
+            net.check_exclusion();
+            for (node, events) in net.events.clone() {
+                for e in events {
+                    if let Event::Acquired { name, token, holds: 1, .. } = e
+                        && let Some(prev) = last.insert(name.clone(), token)
+                    {
+                        assert!(token > prev, "{node}: {name} granted {token} after {prev}");
+                    }
+                }
+            }
+            net.events.clear();
+        }
+        net.heal();
+        net.advance(Duration::from_secs(5));
+        net.check_exclusion();
+        for (id, n) in &net.nodes {
+            if !net.crashed.contains(id) {
+                assert_eq!(n.pending_ops(), 0, "{id} finished every operation");
+            }
+        }
+    }
+}
