@@ -51,11 +51,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
-    // `cargo bench -- FILTER` passes a filter; run unless it excludes us.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if !args.is_empty() && !args.iter().any(|a| "reconcile_mem".contains(a.as_str())) {
-        return;
-    }
     let mut fixture = ReconcileFixture::new(LOCKS);
     let (coord, answer) = fixture.round();
     let answer_bytes = LIVE.load(Ordering::Relaxed);

@@ -15,9 +15,11 @@ use super::new_hist;
 const ROUNDS: u64 = 2_000;
 /// Time per floor measurement, at most.
 const MAX_TIME: Duration = Duration::from_millis(300);
-/// Below this p50 the other vCPU was awake (the ~4 µs mode); above, each
-/// round trip paid a wake-up (the 60-80 µs mode).
-const BUSY_BELOW_US: f64 = 20.0;
+/// Below this p50 the other vCPU was awake (the ~4 µs mode).
+const BUSY_BELOW_US: f64 = 10.0;
+/// At or above this p50 each round trip paid an idle wake-up (the 60-80 µs
+/// mode). Between the two: some round trips of each kind.
+const IDLE_FROM_US: f64 = 40.0;
 
 /// One floor measurement.
 #[derive(Clone, Debug)]
@@ -32,10 +34,14 @@ impl Floor {
         self.hist.value_at_quantile(0.5) as f64 / 1e3
     }
 
-    /// `busy` (~4 µs) or `idle-wakeup` (60-80 µs): which loopback mode the
-    /// measurement saw.
+    /// `busy` (~4 µs), `idle-wakeup` (60-80 µs) or `mixed` (between):
+    /// which loopback mode the measurement saw.
     pub fn mode(&self) -> &'static str {
-        if self.p50_us() < BUSY_BELOW_US { "busy" } else { "idle-wakeup" }
+        match self.p50_us() {
+            p if p < BUSY_BELOW_US => "busy",
+            p if p >= IDLE_FROM_US => "idle-wakeup",
+            _ => "mixed",
+        }
     }
 }
 

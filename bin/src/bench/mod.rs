@@ -299,12 +299,21 @@ async fn failover(nodes: usize, runs: u32) -> anyhow::Result<Histogram<u64>> {
         loop {
             match survivor.lock(&name, Duration::from_secs(5)).await {
                 Ok(guard) => {
+                    println!(
+                        "failover run {}: first grant {:.3} s after the kill",
+                        run + 1,
+                        t.elapsed().as_secs_f64()
+                    );
                     record(&mut hist, t.elapsed());
                     drop(guard);
                     break;
                 }
                 Err(e) if t.elapsed() < FAILOVER_LIMIT => {
-                    tracing::debug!("failover run {run}: {e}; trying again");
+                    println!(
+                        "failover run {}: {e} after {:.3} s; trying again",
+                        run + 1,
+                        t.elapsed().as_secs_f64()
+                    );
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(e) => {
