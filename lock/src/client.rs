@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use swimlock_wire::lock::{CancelReq, Denial, UnlockReq};
+use swimlock_wire::lock::{CancelReq, Denial, Hello, UnlockReq};
 use swimlock_wire::lock::{
     DuplicateLock, HeldLock, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq, LockRsp, UnlockRsp,
     Wait,
@@ -92,6 +92,9 @@ pub(crate) struct ClientRole {
     round: Option<(NodeId, u32)>,
     /// Rounds answered so far; sent with every request.
     syncs: u64,
+    /// A HELLO to the coordinator of the view, until it answers: when to
+    /// send it next, and the backoff.
+    hello: Option<(Duration, Duration)>,
     held: BTreeMap<Key, Held>,
     ops: BTreeMap<ReqId, Op>,
     busy: BTreeMap<Key, ReqId>,
@@ -109,6 +112,7 @@ impl ClientRole {
             quorum: true,
             round: None,
             syncs: 0,
+            hello: None,
             held: BTreeMap::new(),
             ops: BTreeMap::new(),
             busy: BTreeMap::new(),
@@ -259,6 +263,9 @@ impl ClientRole {
                 op.next_send = now;
                 op.backoff = self.config.retransmit_initial;
             }
+            // The new coordinator may hold a stale copy of this node's locks
+            // (it never saw this node leave); it must hear from us.
+            self.hello = coordinator.map(|_| (now, self.config.retransmit_initial));
         }
         self.coordinator = coordinator;
         if self.quorum && !quorum {
@@ -325,6 +332,13 @@ impl ClientRole {
         if !self.quorum {
             return;
         }
+        if let Some((next, backoff)) = self.hello.as_mut()
+            && *next <= now
+        {
+            *next = now + *backoff;
+            *backoff = (*backoff * 2).min(self.config.retransmit_max);
+            out.send(coordinator, LockMsg::Hello(Hello { sync: self.syncs }));
+        }
         let floor = self.floor();
         let sync = self.syncs;
         for (id, op) in self.ops.iter_mut() {
@@ -354,7 +368,7 @@ impl ClientRole {
 
     pub fn poll_timeout(&self) -> Option<Duration> {
         let sends = if self.coordinator.is_some() && self.quorum {
-            self.ops.values().map(|op| op.next_send).min()
+            self.ops.values().map(|op| op.next_send).chain(self.hello.map(|(next, _)| next)).min()
         } else {
             None
         };
@@ -374,6 +388,11 @@ impl ClientRole {
             LockMsg::Redirect(_) => out.stats.dropped += 1,
             LockMsg::LockInfoReq(req) => self.on_lock_info_req(from, req, out),
             LockMsg::DuplicateLock(dup) => self.on_duplicate_lock(from, dup, out),
+            LockMsg::HelloAck(ack) => {
+                if self.accepts(from, ack.term) {
+                    self.hello = None;
+                }
+            }
             _ => out.stats.dropped += 1,
         }
     }
@@ -466,11 +485,15 @@ impl ClientRole {
     /// coordinator of this node's view is answered: once a pending request
     /// is reported to a coordinator, only that coordinator may grant it.
     fn on_lock_info_req(&mut self, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
-        if self.coordinator != Some(from) {
+        let stale = self.round.is_some_and(|(c, t)| c == from && req.term < t);
+        if self.coordinator != Some(from) || stale {
+            // A coordinator's rounds only move forward: an older request is
+            // a late copy.
             out.stats.dropped += 1;
             return;
         }
         let fresh = !matches!(&self.snapshot, Some(s) if s.coordinator == from && s.term == req.term);
+        self.hello = None;
         if fresh {
             self.syncs += 1;
             let parts = self.build_report(req.term);
@@ -570,6 +593,12 @@ impl ClientRole {
             token: h.token,
             holds: h.holds,
         })
+    }
+
+    /// Whether the coordinator of the view has confirmed it knows this
+    /// node's locks (this node answered its round, or it acknowledged).
+    pub fn synced(&self) -> bool {
+        self.hello.is_none()
     }
 
     /// Number of operations not yet finished (in flight or queued locally).

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use swimlock_wire::lock::{
-    CancelReq, Denial, DuplicateLock, HeldLock, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq,
-    LockRsp, UnlockReq, UnlockRsp, Wait,
+    CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockInfoReq, LockInfoRsp, LockMsg,
+    LockOutcome, LockReq, LockRsp, UnlockReq, UnlockRsp, Wait,
 };
 use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
@@ -367,6 +367,14 @@ impl Coordinator {
             self.ask_due(now, out);
         }
         false
+    }
+
+    /// HELLO from a member that now follows this coordinator: acknowledged
+    /// if its locks are known here, else it is asked for them.
+    pub fn handle_hello(&mut self, now: Duration, from: NodeId, hello: Hello, out: &mut Outbox) {
+        if self.in_sync(now, from, hello.sync, out) {
+            out.send(from, LockMsg::HelloAck(HelloAck { term: self.term }));
+        }
     }
 
     /// LOCK(X) from a member.

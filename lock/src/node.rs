@@ -311,13 +311,16 @@ impl LockNode {
             (LockMsg::Cancel(req), Some(c)) => c.handle_cancel(now, from, req, out),
             (LockMsg::LockInfoRsp(rsp), Some(c)) => c.on_lock_info_rsp(now, from, rsp, out),
             (LockMsg::DuplicateAck(dup), Some(c)) => c.on_duplicate_ack(from, dup),
+            (LockMsg::Hello(hello), Some(c)) => c.handle_hello(now, from, hello, out),
             (
                 LockMsg::Lock(LockReq { id, .. })
                 | LockMsg::Unlock(UnlockReq { id, .. })
                 | LockMsg::Cancel(CancelReq { id, .. }),
                 None,
             ) => self.redirect(from, id),
-            (LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_), None) => out.stats.dropped += 1,
+            (LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_) | LockMsg::Hello(_), None) => {
+                out.stats.dropped += 1
+            }
             (msg, _) => self.client.on_message(now, from, msg, out),
         }
         self.announce_term();
@@ -448,6 +451,12 @@ impl LockNode {
     /// Locks held by this node's clients.
     pub fn held(&self) -> Vec<HeldInfo> {
         self.client.held().collect()
+    }
+
+    /// Whether the coordinator of this node's view has confirmed that it
+    /// knows this node's locks.
+    pub fn synced(&self) -> bool {
+        self.client.synced()
     }
 
     /// Operations of this node's clients not yet finished.

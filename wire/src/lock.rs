@@ -43,6 +43,26 @@ pub enum LockMsg {
     DuplicateLock(DuplicateLock),
     /// The client's acknowledgement of a [`DuplicateLock`].
     DuplicateAck(DuplicateLock),
+    /// A member's first word to the coordinator of its new view, repeated
+    /// until answered: the coordinator asks for its locks if its copy of
+    /// them may be stale, else acknowledges with [`LockMsg::HelloAck`].
+    Hello(Hello),
+    /// The coordinator's copy of the member's locks is current.
+    HelloAck(HelloAck),
+}
+
+/// See [`LockMsg::Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// How many reconciliation rounds the member has answered.
+    pub sync: u64,
+}
+
+/// See [`LockMsg::HelloAck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// The coordinator's round.
+    pub term: u32,
 }
 
 /// How long a lock request may wait at the coordinator.

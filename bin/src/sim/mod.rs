@@ -41,6 +41,11 @@ pub struct SimArgs {
     /// component with a majority of the nodes grants).
     #[arg(long, default_value = "available")]
     pub mode: String,
+    /// Where views come from: `gossip` runs real SWIM membership over the
+    /// simulated network; `scripted` installs views computed from the
+    /// scenario (exact control over who sees what, and when).
+    #[arg(long, default_value = "gossip")]
+    pub membership: String,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -156,14 +161,15 @@ pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
         eprintln!("  {line}");
     }
     eprintln!(
-        "replay: swimlock sim --seed {} --nodes {} --fault-secs {} --mode {}",
+        "replay: swimlock sim --seed {} --nodes {} --fault-secs {} --mode {} --membership {}",
         o.seed,
         cfg.nodes,
         cfg.fault_phase.as_secs(),
         match cfg.mode {
             Mode::Available => "available",
             Mode::Majority { .. } => "majority",
-        }
+        },
+        if cfg.gossip { "gossip" } else { "scripted" }
     );
 }
 
@@ -183,6 +189,14 @@ pub fn main(args: SimArgs) -> ExitCode {
     }
     let mut base = RunConfig::new(0, args.nodes);
     base.mode = mode;
+    base.gossip = match args.membership.as_str() {
+        "gossip" => true,
+        "scripted" => false,
+        other => {
+            eprintln!("swimlock sim: --membership must be `gossip` or `scripted`, not `{other}`");
+            return ExitCode::from(2);
+        }
+    };
     base.fault_phase = Duration::from_secs(args.fault_secs);
     let started = Instant::now();
     if let Some(seed) = args.seed {

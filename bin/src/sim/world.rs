@@ -16,7 +16,9 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use swimlock_lock::{Config, Event, LockMsg, LockNode, Mode, View};
-use swimlock_wire::{ClientId, LockName, NodeId};
+use swimlock_wire::{ClientId, ClusterId, LockName, NodeId};
+
+use crate::node::{Node, NodeConfig, NodeEvent};
 
 use super::check::{Checker, Violation, check_exclusive, check_settled_component};
 use super::net::{Faults, Partition, Queue, delivery_times};
@@ -38,6 +40,9 @@ pub struct RunConfig {
     pub mode: Mode,
     /// Record a readable trace.
     pub trace: bool,
+    /// Real membership: every host runs the node core (SWIM gossip over the
+    /// simulated network) instead of getting views from the scenario.
+    pub gossip: bool,
 }
 
 impl RunConfig {
@@ -51,6 +56,7 @@ impl RunConfig {
             fault_phase: Duration::from_secs(15),
             mode: Mode::Available,
             trace: false,
+            gossip: false,
         }
     }
 }
@@ -88,19 +94,93 @@ const MAX_DETECT_MS: u64 = 1_200;
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { host: usize, from: NodeId, to: NodeId, msg: LockMsg },
-    Timer { host: usize },
-    InstallView { host: usize },
-    Workload { host: usize },
+    Deliver {
+        host: usize,
+        from: NodeId,
+        to: NodeId,
+        msg: LockMsg,
+    },
+    Datagram {
+        host: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        host: usize,
+    },
+    /// A host (re)started: deliver what its start produced, arm its timer.
+    Boot {
+        host: usize,
+    },
+    InstallView {
+        host: usize,
+    },
+    Workload {
+        host: usize,
+    },
     Fault,
     Settle,
     Drain,
     End,
 }
 
+/// What runs on a host: the lock machine alone with views from the
+/// scenario, or the whole node core with real membership.
+#[derive(Debug)]
+enum Engine {
+    Scripted(LockNode),
+    Gossip(Box<Node>),
+}
+
+impl Engine {
+    fn lock(&self) -> &LockNode {
+        match self {
+            Engine::Scripted(n) => n,
+            Engine::Gossip(n) => n.lock_node(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        match self {
+            Engine::Scripted(n) => n.handle_timeout(now),
+            Engine::Gossip(n) => n.handle_timeout(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        match self {
+            Engine::Scripted(n) => n.poll_timeout(),
+            Engine::Gossip(n) => n.poll_timeout(),
+        }
+    }
+
+    fn lock_op(&mut self, now: Duration, client: ClientId, name: LockName, timeout: Option<Duration>) {
+        match (self, timeout) {
+            (Engine::Scripted(n), Some(t)) => drop(n.lock(now, client, name, t)),
+            (Engine::Scripted(n), None) => drop(n.try_lock(now, client, name)),
+            (Engine::Gossip(n), Some(t)) => drop(n.lock(now, client, name, t)),
+            (Engine::Gossip(n), None) => drop(n.try_lock(now, client, name)),
+        }
+    }
+
+    fn unlock(&mut self, now: Duration, client: ClientId, name: &LockName) {
+        let _ = match self {
+            Engine::Scripted(n) => n.unlock(now, client, name),
+            Engine::Gossip(n) => n.unlock(now, client, name),
+        };
+    }
+
+    fn release_client(&mut self, now: Duration, client: ClientId) {
+        match self {
+            Engine::Scripted(n) => n.release_client(now, client),
+            Engine::Gossip(n) => n.release_client(now, client),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Host {
-    node: Option<LockNode>,
+    node: Option<Engine>,
     id: NodeId,
     armed: Option<Duration>,
     last_members: Vec<NodeId>,
@@ -166,6 +246,7 @@ impl World {
         for host in 0..world.cfg.nodes {
             let h = world.fresh_host(host);
             world.hosts.push(h);
+            world.queue.push(world.now, Ev::Boot { host });
             world.schedule_view(host);
             let next = world.now + world.workload_gap();
             world.queue.push(next, Ev::Workload { host });
@@ -191,8 +272,26 @@ impl World {
     fn fresh_host(&mut self, host: usize) -> Host {
         let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(host) };
         let persisted_term = self.hosts.get(host).map_or(0, |h| h.persisted_term);
+        let engine = if self.cfg.gossip {
+            let config = NodeConfig {
+                name: format!("h{host}"),
+                cluster: ClusterId::from_name("sim"),
+                // Every host knows the first host as its seed; a host that
+                // restarts while it is down finds the others through them.
+                seeds: (0..self.cfg.nodes).filter(|&o| o != host).map(addr).collect(),
+                lock: self.lock_config(host),
+                membership: swimlock_membership::Config::lan(),
+            };
+            let rng_seed = self.rng.random();
+            let mut node =
+                Node::with_term_floor(id, config, rng_seed, persisted_term).expect("valid settings");
+            node.start(self.now);
+            Engine::Gossip(Box::new(node))
+        } else {
+            Engine::Scripted(LockNode::with_term_floor(id, self.lock_config(host), persisted_term))
+        };
         Host {
-            node: Some(LockNode::with_term_floor(id, self.lock_config(host), persisted_term)),
+            node: Some(engine),
             persisted_term,
             id,
             armed: None,
@@ -256,7 +355,7 @@ impl World {
         self.outcome.grants = self.checker.grants;
         self.outcome.failovers = self.takeovers;
         for host in &self.hosts {
-            if let Some(node) = &host.node {
+            if let Some(node) = host.node.as_ref().map(Engine::lock) {
                 self.outcome.merges += node.stats().merges;
                 self.outcome.duplicates += node.stats().duplicates_resolved;
             }
@@ -275,8 +374,18 @@ impl World {
                     return None;
                 }
                 self.trace(|| format!("h{host} <- {from}: {msg:?}"));
-                let node = self.hosts[host].node.as_mut()?;
+                let Some(Engine::Scripted(node)) = self.hosts[host].node.as_mut() else { return None };
                 node.handle_message(self.now, from, msg);
+                Some(host)
+            }
+            Ev::Datagram { host, from, bytes } => {
+                self.mix(&[7, host as u64, self.now.as_nanos() as u64]);
+                if !self.partition.connected(from, host) {
+                    return None;
+                }
+                self.trace(|| format!("h{host} <- h{from}: {}", describe(&bytes)));
+                let Some(Engine::Gossip(node)) = self.hosts[host].node.as_mut() else { return None };
+                node.handle_datagram(self.now, addr(from), &bytes);
                 Some(host)
             }
             Ev::Timer { host } => {
@@ -289,6 +398,7 @@ impl World {
                 node.handle_timeout(self.now);
                 Some(host)
             }
+            Ev::Boot { host } => self.hosts[host].node.as_ref().map(|_| host),
             Ev::InstallView { host } => {
                 self.mix(&[3, host as u64]);
                 self.install_view(host)
@@ -320,6 +430,7 @@ impl World {
                 for host in 0..self.cfg.nodes {
                     if self.hosts[host].node.is_none() {
                         self.hosts[host] = self.fresh_host(host);
+                        self.queue.push(self.now, Ev::Boot { host });
                     }
                 }
                 self.topology_changed();
@@ -371,7 +482,7 @@ impl World {
         h.last_view_at = self.now;
         let view = View { id: h.view_id, members, merge };
         self.trace(|| format!("h{host} view {:?} merge={merge}", view.members));
-        let node = self.hosts[host].node.as_mut()?;
+        let Some(Engine::Scripted(node)) = self.hosts[host].node.as_mut() else { return None };
         node.handle_view(self.now, view);
         Some(host)
     }
@@ -382,6 +493,9 @@ impl World {
     }
 
     fn topology_changed(&mut self) {
+        if self.cfg.gossip {
+            return; // membership finds out by itself
+        }
         for host in 0..self.cfg.nodes {
             if self.hosts[host].node.is_some() {
                 self.schedule_view(host);
@@ -411,6 +525,7 @@ impl World {
             60..85 if !dead.is_empty() => {
                 let host = dead[self.rng.random_range(0..dead.len())];
                 self.hosts[host] = self.fresh_host(host);
+                self.queue.push(self.now, Ev::Boot { host });
                 self.trace(|| format!("restart h{host}"));
                 self.topology_changed();
             }
@@ -425,7 +540,7 @@ impl World {
     fn crash(&mut self, host: usize) {
         let id = self.hosts[host].id;
         self.trace(|| format!("crash h{host} ({id})"));
-        if let Some(node) = self.hosts[host].node.take() {
+        if let Some(node) = self.hosts[host].node.take().as_ref().map(Engine::lock) {
             self.outcome.merges += node.stats().merges;
             self.outcome.duplicates += node.stats().duplicates_resolved;
         }
@@ -443,16 +558,16 @@ impl World {
         let now = self.now;
         let node = self.hosts[host].node.as_mut()?;
         let held: Vec<LockName> =
-            node.held().into_iter().filter(|h| h.client == client).map(|h| h.name).collect();
+            node.lock().held().into_iter().filter(|h| h.client == client).map(|h| h.name).collect();
         let action = match roll {
             0..45 if !held.is_empty() => {
                 let name = held[(roll as usize) % held.len()].clone();
-                let _ = node.unlock(now, client, &name);
+                node.unlock(now, client, &name);
                 format!("unlock {name}")
             }
             45..52 if !held.is_empty() => {
                 let name = held[(roll as usize) % held.len()].clone();
-                node.lock(now, client, name.clone(), timeout);
+                node.lock_op(now, client, name.clone(), Some(timeout));
                 format!("re-enter {name}")
             }
             52..54 => {
@@ -460,11 +575,11 @@ impl World {
                 "disconnect".to_string()
             }
             54..75 => {
-                node.try_lock(now, client, name.clone());
+                node.lock_op(now, client, name.clone(), None);
                 format!("try_lock {name}")
             }
             _ => {
-                node.lock(now, client, name.clone(), timeout);
+                node.lock_op(now, client, name.clone(), Some(timeout));
                 format!("lock {name} {timeout:?}")
             }
         };
@@ -477,7 +592,7 @@ impl World {
         if let Some(host) = touched {
             self.drain(host)?;
         }
-        let live: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        let live = self.lock_nodes();
         if let Mode::Majority { .. } = self.cfg.mode {
             check_exclusive(&live)?;
         }
@@ -490,7 +605,8 @@ impl World {
     /// Invariant 1 on a component whose members all installed the same
     /// view and whose coordinator reconciled with all of them.
     fn check_component(&self, side: &[usize]) -> Result<(), Violation> {
-        let nodes: Vec<&LockNode> = side.iter().filter_map(|&h| self.hosts[h].node.as_ref()).collect();
+        let nodes: Vec<&LockNode> =
+            side.iter().filter_map(|&h| self.hosts[h].node.as_ref()).map(Engine::lock).collect();
         let Some(first) = nodes.first() else { return Ok(()) };
         let Some(view) = first.view() else { return Ok(()) };
         let mut ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
@@ -500,6 +616,7 @@ impl World {
         }
         let Some(coord) = nodes.iter().find(|n| Some(n.id()) == view.coordinator()) else { return Ok(()) };
         let settled = coord.is_serving()
+            && nodes.iter().all(|n| n.synced())
             && coord.awaiting().is_empty()
             && coord.table_stats().is_some_and(|s| s.unacked_duplicates == 0);
         if !settled {
@@ -512,16 +629,45 @@ impl World {
         let available = self.cfg.mode == Mode::Available;
         let mut events = Vec::new();
         let mut sends = Vec::new();
-        {
-            let node = self.hosts[host].node.as_mut().expect("touched hosts are alive");
-            while let Some(t) = node.poll_transmit() {
-                sends.push(t);
+        let mut datagrams = Vec::new();
+        let mut views = Vec::new();
+        match self.hosts[host].node.as_mut().expect("touched hosts are alive") {
+            Engine::Scripted(node) => {
+                while let Some(t) = node.poll_transmit() {
+                    sends.push(t);
+                }
+                while let Some(e) = node.poll_event() {
+                    events.push(e);
+                }
             }
-            while let Some(e) = node.poll_event() {
-                events.push(e);
+            Engine::Gossip(node) => {
+                while let Some(d) = node.poll_transmit() {
+                    datagrams.push(d);
+                }
+                while let Some(e) = node.poll_event() {
+                    match e {
+                        NodeEvent::Lock(e) => events.push(e),
+                        NodeEvent::View { view, merge } => {
+                            let members: Vec<String> = view.members.iter().map(|m| m.name.clone()).collect();
+                            views.push(format!("h{host} view {} {members:?} merge={merge}", view.id));
+                        }
+                    }
+                }
             }
         }
+        for line in views {
+            self.trace(|| line);
+        }
         let from = self.hosts[host].id;
+        for (to, bytes) in datagrams {
+            let Some(to_host) = (0..self.cfg.nodes).find(|&h| addr(h) == to) else { continue };
+            if !self.partition.connected(host, to_host) {
+                continue;
+            }
+            for at in delivery_times(&mut self.rng, self.now, self.faults) {
+                self.queue.push(at, Ev::Datagram { host: to_host, from: host, bytes: bytes.clone() });
+            }
+        }
         for t in sends {
             let Some(to_host) = self.hosts.iter().position(|h| h.id == t.to) else { continue };
             if !self.partition.connected(host, to_host) {
@@ -533,7 +679,7 @@ impl World {
         }
         // The coordinator's table first: a round's snapshot must not see the
         // grants this very step delivered.
-        self.checker.observe_coordinator(self.hosts[host].node.as_ref().expect("alive"))?;
+        self.checker.observe_coordinator(self.hosts[host].node.as_ref().expect("alive").lock())?;
         for event in events {
             self.trace(|| format!("h{host} event {event:?}"));
             if let Event::Acquired { token, .. } = &event {
@@ -544,9 +690,9 @@ impl World {
             }
             self.checker.on_event(from, &event, available)?;
         }
-        let node = self.hosts[host].node.as_ref().expect("alive");
-        let coordinating = node.is_coordinator();
-        let next = node.poll_timeout();
+        let engine = self.hosts[host].node.as_ref().expect("alive");
+        let coordinating = engine.lock().is_coordinator();
+        let next = engine.poll_timeout();
         let h = &mut self.hosts[host];
         if coordinating && !h.was_coordinator && self.outcome.steps > 1 {
             self.takeovers += 1;
@@ -561,11 +707,15 @@ impl World {
         Ok(())
     }
 
+    fn lock_nodes(&self) -> Vec<&LockNode> {
+        self.hosts.iter().filter_map(|h| h.node.as_ref()).map(Engine::lock).collect()
+    }
+
     /// The end of the settle phase: one component, one view, a coordinator
     /// that reconciled with everyone, every duplicate resolved.
     fn check_converged(&self) -> Result<(), Violation> {
         let all: Vec<usize> = (0..self.cfg.nodes).collect();
-        let nodes: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        let nodes = self.lock_nodes();
         let views: Vec<Option<&View>> = nodes.iter().map(|n| n.view()).collect();
         let settled = nodes.iter().any(|n| {
             n.is_serving()
@@ -601,7 +751,7 @@ impl World {
 
     /// The end of the run: one view, nothing pending, nothing held.
     fn check_end(&mut self) -> Result<(), Violation> {
-        let nodes: Vec<&LockNode> = self.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+        let nodes = self.lock_nodes();
         check_exclusive(&nodes)?;
         let mut report = String::new();
         for node in &nodes {
@@ -616,6 +766,19 @@ impl World {
             }
         }
         if report.is_empty() { Ok(()) } else { Err(Violation { invariant: 0, what: report, name: None }) }
+    }
+}
+
+/// A datagram for the trace: lock messages in full, gossip by size.
+fn describe(datagram: &[u8]) -> String {
+    use swimlock_wire::frame::{Kind, decode_lock, split_frame};
+    match split_frame(datagram, ClusterId::from_name("sim")) {
+        Ok((h, body)) if h.kind == Kind::Lock => match decode_lock(body) {
+            Ok(frame) => format!("{:?}", frame.msgs),
+            Err(e) => format!("bad lock frame: {e}"),
+        },
+        Ok(_) => format!("gossip ({} bytes)", datagram.len()),
+        Err(e) => format!("bad frame: {e}"),
     }
 }
 
