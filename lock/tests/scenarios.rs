@@ -53,9 +53,14 @@ struct Net {
     terms: BTreeMap<NodeId, u32>,
     /// Messages held back by [`Net::delay_next`], for [`Net::release_delayed`].
     delayed: Vec<(NodeId, NodeId, LockMsg)>,
+    /// The last [`LOG_LEN`] messages delivered, for replays.
+    log: VecDeque<(NodeId, NodeId, LockMsg)>,
     /// Source of view ids.
     next_view: u64,
 }
+
+/// How many delivered messages [`Net`] keeps for replays.
+const LOG_LEN: usize = 256;
 
 /// The identity of the `i`-th node; a lower `i` is an older member.
 fn id(i: u16) -> NodeId {
@@ -97,6 +102,7 @@ impl Net {
             events: BTreeMap::new(),
             terms: BTreeMap::new(),
             delayed: Vec::new(),
+            log: VecDeque::new(),
             next_view: 1,
         };
         for i in 1..=n {
@@ -266,6 +272,16 @@ impl Net {
         false
     }
 
+    /// Delivers again a message delivered `back` deliveries ago (modulo
+    /// the log), unless its receiver has crashed.
+    fn replay(&mut self, back: usize) {
+        if self.log.is_empty() {
+            return;
+        }
+        let m = self.log[self.log.len() - 1 - back % self.log.len()].clone();
+        self.inject(vec![m]);
+    }
+
     /// Delivers messages in send order until none are in flight.
     fn deliver_all(&mut self) {
         for _ in 0..MAX_STEPS {
@@ -274,6 +290,10 @@ impl Net {
                 continue;
             }
             let now = self.now;
+            if self.log.len() == LOG_LEN {
+                self.log.pop_front();
+            }
+            self.log.push_back((from, to, msg.clone()));
             self.nodes.get_mut(&to).unwrap().handle_message(now, from, msg);
             self.collect(to);
         }
@@ -1037,13 +1057,38 @@ fn a_crashed_coordinators_own_lock_goes_to_the_waiter() {
 /// One step of a random schedule for [`random_schedules_keep_mutual_exclusion`].
 #[derive(Clone, Debug)]
 enum Step {
-    Lock { node: u16, client: u64, lock: u8, timeout_ms: u64 },
-    TryLock { node: u16, client: u64, lock: u8 },
-    Unlock { node: u16, client: u64, lock: u8 },
-    Release { node: u16, client: u64 },
-    DropNext { kind: u8 },
-    Advance { ms: u64 },
+    Lock {
+        node: u16,
+        client: u64,
+        lock: u8,
+        timeout_ms: u64,
+    },
+    TryLock {
+        node: u16,
+        client: u64,
+        lock: u8,
+    },
+    Unlock {
+        node: u16,
+        client: u64,
+        lock: u8,
+    },
+    Release {
+        node: u16,
+        client: u64,
+    },
+    DropNext {
+        kind: u8,
+    },
+    Advance {
+        ms: u64,
+    },
     CrashCoordinator,
+    /// Delivers again the message delivered `back` deliveries ago (modulo
+    /// the log): a duplicate or a very late copy.
+    Replay {
+        back: usize,
+    },
 }
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -1057,6 +1102,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         2 => (0..5u8).prop_map(|kind| Step::DropNext { kind }),
         4 => (1..400u64).prop_map(|ms| Step::Advance { ms }),
         1 => Just(Step::CrashCoordinator),
+        3 => (0..LOG_LEN).prop_map(|back| Step::Replay { back }),
     ]
 }
 
@@ -1127,6 +1173,7 @@ proptest::proptest! {
                     )
                 }),
                 Step::Advance { ms: d } => net.advance(ms(d)),
+                Step::Replay { back } => net.replay(back),
                 Step::CrashCoordinator if !crashed_once => {
                     crashed_once = true;
                     net.crash(id(1));
@@ -1209,6 +1256,7 @@ impl Net {
                 )
             }),
             Step::Advance { ms: d } => self.advance(ms(d)),
+            Step::Replay { back } => self.replay(back),
             Step::CrashCoordinator => {}
         }
     }
