@@ -7,6 +7,7 @@
 //! ordered. A failing seed is printed with its trace; `--seed S` replays it.
 
 mod check;
+pub mod cluster;
 mod net;
 mod world;
 

@@ -128,7 +128,7 @@ enum Ev {
 /// scenario, or the whole node core with real membership.
 #[derive(Debug)]
 enum Engine {
-    Scripted(LockNode),
+    Scripted(Box<LockNode>),
     Gossip(Box<Node>),
 }
 
@@ -288,7 +288,7 @@ impl World {
             node.start(self.now);
             Engine::Gossip(Box::new(node))
         } else {
-            Engine::Scripted(LockNode::with_term_floor(id, self.lock_config(host), persisted_term))
+            Engine::Scripted(Box::new(LockNode::with_term_floor(id, self.lock_config(host), persisted_term)))
         };
         Host {
             node: Some(engine),
