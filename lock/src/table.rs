@@ -73,11 +73,15 @@ impl LockTable {
         self.locks.get(name).and_then(|e| e.holder)
     }
 
-    /// Records `grant` as the holder of a free lock.
+    /// Records `grant` as the holder of a free lock. A held lock is not in a
+    /// lock-delay: a delay left on it (a hold re-installed from a late
+    /// reconciliation answer) would otherwise outlive its end with nothing
+    /// to grant, and keep the coordinator's timer in the past.
     pub fn grant(&mut self, name: &LockName, grant: Grant) {
         let entry = self.locks.entry(name.clone()).or_default();
         debug_assert!(entry.holder.is_none(), "grant of a held lock {name}");
         entry.holder = Some(grant);
+        entry.delayed_until = None;
         entry.waiters.retain(|w| w.owner != grant.owner);
         debug_assert!(entry.is_valid());
     }

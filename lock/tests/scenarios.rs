@@ -1274,11 +1274,15 @@ proptest::proptest! {
     #[test]
     fn random_partitions_keep_exclusion(
         majority in proptest::prelude::any::<bool>(),
+        delay_ms in proptest::prelude::prop_oneof![proptest::prelude::Just(0u64), 1..300u64],
         steps in proptest::collection::vec(split_step(), 1..60),
     ) {
         let members = NonZeroUsize::new(5).unwrap();
         let mode = if majority { Mode::Majority { members } } else { Mode::Available };
-        let mut net = Net::new(5, |cfg| cfg.mode = mode);
+        let mut net = Net::new(5, |cfg| {
+            cfg.mode = mode;
+            cfg.lock_delay = ms(delay_ms);
+        });
         let all: Vec<NodeId> = (1..=5).map(id).collect();
         for s in steps {
             match s {
@@ -1309,4 +1313,38 @@ proptest::proptest! {
             assert_eq!(n.pending_ops(), 0, "{} finished every operation", n.id());
         }
     }
+}
+
+/// Found by `random_partitions_keep_exclusion`: a lock freed behind the
+/// lock-delay (its holder left the view) and then re-installed from the
+/// holder's late reconciliation answer kept its delay; once the delay ran
+/// out with the lock held and a waiter queued, nothing could be granted and
+/// the delay was never cleared, so `poll_timeout` stayed in the past and
+/// `handle_timeout` never moved it (a busy timer loop).
+#[test]
+fn a_lock_delay_ends_even_when_the_lock_was_reinstalled_meanwhile() {
+    let (a, b, c, d, e) = (id(1), id(2), id(3), id(4), id(5));
+    let mut net = Net::new(5, |cfg| cfg.lock_delay = ms(1));
+    let rc = net.lock(c, C1, "y", Duration::from_secs(5));
+    let tc = net.granted(c, rc, C1, "y", 1);
+    // c leaves a's view: y is freed behind the lock-delay.
+    net.partition(&[a, b], &[c, d, e]);
+    net.install_view(&[a, b], false);
+    net.install_view(&[c, d, e], false);
+    // c comes back (not a merge for a): its late answer re-installs y.
+    net.heal();
+    net.partition(&[a, b, c], &[d, e]);
+    net.install_view(&[d, e], false);
+    net.install_view(&[a, b, c], false);
+    assert_eq!(net.table(a), vec![(name("y"), owner(c, C1), tc)]);
+    let ra = net.lock(a, C1, "y", ms(20));
+    net.advance(ms(1));
+    let due = net.node(a).poll_timeout().expect("a's waiter has a deadline");
+    assert!(due > net.now, "the next timer is in the future, not {due:?} <= {:?}", net.now);
+    net.advance(ms(100));
+    assert_eq!(
+        net.events(a),
+        vec![Event::Failed { req: ra, client: C1, name: name("y"), reason: Failure::TimedOut }]
+    );
+    assert_eq!(net.table(a), vec![(name("y"), owner(c, C1), tc)]);
 }
