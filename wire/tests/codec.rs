@@ -9,8 +9,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use swimlock_wire::frame::{HEADER_LEN, MAGIC, VERSION, decode_lock, encode_lock, split_frame};
 use swimlock_wire::lock::{
-    CancelReq, Denial, DuplicateLock, HeldLock, LockFrame, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome,
-    LockReq, LockRsp, Redirect, UnlockReq, UnlockRsp, Wait,
+    CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockFrame, LockInfoReq, LockInfoRsp,
+    LockMsg, LockOutcome, LockReq, LockRsp, Redirect, UnlockReq, UnlockRsp, Wait,
 };
 use swimlock_wire::{ClientId, ClusterId, Kind, LockName, MAX_DATAGRAM, NodeId, ReqId, Token, WireError};
 
@@ -148,6 +148,8 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
             }),
         duplicate().prop_map(LockMsg::DuplicateLock),
         duplicate().prop_map(LockMsg::DuplicateAck),
+        any::<u64>().prop_map(|sync| LockMsg::Hello(Hello { sync })),
+        any::<u32>().prop_map(|term| LockMsg::HelloAck(HelloAck { term })),
     ]
 }
 
