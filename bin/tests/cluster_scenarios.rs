@@ -199,3 +199,22 @@ fn fifty_nodes_converge_and_survive_a_coordinator_crash() {
         assert!(took < SECS(3) && healed < SECS(3));
     }
 }
+
+/// A lock asked for just after the coordinator died (its request goes to
+/// the dead node first) is granted by the successor, without waiting for
+/// the caller's timeout.
+#[test]
+fn a_request_sent_to_a_dead_coordinator_is_granted_by_its_successor() {
+    for seed in 0..10 {
+        let mut c = Cluster::new(3, seed);
+        c.run_until(SECS(3), |c| c.agree(&[0, 1, 2])).expect("converged");
+        c.run_for(Duration::from_millis(500));
+        let crash = c.now();
+        c.crash(0);
+        c.run_for(Duration::from_millis(5));
+        c.lock(2, 1, "after-crash", SECS(5));
+        let took = c.run_until(SECS(5), |c| c.granted(2, 1, "after-crash", crash).is_some());
+        println!("seed {seed}: crash -> grant of a request first sent to the dead coordinator: {took:?}");
+        assert!(took.is_some_and(|t| t < SECS(2)), "seed {seed}: {took:?}");
+    }
+}
