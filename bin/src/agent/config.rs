@@ -351,6 +351,11 @@ impl AgentArgs {
 
         let l = &mut c.lock;
         let lf = &file.lock;
+        if let Mode::Majority { .. } = l.mode {
+            // A cut-off holder drops its locks within failure detection;
+            // the majority must not grant them again before that.
+            l.lock_delay = MAJORITY_LOCK_DELAY;
+        }
         set(&mut l.lock_delay, "lock_delay", self.lock_delay.as_ref().or(file.lock_delay.as_ref()))?;
         set(&mut l.retransmit_initial, "lock.retransmit_initial", lf.retransmit_initial.as_ref())?;
         set(&mut l.retransmit_max, "lock.retransmit_max", lf.retransmit_max.as_ref())?;
@@ -363,6 +368,10 @@ impl AgentArgs {
         Ok(c)
     }
 }
+
+/// Default lock-delay in mode `majority`: above the failure-detection bound
+/// of the LAN membership defaults (about one second).
+pub const MAJORITY_LOCK_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
