@@ -212,8 +212,13 @@ fn a_request_sent_to_a_dead_coordinator_is_granted_by_its_successor() {
         let crash = c.now();
         c.crash(0);
         c.run_for(Duration::from_millis(5));
-        c.lock(2, 1, "after-crash", SECS(5));
-        let took = c.run_until(SECS(5), |c| c.granted(2, 1, "after-crash", crash).is_some());
+        // One from the successor itself, one from another member.
+        c.lock(1, 1, "after-crash", SECS(5));
+        c.lock(2, 1, "after-crash-2", SECS(5));
+        let took = c.run_until(SECS(5), |c| {
+            c.granted(1, 1, "after-crash", crash).is_some()
+                && c.granted(2, 1, "after-crash-2", crash).is_some()
+        });
         println!("seed {seed}: crash -> grant of a request first sent to the dead coordinator: {took:?}");
         assert!(took.is_some_and(|t| t < SECS(2)), "seed {seed}: {took:?}");
     }
