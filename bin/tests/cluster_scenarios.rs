@@ -223,3 +223,25 @@ fn a_request_sent_to_a_dead_coordinator_is_granted_by_its_successor() {
         assert!(took.is_some_and(|t| t < SECS(2)), "seed {seed}: {took:?}");
     }
 }
+
+/// The same client locks and unlocks a name, the coordinator dies, and the
+/// client asks for the name again (what `swimlock bench` does).
+#[test]
+fn relock_after_the_coordinator_died() {
+    for seed in 0..10 {
+        let mut c = Cluster::new(3, seed);
+        c.run_until(SECS(3), |c| c.agree(&[0, 1, 2])).expect("converged");
+        c.run_for(Duration::from_millis(500));
+        let t = c.now();
+        c.lock(2, 1, "x", SECS(5));
+        c.run_until(SECS(1), |c| c.granted(2, 1, "x", t).is_some()).expect("granted");
+        c.unlock(2, 1, "x");
+        c.run_for(Duration::from_millis(5));
+        let crash = c.now();
+        c.crash(0);
+        c.lock(2, 1, "x", SECS(5));
+        let took = c.run_until(SECS(5), |c| c.granted(2, 1, "x", crash).is_some());
+        println!("seed {seed}: crash -> re-grant {took:?}");
+        assert!(took.is_some_and(|t| t < SECS(2)), "seed {seed}: {took:?}");
+    }
+}
