@@ -301,8 +301,10 @@ impl Coordinator {
         let Phase::Reconciling { reports, .. } = &mut self.phase else { return };
         let reports = std::mem::take(reports);
         let learned = reports.values().map(|r| r.max_term).max().unwrap_or(0);
-        if learned >= self.term {
-            self.start_round(now, learned.saturating_add(1), out);
+        // At the last term a token can carry there is nothing higher to move
+        // to; the round serves as it is (see `TokenIssuer`).
+        if learned >= self.term && self.term < Token::MAX_TERM {
+            self.start_round(now, TokenIssuer::next_term(learned), out);
             return;
         }
         let mut serving = Serving {

@@ -10,6 +10,7 @@ use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 use crate::client::ClientRole;
 use crate::config::{Config, Mode};
 use crate::coordinator::Coordinator;
+use crate::token::TokenIssuer;
 
 /// A membership view as the lock machine needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,7 +283,7 @@ impl LockNode {
     /// node knows; its reconciliation round starts now.
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
-        let term = self.client.max_term().max(self.issued_term).saturating_add(1);
+        let term = TokenIssuer::next_term(self.client.max_term().max(self.issued_term));
         let coord = Coordinator::become_coord(now, &view.members, term, &self.config, &mut self.out);
         self.coord = Some(coord);
         self.announce_term();

@@ -18,9 +18,15 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
-    /// An issuer for `term`, tagged with the coordinator's `tag`.
+    /// An issuer for `term` (at most [`Token::MAX_TERM`]), tagged with the
+    /// coordinator's `tag`.
     pub fn new(term: u32, tag: u16) -> TokenIssuer {
-        TokenIssuer { term, tag, next_seq: 1 }
+        TokenIssuer { term: term.min(Token::MAX_TERM), tag, next_seq: 1 }
+    }
+
+    /// The term after `seen`, kept within what a token can carry.
+    pub fn next_term(seen: u32) -> u32 {
+        seen.saturating_add(1).min(Token::MAX_TERM)
     }
 
     /// The term of the next token.
@@ -31,7 +37,7 @@ impl TokenIssuer {
     /// Moves to a term above `seen` if the issuer is not already above it.
     pub fn raise_above(&mut self, seen: u32) {
         if seen >= self.term {
-            self.term = seen.saturating_add(1).min(Token::MAX_TERM);
+            self.term = Self::next_term(seen);
             self.next_seq = 1;
         }
     }
@@ -60,6 +66,15 @@ mod tests {
         let b = issuer.issue();
         assert!(b > a);
         assert_eq!(b.term(), 4);
+    }
+
+    #[test]
+    fn terms_never_wrap_past_what_a_token_carries() {
+        assert_eq!(TokenIssuer::next_term(u32::MAX), Token::MAX_TERM);
+        let mut issuer = TokenIssuer::new(u32::MAX, 1);
+        assert_eq!(issuer.issue().term(), Token::MAX_TERM);
+        issuer.raise_above(u32::MAX);
+        assert_eq!(issuer.term(), Token::MAX_TERM);
     }
 
     #[test]

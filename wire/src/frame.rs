@@ -9,8 +9,9 @@
 //! The cluster id is little-endian. A gossip body is the membership layer's
 //! own bytes; a lock body is a postcard-encoded [`LockFrame`].
 
+use crate::Token;
 use crate::WireError;
-use crate::lock::LockFrame;
+use crate::lock::{LockFrame, LockMsg};
 
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"SWLK";
@@ -124,6 +125,10 @@ pub fn decode_lock(body: &[u8]) -> Result<LockFrame, WireError> {
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
     }
+    // A term no token can carry would wrap a coordinator's tokens around.
+    if frame.msgs.iter().filter_map(LockMsg::term).any(|t| t > Token::MAX_TERM) {
+        return Err(WireError::Malformed);
+    }
     Ok(frame)
 }
 
@@ -142,4 +147,28 @@ pub fn encode_gossip(payload: &[u8], cluster: ClusterId) -> Result<Vec<u8>, Wire
 /// Size of `frame` once encoded, header included.
 pub fn lock_frame_len(frame: &LockFrame) -> usize {
     HEADER_LEN + postcard::experimental::serialized_size(frame).unwrap_or(usize::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+    use crate::lock::{LockInfoReq, LockMsg};
+
+    fn frame_with_term(term: u32) -> Vec<u8> {
+        let node = NodeId { epoch: 1, addr: "127.0.0.1:1".parse().unwrap() };
+        let msgs = vec![LockMsg::LockInfoReq(LockInfoReq { term, have: Vec::new() })];
+        let frame = LockFrame { from: node, to: node, msgs };
+        encode_lock(&frame, ClusterId(7)).unwrap()
+    }
+
+    #[test]
+    fn a_term_no_token_can_carry_is_malformed() {
+        let ok = frame_with_term(Token::MAX_TERM);
+        let (_, body) = split_frame(&ok, ClusterId(7)).unwrap();
+        assert!(decode_lock(body).is_ok());
+        let bad = frame_with_term(Token::MAX_TERM + 1);
+        let (_, body) = split_frame(&bad, ClusterId(7)).unwrap();
+        assert_eq!(decode_lock(body), Err(WireError::Malformed));
+    }
 }

@@ -51,6 +51,25 @@ pub enum LockMsg {
     HelloAck(HelloAck),
 }
 
+impl LockMsg {
+    /// The highest coordinator term the message carries, if any.
+    pub fn term(&self) -> Option<u32> {
+        match self {
+            LockMsg::LockRsp(m) => Some(m.term),
+            LockMsg::UnlockRsp(m) => Some(m.term),
+            LockMsg::LockInfoReq(m) => Some(m.term),
+            LockMsg::LockInfoRsp(m) => Some(m.term.max(m.max_term)),
+            LockMsg::DuplicateLock(m) | LockMsg::DuplicateAck(m) => Some(m.term),
+            LockMsg::HelloAck(m) => Some(m.term),
+            LockMsg::Lock(_)
+            | LockMsg::Unlock(_)
+            | LockMsg::Cancel(_)
+            | LockMsg::Redirect(_)
+            | LockMsg::Hello(_) => None,
+        }
+    }
+}
+
 /// See [`LockMsg::Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

@@ -106,7 +106,7 @@ fn held_lock() -> impl Strategy<Value = HeldLock> {
 }
 
 fn duplicate() -> impl Strategy<Value = DuplicateLock> {
-    (any::<u32>(), client_id(), lock_name(), token(), req_id())
+    (term(), client_id(), lock_name(), token(), req_id())
         .prop_map(|(term, client, name, token, req)| DuplicateLock { term, client, name, token, req })
 }
 
@@ -119,18 +119,18 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         (req_id(), any::<u64>(), client_id(), lock_name(), req_id()).prop_map(
             |(id, sync, client, name, target)| LockMsg::Cancel(CancelReq { id, sync, client, name, target })
         ),
-        (req_id(), any::<u32>(), outcome()).prop_map(|(id, term, outcome)| LockMsg::LockRsp(LockRsp {
+        (req_id(), term(), outcome()).prop_map(|(id, term, outcome)| LockMsg::LockRsp(LockRsp {
             id,
             term,
             outcome
         })),
-        (req_id(), any::<u32>()).prop_map(|(id, term)| LockMsg::UnlockRsp(UnlockRsp { id, term })),
+        (req_id(), term()).prop_map(|(id, term)| LockMsg::UnlockRsp(UnlockRsp { id, term })),
         (req_id(), proptest::option::of(node_id()))
             .prop_map(|(id, coordinator)| LockMsg::Redirect(Redirect { id, coordinator })),
-        (any::<u32>(), vec(any::<u16>(), 0..8))
+        (term(), vec(any::<u16>(), 0..8))
             .prop_map(|(term, have)| LockMsg::LockInfoReq(LockInfoReq { term, have })),
         (
-            (any::<u32>(), any::<u16>(), any::<u16>(), req_id(), any::<u32>(), any::<u64>()),
+            (term(), any::<u16>(), any::<u16>(), req_id(), term(), any::<u64>()),
             vec(held_lock(), 0..4),
             vec(lock_req(), 0..4),
         )
@@ -149,7 +149,7 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         duplicate().prop_map(LockMsg::DuplicateLock),
         duplicate().prop_map(LockMsg::DuplicateAck),
         any::<u64>().prop_map(|sync| LockMsg::Hello(Hello { sync })),
-        any::<u32>().prop_map(|term| LockMsg::HelloAck(HelloAck { term })),
+        term().prop_map(|term| LockMsg::HelloAck(HelloAck { term })),
     ]
 }
 
@@ -170,6 +170,11 @@ fn refusal(datagram: &[u8]) -> Option<WireError> {
         Ok((h, body)) if h.kind == Kind::Lock => decode_lock(body).err(),
         Ok(_) => None,
     }
+}
+
+/// A coordinator term: what a token can carry (larger ones are malformed).
+fn term() -> impl Strategy<Value = u32> {
+    0..=Token::MAX_TERM
 }
 
 proptest! {
