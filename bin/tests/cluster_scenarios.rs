@@ -225,23 +225,28 @@ fn a_request_sent_to_a_dead_coordinator_is_granted_by_its_successor() {
 }
 
 /// The same client locks and unlocks a name, the coordinator dies, and the
-/// client asks for the name again (what `swimlock bench` does).
+/// client asks for the name again (what `swimlock bench` does): once after
+/// the unlock was answered, once with the unlock still in flight to the
+/// dead coordinator, so the new request waits on this node behind it.
 #[test]
 fn relock_after_the_coordinator_died() {
-    for seed in 0..10 {
-        let mut c = Cluster::new(3, seed);
-        c.run_until(SECS(3), |c| c.agree(&[0, 1, 2])).expect("converged");
-        c.run_for(Duration::from_millis(500));
-        let t = c.now();
-        c.lock(2, 1, "x", SECS(5));
-        c.run_until(SECS(1), |c| c.granted(2, 1, "x", t).is_some()).expect("granted");
-        c.unlock(2, 1, "x");
-        c.run_for(Duration::from_millis(5));
-        let crash = c.now();
-        c.crash(0);
-        c.lock(2, 1, "x", SECS(5));
-        let took = c.run_until(SECS(5), |c| c.granted(2, 1, "x", crash).is_some());
-        println!("seed {seed}: crash -> re-grant {took:?}");
-        assert!(took.is_some_and(|t| t < SECS(2)), "seed {seed}: {took:?}");
+    for gap_ms in [5, 0] {
+        for seed in 0..10 {
+            let mut c = Cluster::new(3, seed);
+            c.run_until(SECS(3), |c| c.agree(&[0, 1, 2])).expect("converged");
+            c.run_for(Duration::from_millis(500));
+            let t = c.now();
+            c.lock(2, 1, "x", SECS(5));
+            c.run_until(SECS(1), |c| c.granted(2, 1, "x", t).is_some()).expect("granted");
+            c.unlock(2, 1, "x");
+            c.run_for(Duration::from_millis(gap_ms));
+            c.crash(0);
+            let crash = c.now();
+            let req = c.lock(2, 1, "x", SECS(5));
+            let took = c.run_until(SECS(5), |c| c.acquired(2, req).is_some());
+            println!("unlock {gap_ms} ms before the crash, seed {seed}: crash -> re-grant {took:?}");
+            assert!(took.is_some_and(|t| t < SECS(2)), "gap {gap_ms} ms, seed {seed}: {took:?}");
+            assert!(c.acquired(2, req).is_some_and(|at| at >= crash));
+        }
     }
 }

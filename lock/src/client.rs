@@ -38,9 +38,20 @@ struct Held {
 
 #[derive(Clone, Debug)]
 enum OpKind {
-    Lock { wait: Wait, deadline: Duration, ticket: Option<Token> },
-    Unlock { token: Token },
-    Cancel { target: ReqId },
+    /// `caller` is the id the caller was given and its events carry; the
+    /// request's own id differs when it had to wait for an earlier one.
+    Lock {
+        caller: ReqId,
+        wait: Wait,
+        deadline: Duration,
+        ticket: Option<Token>,
+    },
+    Unlock {
+        token: Token,
+    },
+    Cancel {
+        target: ReqId,
+    },
 }
 
 /// A request in flight to the coordinator.
@@ -57,6 +68,14 @@ struct Op {
 impl Op {
     fn queued(&self) -> bool {
         matches!(self.kind, OpKind::Lock { ticket: Some(_), .. })
+    }
+
+    /// The id the caller knows this operation by.
+    fn caller(&self, id: ReqId) -> ReqId {
+        match self.kind {
+            OpKind::Lock { caller, .. } => caller,
+            _ => id,
+        }
     }
 }
 
@@ -150,15 +169,18 @@ impl ClientRole {
             self.fail(req, client, name, Failure::NoQuorum, out);
             return req;
         }
-        self.start_lock(now, req, client, name, wait, deadline, out);
+        self.start_lock(now, req, req, client, name, wait, deadline, out);
         self.flush(now, out);
         req
     }
 
+    /// Starts lock request `id` for the caller's `req`, unless an earlier
+    /// request of the client on that name is still in flight.
     #[allow(clippy::too_many_arguments)]
     fn start_lock(
         &mut self,
         now: Duration,
+        id: ReqId,
         req: ReqId,
         client: ClientId,
         name: LockName,
@@ -178,8 +200,8 @@ impl ClientRole {
             out.emit(Event::Acquired { req, client, name, token: held.token, holds: held.holds });
             return;
         }
-        let kind = OpKind::Lock { wait, deadline, ticket: None };
-        self.insert_op(now, req, key, kind);
+        let kind = OpKind::Lock { caller: req, wait, deadline, ticket: None };
+        self.insert_op(now, id, key, kind);
     }
 
     fn insert_op(&mut self, now: Duration, id: ReqId, key: Key, kind: OpKind) {
@@ -278,7 +300,7 @@ impl ClientRole {
                 .collect();
             for id in tries {
                 let op = self.ops[&id].clone();
-                self.fail(id, op.client, op.name, Failure::NoQuorum, out);
+                self.fail(op.caller(id), op.client, op.name, Failure::NoQuorum, out);
                 self.cancel(now, id);
             }
         }
@@ -306,7 +328,7 @@ impl ClientRole {
             .collect();
         for id in expired {
             let op = self.ops[&id].clone();
-            self.fail(id, op.client, op.name, Failure::TimedOut, out);
+            self.fail(op.caller(id), op.client, op.name, Failure::TimedOut, out);
             self.cancel(now, id);
         }
         let mut timed_out = Vec::new();
@@ -414,12 +436,13 @@ impl ClientRole {
             LockOutcome::Granted(token) => {
                 self.observe_term(token.term());
                 let op = self.ops.remove(&rsp.id).expect("checked above");
+                let caller = op.caller(rsp.id);
                 let key = (op.client, op.name);
                 self.busy.remove(&key);
                 self.held.insert(key.clone(), Held { token, holds: 1, req: rsp.id });
                 out.stats.acquired += 1;
                 let (client, name) = key.clone();
-                out.emit(Event::Acquired { req: rsp.id, client, name, token, holds: 1 });
+                out.emit(Event::Acquired { req: caller, client, name, token, holds: 1 });
                 self.unblock(now, key, out);
             }
             LockOutcome::Queued(ticket) => {
@@ -441,9 +464,10 @@ impl ClientRole {
                     }
                 };
                 let op = self.ops.remove(&rsp.id).expect("checked above");
+                let caller = op.caller(rsp.id);
                 let key = (op.client, op.name);
                 self.busy.remove(&key);
-                self.fail(rsp.id, key.0, key.1.clone(), reason, out);
+                self.fail(caller, key.0, key.1.clone(), reason, out);
                 self.unblock(now, key, out);
             }
         }
@@ -475,7 +499,10 @@ impl ClientRole {
             if queue.is_empty() {
                 self.blocked.remove(&key);
             }
-            self.start_lock(now, next.req, key.0, key.1.clone(), next.wait, next.deadline, out);
+            // A new id: a coordinator that reconciled with this node since
+            // the caller asked takes ids below its report as finished.
+            let id = self.alloc();
+            self.start_lock(now, id, next.req, key.0, key.1.clone(), next.wait, next.deadline, out);
         }
         self.flush(now, out);
     }

@@ -243,4 +243,12 @@ impl Cluster {
             _ => None,
         })
     }
+
+    /// When node `i` reported lock request `req` acquired.
+    pub fn acquired(&self, i: usize, req: ReqId) -> Option<Duration> {
+        self.seen.iter().find_map(|s| match &s.event {
+            NodeEvent::Lock(Event::Acquired { req: r, .. }) if s.node == i && *r == req => Some(s.at),
+            _ => None,
+        })
+    }
 }
