@@ -499,7 +499,7 @@ impl Serving {
             self.table.replace_holder(&req.name, Grant { req: req.id, ..h });
             return self.reply(term, from, req.id, LockOutcome::Granted(h.token), out);
         }
-        let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters.is_empty());
+        let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters().is_empty());
         if free {
             let token = self.issuer.issue();
             out.stats.grants += 1;
@@ -666,7 +666,7 @@ impl Serving {
             return;
         }
         for name in self.table.delays_over(now) {
-            if self.table.get(&name).is_some_and(|e| e.waiters.is_empty()) {
+            if self.table.get(&name).is_some_and(|e| e.waiters().is_empty()) {
                 self.table.end_delay(&name);
             } else {
                 self.grant_next(now, term, &name, out);
