@@ -1,10 +1,15 @@
 //! The coordinator's lock table: per name, the holder and the queue of
 //! waiters in ticket order.
+//!
+//! A coordinator keeps one entry per held lock of its whole cluster, so an
+//! entry is kept small: a plain held lock costs 40 bytes besides its name
+//! (see [`Entry`] and [`HolderNodes`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
+use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
 /// A granted lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +30,106 @@ pub(crate) struct Waiter {
     pub ticket: Token,
 }
 
+/// A [`Grant`] as the table stores it: the node is a [`NodeRef`] (4 bytes)
+/// instead of a `NodeId` (40, most of it a `SocketAddr`), since every held
+/// lock has a holder and a cluster has few nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    node: NodeRef,
+    client: ClientId,
+    token: Token,
+    req: ReqId,
+}
+
+/// A holder's node in [`HolderNodes`]: slot number plus one. Never zero,
+/// so an `Option<Held>` is no larger than a `Held`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeRef(NonZeroU32);
+
+impl NodeRef {
+    fn slot(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
+
+/// The node ids of the table's holders, each stored once with the number
+/// of locks it holds. A node's slot is freed when that number falls to
+/// zero, so the ids of nodes that left or restarted do not pile up.
+#[derive(Clone, Debug, Default)]
+struct HolderNodes {
+    /// The node of `NodeRef` `i + 1` in slot `i`; `None` while free.
+    ids: Vec<Option<NodeId>>,
+    /// Every node in `ids`, with its reference and number of held locks.
+    refs: BTreeMap<NodeId, (NodeRef, usize)>,
+}
+
+impl HolderNodes {
+    /// The reference of `node`, if it holds a lock.
+    fn find(&self, node: NodeId) -> Option<NodeRef> {
+        self.refs.get(&node).map(|&(node_ref, _)| node_ref)
+    }
+
+    fn id(&self, node: NodeRef) -> NodeId {
+        self.ids[node.slot()].expect("a holder's node has a slot")
+    }
+
+    /// The grant that `held` stands for.
+    fn grant(&self, held: Held) -> Grant {
+        Grant {
+            owner: Owner { node: self.id(held.node), client: held.client },
+            token: held.token,
+            req: held.req,
+        }
+    }
+
+    /// Sets `holder` to `grant` and counts the locks held per node.
+    fn replace(&mut self, holder: &mut Option<Held>, grant: Option<Grant>) {
+        // The new holder first: a holder replaced by its own node keeps
+        // its slot.
+        let new = grant.map(|g| self.hold(g));
+        if let Some(old) = std::mem::replace(holder, new) {
+            self.let_go(old.node);
+        }
+    }
+
+    /// One more lock held by the grant's node.
+    fn hold(&mut self, grant: Grant) -> Held {
+        let id = grant.owner.node;
+        let node = match self.refs.get_mut(&id) {
+            Some((node, count)) => {
+                *count += 1;
+                *node
+            }
+            None => {
+                let slot = self.ids.iter().position(Option::is_none).unwrap_or(self.ids.len());
+                if slot == self.ids.len() {
+                    self.ids.push(None);
+                }
+                self.ids[slot] = Some(id);
+                let number = u32::try_from(slot + 1).ok().and_then(NonZeroU32::new);
+                let node = NodeRef(number.expect("fewer than 2^32 nodes hold locks"));
+                self.refs.insert(id, (node, 1));
+                node
+            }
+        };
+        Held { node, client: grant.owner.client, token: grant.token, req: grant.req }
+    }
+
+    /// One lock less held by `node`.
+    fn let_go(&mut self, node: NodeRef) {
+        let id = self.id(node);
+        let count = &mut self.refs.get_mut(&id).expect("a holder's node is counted").1;
+        *count -= 1;
+        if *count == 0 {
+            self.refs.remove(&id);
+            self.ids[node.slot()] = None;
+            while self.ids.last() == Some(&None) {
+                self.ids.pop();
+            }
+        }
+    }
+}
+
 /// One lock's state.
 ///
 /// Most held locks have no queue and no lock-delay, so those two live
@@ -32,7 +137,7 @@ pub(crate) struct Waiter {
 /// lock pays 8 bytes for them instead of 48.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Entry {
-    pub holder: Option<Grant>,
+    holder: Option<Held>,
     rare: Option<Box<Rare>>,
 }
 
@@ -107,9 +212,10 @@ impl Entry {
     /// The table's rules for one entry: the holder never waits for its own
     /// lock, an owner waits once at most, the queue is in ticket order, and
     /// the box of rare parts is there only while it holds something.
-    fn is_valid(&self) -> bool {
+    fn is_valid(&self, nodes: &HolderNodes) -> bool {
         let waiters = self.waiters();
-        let holder_waits = self.holder.is_some_and(|h| waiters.iter().any(|w| w.owner == h.owner));
+        let holder = self.holder.map(|h| nodes.grant(h).owner);
+        let holder_waits = holder.is_some_and(|h| waiters.iter().any(|w| w.owner == h));
         let ordered = waiters.iter().zip(waiters.iter().skip(1)).all(|(a, b)| a.ticket < b.ticket);
         let mut owners: Vec<Owner> = waiters.iter().map(|w| w.owner).collect();
         owners.sort();
@@ -122,9 +228,11 @@ impl Entry {
 
 /// The lock table. A `BTreeMap` keeps every walk over it in one order, so
 /// one simulator seed gives one trace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct LockTable {
     locks: BTreeMap<LockName, Entry>,
+    /// The holders' node ids, which the entries refer to by [`NodeRef`].
+    nodes: HolderNodes,
 }
 
 impl LockTable {
@@ -133,7 +241,7 @@ impl LockTable {
     }
 
     pub fn holder(&self, name: &LockName) -> Option<Grant> {
-        self.locks.get(name).and_then(|e| e.holder)
+        self.locks.get(name)?.holder.map(|h| self.nodes.grant(h))
     }
 
     /// Records `grant` as the holder of a free lock. A held lock is not in a
@@ -143,16 +251,16 @@ impl LockTable {
     pub fn grant(&mut self, name: &LockName, grant: Grant) {
         let entry = self.locks.entry(name.clone()).or_default();
         debug_assert!(entry.holder.is_none(), "grant of a held lock {name}");
-        entry.holder = Some(grant);
+        self.nodes.replace(&mut entry.holder, Some(grant));
         entry.set_delay(None);
         entry.retain_waiters(|w| w.owner != grant.owner);
-        debug_assert!(entry.is_valid());
+        debug_assert!(entry.is_valid(&self.nodes));
     }
 
     /// Replaces the holder (duplicate resolution keeps the other grant).
     pub fn replace_holder(&mut self, name: &LockName, grant: Grant) {
         let entry = self.locks.entry(name.clone()).or_default();
-        entry.holder = Some(grant);
+        self.nodes.replace(&mut entry.holder, Some(grant));
         entry.retain_waiters(|w| w.owner != grant.owner);
     }
 
@@ -160,14 +268,15 @@ impl LockTable {
     pub fn enqueue(&mut self, name: &LockName, waiter: Waiter) {
         let entry = self.locks.entry(name.clone()).or_default();
         entry.insert_waiter(waiter);
-        debug_assert!(entry.is_valid(), "bad queue for {name}: {entry:?}");
+        debug_assert!(entry.is_valid(&self.nodes), "bad queue for {name}: {entry:?}");
     }
 
     /// Releases the lock if `owner` holds it with `token`.
     pub fn release(&mut self, name: &LockName, owner: Owner, token: Token) -> bool {
         let Some(entry) = self.locks.get_mut(name) else { return false };
-        if entry.holder.is_some_and(|h| h.owner == owner && h.token == token) {
-            entry.holder = None;
+        let holder = entry.holder.map(|h| self.nodes.grant(h));
+        if holder.is_some_and(|h| h.owner == owner && h.token == token) {
+            self.nodes.replace(&mut entry.holder, None);
             self.forget_if_idle(name);
             return true;
         }
@@ -208,10 +317,11 @@ impl LockTable {
     /// touched, for the caller to grant their next waiters.
     pub fn purge_node(&mut self, node: NodeId, delayed_until: Option<Duration>) -> Vec<LockName> {
         let mut touched = Vec::new();
+        let node_ref = self.nodes.find(node);
         for (name, entry) in self.locks.iter_mut() {
             let mut hit = false;
-            if entry.holder.is_some_and(|h| h.owner.node == node) {
-                entry.holder = None;
+            if entry.holder.is_some_and(|h| Some(h.node) == node_ref) {
+                self.nodes.replace(&mut entry.holder, None);
                 entry.set_delay(delayed_until);
                 hit = true;
             }
@@ -222,6 +332,7 @@ impl LockTable {
             }
         }
         self.locks.retain(|_, e| !e.is_idle());
+        debug_assert!(self.nodes.find(node).is_none() && self.counts_agree());
         touched
     }
 
@@ -260,7 +371,7 @@ impl LockTable {
 
     /// Every held lock with its holder.
     pub fn holders(&self) -> impl Iterator<Item = (&LockName, Grant)> {
-        self.locks.iter().filter_map(|(n, e)| e.holder.map(|h| (n, h)))
+        self.locks.iter().filter_map(|(n, e)| e.holder.map(|h| (n, self.nodes.grant(h))))
     }
 
     /// Number of held locks and of waiting requests.
@@ -268,6 +379,19 @@ impl LockTable {
         self.locks
             .values()
             .fold((0, 0), |(h, w), e| (h + usize::from(e.holder.is_some()), w + e.waiters().len()))
+    }
+
+    /// Whether [`HolderNodes`] counts exactly the locks each node holds and
+    /// keeps no other node. Walks the whole table.
+    fn counts_agree(&self) -> bool {
+        let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for held in self.locks.values().filter_map(|e| e.holder) {
+            *counts.entry(self.nodes.id(held.node)).or_default() += 1;
+        }
+        let kept: BTreeMap<NodeId, usize> = self.nodes.refs.iter().map(|(id, &(_, n))| (*id, n)).collect();
+        let slots = self.nodes.ids.iter().flatten().count();
+        let linked = self.nodes.refs.iter().all(|(id, (r, _))| self.nodes.ids[r.slot()] == Some(*id));
+        counts == kept && slots == kept.len() && linked
     }
 }
 
@@ -303,6 +427,43 @@ mod tests {
         assert!(!t.release(&name(), owner(2), Token(5)));
         assert!(t.release(&name(), owner(1), Token(5)));
         assert!(t.get(&name()).is_none(), "an idle entry is forgotten");
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_held_lock_without_queue_or_delay_stays_small() {
+        // The holder with its node as a 4-byte reference (32 bytes), and one
+        // pointer for the queue and the lock-delay.
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
+    }
+
+    #[test]
+    fn holder_nodes_are_counted_and_their_slots_freed() {
+        let mut t = LockTable::default();
+        let names: Vec<LockName> = (0..4).map(|i| LockName::new(format!("n{i}")).unwrap()).collect();
+        let grant = |o: u64, token: u64| Grant { owner: owner(o), token: Token(token), req: ReqId(token) };
+        t.grant(&names[0], grant(1, 1));
+        t.grant(&names[1], grant(1, 2));
+        t.grant(&names[2], grant(2, 3));
+        assert_eq!(t.nodes.ids.len(), 2);
+        assert!(t.counts_agree());
+        // A new grant to the same node keeps the node's slot.
+        t.replace_holder(&names[1], grant(1, 4));
+        assert!(t.counts_agree());
+        assert!(t.release(&names[0], owner(1), Token(1)));
+        assert!(t.release(&names[1], owner(1), Token(4)));
+        assert_eq!(t.nodes.find(owner(1).node), None, "node 1 holds nothing");
+        assert!(t.counts_agree());
+        // Its free slot is taken by the next new node.
+        t.grant(&names[3], grant(3, 5));
+        assert_eq!(t.nodes.ids.len(), 2);
+        assert_eq!(t.holder(&names[3]), Some(grant(3, 5)));
+        assert_eq!(t.holder(&names[2]), Some(grant(2, 3)));
+        t.replace_holder(&names[2], grant(3, 6));
+        assert!(t.counts_agree());
+        t.purge_node(owner(3).node, None);
+        assert!(t.nodes.ids.is_empty() && t.nodes.refs.is_empty());
+        assert!(t.locks.is_empty());
     }
 
     #[test]
