@@ -66,3 +66,49 @@ async fn embedded_nodes_lock_in_process_and_over_a_unix_socket() {
     first.shutdown().await;
     assert!(!socket.exists(), "the Unix socket is removed on shutdown");
 }
+
+/// An in-process client that goes away (every handle dropped) withdraws
+/// its queued request, so the lock passes to the next waiter at once; when
+/// the node is killed, a held guard reports the closed connection and new
+/// requests fail instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_clients_release_on_drop_and_see_their_node_stop() {
+    let port = free_port();
+    let node = agent::spawn(config(port, port)).unwrap();
+    let (a, b, c) =
+        (node.client().await.unwrap(), node.client().await.unwrap(), node.client().await.unwrap());
+    wait_members(&a, 1).await;
+    let waiters = |n: u64| {
+        let a = a.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while a.status().await.unwrap().table.is_none_or(|t| t.waiters != n) {
+                assert!(Instant::now() < deadline, "never {n} waiters");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let held = b.lock("embedded/drop", Duration::from_secs(5)).await.unwrap();
+    let gone = node.client().await.unwrap();
+    let abandoned = tokio::spawn(async move { gone.lock("embedded/drop", Duration::from_secs(30)).await });
+    waiters(1).await;
+    let next = tokio::spawn(async move { c.lock("embedded/drop", Duration::from_secs(30)).await });
+    waiters(2).await;
+    // The abandoned caller's task ends, and with it the last handle of its client.
+    abandoned.abort();
+    let _ = abandoned.await;
+    waiters(1).await;
+    drop(held);
+    let granted =
+        tokio::time::timeout(Duration::from_secs(3), next).await.expect("granted to the next waiter");
+    let mut guard = granted.unwrap().expect("granted");
+
+    node.kill().await;
+    let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost()).await.expect("loss reported");
+    assert_eq!(lost.cause, swimlock::client::LostCause::ConnectionClosed);
+    let refused = tokio::time::timeout(Duration::from_secs(5), a.lock("other", Duration::from_secs(1)))
+        .await
+        .expect("answered in time");
+    assert!(matches!(refused, Err(swimlock::client::ClientError::Closed)), "{refused:?}");
+}

@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use super::config::AgentConfig;
 use super::task::Command;
 use super::{AgentError, socket};
+use crate::client::Session;
 
 /// Requests of one connection the node has not answered yet, beyond which
 /// the connection is not read (so one client cannot grow the node's memory).
@@ -106,7 +107,7 @@ pub fn spawn_listeners(listeners: Listeners, commands: mpsc::UnboundedSender<Com
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, commands: mpsc::UnboundedSender<Command>) {
     let (events, mut from_node) = mpsc::unbounded_channel();
     let (reply, client) = oneshot::channel();
-    if commands.send(Command::Connect { events, reply }).is_err() {
+    if commands.send(Command::Connect { session: Session::Remote(events), reply }).is_err() {
         return;
     }
     let Ok(client) = client.await else { return };

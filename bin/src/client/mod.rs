@@ -35,7 +35,7 @@ use std::time::Duration;
 use swimlock_wire::client::{
     self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status,
 };
-use swimlock_wire::{LockName, Token, WireError};
+use swimlock_wire::{ClientId, LockName, Token, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -119,9 +119,9 @@ type LostRx = watch::Receiver<Option<Lost>>;
 /// loss channel).
 type ReplyTx = oneshot::Sender<(Reply, Option<LostRx>)>;
 
-/// State shared by the API and the connection task.
+/// State shared by the API and whoever delivers the node's messages.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Replies awaited, by request id; lock requests remember their name.
     waiting: BTreeMap<u64, (Option<LockName>, ReplyTx)>,
     /// Per held lock, where its loss is announced.
@@ -129,10 +129,80 @@ struct Shared {
     closed: bool,
 }
 
+/// Where requests go.
+enum Outbound {
+    /// To the task that owns the connection's socket.
+    Stream(mpsc::UnboundedSender<ClientRequest>),
+    /// Straight to an in-process node's task, which answers through
+    /// [`Session::Local`]: no relay between caller and node.
+    Local { commands: mpsc::UnboundedSender<Command>, client: ClientId },
+}
+
 struct Inner {
-    out: mpsc::UnboundedSender<ClientRequest>,
+    out: Outbound,
     shared: Arc<Mutex<Shared>>,
     next_id: AtomicU64,
+}
+
+impl Inner {
+    fn send(&self, request: ClientRequest) -> Result<(), ClientError> {
+        match &self.out {
+            Outbound::Stream(tx) => tx.send(request).map_err(|_| ClientError::Closed),
+            Outbound::Local { commands, client } => {
+                commands.send(Command::Request { client: *client, request }).map_err(|_| ClientError::Closed)
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: an in-process node releases the client's
+    /// locks (a stream's task sees its channel close instead).
+    fn drop(&mut self) {
+        if let Outbound::Local { commands, client } = &self.out {
+            let _ = commands.send(Command::Disconnect { client: *client });
+        }
+    }
+}
+
+/// How a node's task reaches one of its clients.
+pub(crate) enum Session {
+    /// A connection's task, which writes to the socket.
+    Remote(mpsc::UnboundedSender<ServerMessage>),
+    /// An in-process client: messages are routed to its waiting callers
+    /// directly. Dropping it (the client left, or the node stopped) fails
+    /// what is still waiting and marks held locks lost.
+    Local(Arc<Mutex<Shared>>),
+}
+
+impl Session {
+    /// Delivers `msg`; false if the client is gone.
+    pub(crate) fn send(&self, msg: ServerMessage) -> bool {
+        match self {
+            Session::Remote(tx) => tx.send(msg).is_ok(),
+            Session::Local(shared) => {
+                dispatch(shared, msg);
+                true
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Session::Remote(_) => "Session::Remote",
+            Session::Local(_) => "Session::Local",
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Session::Local(shared) = self {
+            close(shared);
+        }
+    }
 }
 
 /// A connection to a swimlock node: one lock owner. Cheap to clone.
@@ -166,38 +236,17 @@ impl Client {
         let (out, requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(run_stream(stream, requests, shared.clone()));
-        Client { inner: Arc::new(Inner { out, shared, next_id: AtomicU64::new(1) }) }
+        Client { inner: Arc::new(Inner { out: Outbound::Stream(out), shared, next_id: AtomicU64::new(1) }) }
     }
 
     /// A client of an in-process node.
     pub(crate) async fn local(commands: mpsc::UnboundedSender<Command>) -> Result<Client, ClientError> {
-        let (events, from_node) = mpsc::unbounded_channel();
-        let (reply, client) = oneshot::channel();
-        commands.send(Command::Connect { events, reply }).map_err(|_| ClientError::Closed)?;
-        let client = client.await.map_err(|_| ClientError::Closed)?;
-        let (out, mut requests) = mpsc::unbounded_channel::<ClientRequest>();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task_shared = shared.clone();
-        tokio::spawn(async move {
-            let mut from_node = from_node;
-            loop {
-                tokio::select! {
-                    request = requests.recv() => {
-                        // Every handle dropped: the connection closes.
-                        let Some(request) = request else { break };
-                        if commands.send(Command::Request { client, request }).is_err() {
-                            break;
-                        }
-                    }
-                    msg = from_node.recv() => match msg {
-                        Some(msg) => dispatch(&task_shared, msg),
-                        None => break,
-                    },
-                }
-            }
-            let _ = commands.send(Command::Disconnect { client });
-            close(&task_shared);
-        });
+        let (reply, client) = oneshot::channel();
+        let session = Session::Local(shared.clone());
+        commands.send(Command::Connect { session, reply }).map_err(|_| ClientError::Closed)?;
+        let client = client.await.map_err(|_| ClientError::Closed)?;
+        let out = Outbound::Local { commands, client };
         Ok(Client { inner: Arc::new(Inner { out, shared, next_id: AtomicU64::new(1) }) })
     }
 
@@ -249,7 +298,7 @@ impl Client {
     /// Sends an unlock and does not wait for the answer (guard drop).
     fn unlock_nowait(&self, name: &LockName) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inner.out.send(ClientRequest { id, request: Request::Unlock { name: name.clone() } });
+        let _ = self.inner.send(ClientRequest { id, request: Request::Unlock { name: name.clone() } });
     }
 
     async fn request(
@@ -266,7 +315,10 @@ impl Client {
             }
             shared.waiting.insert(id, (lock, tx));
         }
-        self.inner.out.send(ClientRequest { id, request }).map_err(|_| ClientError::Closed)?;
+        if let Err(e) = self.inner.send(ClientRequest { id, request }) {
+            self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&id);
+            return Err(e);
+        }
         match rx.await {
             Ok((Reply::Error { message }, _)) => Err(ClientError::Server(message)),
             Ok(reply) => Ok(reply),
