@@ -19,12 +19,16 @@ use tracing::{debug, error, info, warn};
 
 use super::config::{AgentConfig, ConfigError};
 use super::state::TermStore;
+use crate::client::Session;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeConfig, NodeEvent};
 
 /// Longest wait a client may ask for; longer requests are capped (and the
 /// deadline arithmetic can never overflow).
 const MAX_LOCK_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Inputs taken at most, after the one that woke the task, before what they
+/// produced is sent.
+const MAX_BATCH: usize = 64;
 /// How long a stopping node waits for the coordinator to confirm the
 /// releases of its clients' locks before it leaves anyway (leaving releases
 /// them too, after failure detection).
@@ -35,7 +39,7 @@ const RELEASE_GRACE: Duration = Duration::from_secs(1);
 pub(crate) enum Command {
     /// A new client: the task answers with its id and sends it
     /// [`ServerMessage`]s on `events` until it disconnects.
-    Connect { events: mpsc::UnboundedSender<ServerMessage>, reply: oneshot::Sender<ClientId> },
+    Connect { session: Session, reply: oneshot::Sender<ClientId> },
     /// A request of a connected client.
     Request { client: ClientId, request: ClientRequest },
     /// The client went away: release its locks.
@@ -59,7 +63,7 @@ pub(crate) struct NodeTask {
     name: String,
     bind: SocketAddr,
     mode: String,
-    sessions: BTreeMap<ClientId, mpsc::UnboundedSender<ServerMessage>>,
+    sessions: BTreeMap<ClientId, Session>,
     ops: BTreeMap<ReqId, PendingOp>,
     next_client: u64,
     metrics: Metrics,
@@ -129,9 +133,45 @@ impl NodeTask {
                 },
                 () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
             }
-            self.drain().await;
+            if self.batch(&mut commands, &mut buf).await {
+                break;
+            }
         }
         self.stop(&mut buf).await;
+    }
+
+    /// After an input: answers the clients, lets the callers it woke run
+    /// (an application's next request usually follows at once) and takes
+    /// what is ready by then, for as long as that brings new input (at most
+    /// [`MAX_BATCH`] inputs); only then sends, so that what goes to one peer
+    /// leaves in one datagram. True on shutdown.
+    async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) -> bool {
+        let mut taken = 0;
+        let mut shutdown = false;
+        'rounds: while taken < MAX_BATCH {
+            self.deliver_events();
+            tokio::task::yield_now().await;
+            let before = taken;
+            while taken < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        shutdown = true;
+                        break 'rounds;
+                    }
+                    Ok(command) => self.on_command(command),
+                    Err(mpsc::error::TryRecvError::Empty) => match self.socket.try_recv_from(buf) {
+                        Ok((len, from)) => self.node.handle_datagram(self.now(), from, &buf[..len]),
+                        Err(_) => break,
+                    },
+                }
+                taken += 1;
+            }
+            if taken == before {
+                break;
+            }
+        }
+        self.drain().await;
+        shutdown
     }
 
     /// Releases every client's locks, waits (briefly) until the coordinator
@@ -161,10 +201,21 @@ impl NodeTask {
         info!(name = %self.name, "left the cluster");
     }
 
-    /// Routes the node's events and sends its datagrams. A new coordinator
-    /// term is saved first: nothing granted under it may leave the node
-    /// before it is durable.
+    /// Routes the node's events and sends its datagrams.
     async fn drain(&mut self) {
+        self.deliver_events();
+        while let Some((to, datagram)) = self.node.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&datagram, to).await {
+                debug!(%to, error = %e, "UDP send failed");
+            }
+        }
+        self.metrics.update(&self.node);
+    }
+
+    /// Routes the node's events to clients and logs. A new coordinator term
+    /// is saved first: nothing granted under it may leave the node before
+    /// it is durable.
+    fn deliver_events(&mut self) {
         let mut events = Vec::new();
         while let Some(event) = self.node.poll_event() {
             events.push(event);
@@ -184,22 +235,16 @@ impl NodeTask {
         for event in events {
             self.on_event(event);
         }
-        while let Some((to, datagram)) = self.node.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&datagram, to).await {
-                debug!(%to, error = %e, "UDP send failed");
-            }
-        }
-        self.metrics.update(&self.node);
     }
 
     fn on_command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Connect { events, reply } => {
+            Command::Connect { session, reply } => {
                 let client = ClientId(self.next_client);
                 self.next_client += 1;
                 if reply.send(client).is_ok() {
-                    self.sessions.insert(client, events);
+                    self.sessions.insert(client, session);
                     debug!(client = client.0, "client connected");
                 }
             }
@@ -245,8 +290,8 @@ impl NodeTask {
     }
 
     fn reply(&self, client: ClientId, id: u64, reply: Reply) {
-        if let Some(tx) = self.sessions.get(&client) {
-            let _ = tx.send(ServerMessage::Reply { id, reply });
+        if let Some(session) = self.sessions.get(&client) {
+            session.send(ServerMessage::Reply { id, reply });
         }
     }
 
@@ -284,8 +329,8 @@ impl NodeTask {
             LossReason::Duplicate => LostReason::Duplicate,
             LossReason::QuorumLost => LostReason::QuorumLost,
         };
-        if let Some(tx) = self.sessions.get(&client) {
-            let _ = tx.send(ServerMessage::Lost { name, token, reason });
+        if let Some(session) = self.sessions.get(&client) {
+            session.send(ServerMessage::Lost { name, token, reason });
         }
     }
 
