@@ -129,17 +129,24 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cluster = Cluster::start(nodes).await?;
     let coord = cluster.node(0)?;
     let other = cluster.node(1)?;
-    let tcp = |h: &crate::agent::Handle| h.client_addr().map(|a| a.to_string()).context("no client endpoint");
-    let cases: [(&str, Client); 4] = [
-        ("uncontended_noncoord_embedded", other.client().await?),
-        ("uncontended_coord_embedded", coord.client().await?),
-        ("uncontended_noncoord_tcp", Client::connect(&tcp(other)?).await?),
-        ("uncontended_coord_tcp", Client::connect(&tcp(coord)?).await?),
+    // (name, node, over TCP): embedded callers run on their node's thread,
+    // TCP clients on this process's runtime, as another process would.
+    let cases = [
+        ("uncontended_noncoord_embedded", other, false),
+        ("uncontended_coord_embedded", coord, false),
+        ("uncontended_noncoord_tcp", other, true),
+        ("uncontended_coord_tcp", coord, true),
     ];
-    for (name, client) in cases {
+    for (name, node, tcp) in cases {
         let floor = floor::measure(payload).await?;
         floors.push(floor.clone());
-        let hist = uncontended(&client, name, args.duration).await?;
+        let hist = if tcp {
+            let addr = node.agent().client_addr().context("no client endpoint")?;
+            uncontended(Client::connect(&addr.to_string()).await?, name, args.duration).await?
+        } else {
+            let client = node.agent().client().await?;
+            node.run(uncontended(client, name, args.duration)).await?
+        };
         results.push(Measurement {
             name: name.into(),
             what: "lock+unlock pair",
@@ -153,9 +160,9 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     floors.push(floor.clone());
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(coord.client().await?);
+        clients.push(coord.agent().client().await?);
     }
-    let (hist, rate) = throughput(&clients, None, args.duration).await?;
+    let (hist, rate) = coord.run(throughput(clients.clone(), None, args.duration)).await?;
     results.push(Measurement {
         name: "throughput_16_distinct".into(),
         what: "lock+unlock pair",
@@ -166,7 +173,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
-    let (hist, rate) = throughput(&clients, Some("bench/contended"), args.duration).await?;
+    let (hist, rate) = coord.run(throughput(clients.clone(), Some("bench/contended"), args.duration)).await?;
     results.push(Measurement {
         name: "contention_16_one_name".into(),
         what: "wait for the lock",
@@ -220,7 +227,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// lock+unlock pairs of one client on its own name.
-async fn uncontended(client: &Client, name: &str, limit: Duration) -> anyhow::Result<Histogram<u64>> {
+async fn uncontended(client: Client, name: &str, limit: Duration) -> anyhow::Result<Histogram<u64>> {
     let name = format!("bench/{name}");
     for _ in 0..WARMUP_PAIRS {
         client.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
@@ -242,15 +249,14 @@ async fn uncontended(client: &Client, name: &str, limit: Duration) -> anyhow::Re
 /// `None`: latency of the pair, rate in pairs/s) or all on one name (latency
 /// of the wait for the grant, rate in hand-offs/s).
 async fn throughput(
-    clients: &[Client],
-    shared: Option<&str>,
+    clients: Vec<Client>,
+    shared: Option<&'static str>,
     limit: Duration,
 ) -> anyhow::Result<(Histogram<u64>, f64)> {
     let start = Instant::now();
     let deadline = Arc::new(start + limit);
     let mut tasks = JoinSet::new();
-    for (i, client) in clients.iter().enumerate() {
-        let client = client.clone();
+    for (i, client) in clients.into_iter().enumerate() {
         let name = shared.map_or_else(|| format!("bench/distinct-{i}"), str::to_string);
         let contended = shared.is_some();
         let deadline = deadline.clone();
@@ -291,7 +297,7 @@ async fn failover(nodes: usize, runs: u32) -> anyhow::Result<Histogram<u64>> {
     let mut hist = new_hist();
     for run in 0..runs {
         let mut cluster = Cluster::start(nodes).await?;
-        let survivor = cluster.node(nodes - 1)?.client().await?;
+        let survivor = cluster.node(nodes - 1)?.agent().client().await?;
         let name = format!("bench/failover-{run}");
         survivor.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
         let t = Instant::now();
