@@ -120,8 +120,21 @@ impl NodeTask {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         self.node.start(self.now());
         self.drain().await;
+        // One timer, moved only to an earlier deadline: re-arming a timer
+        // wakes the runtime's driver, and most inputs push the node's next
+        // deadline later (a retransmission due 20 ms on). Firing early is
+        // harmless; the node handles what is due and asks again.
+        let timer = tokio::time::sleep_until(self.origin);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.node.poll_timeout().map(|d| self.origin + d);
+            let wanted = self.node.poll_timeout().map(|d| self.origin + d);
+            if let Some(at) = wanted
+                && armed.is_none_or(|a| at < a)
+            {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown) | None => break,
@@ -131,7 +144,10 @@ impl NodeTask {
                     Ok((len, from)) => self.node.handle_datagram(self.now(), from, &buf[..len]),
                     Err(e) => debug!(error = %e, "UDP receive failed"),
                 },
-                () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.node.handle_timeout(self.now());
+                }
             }
             if self.batch(&mut commands, &mut buf).await {
                 break;
