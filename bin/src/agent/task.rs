@@ -69,6 +69,9 @@ pub(crate) struct NodeTask {
     metrics: Metrics,
     coordinator: bool,
     terms: Option<TermStore>,
+    /// An in-process caller was answered since the task last yielded: it
+    /// may have a new request ready once it runs.
+    woke_local: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -104,6 +107,7 @@ impl NodeTask {
             metrics: Metrics::new(),
             coordinator: false,
             terms,
+            woke_local: false,
             _stopped: stopped,
         })
     }
@@ -156,17 +160,19 @@ impl NodeTask {
         self.stop(&mut buf).await;
     }
 
-    /// After an input: answers the clients, lets the callers it woke run
-    /// (an application's next request usually follows at once) and takes
-    /// what is ready by then, for as long as that brings new input (at most
-    /// [`MAX_BATCH`] inputs); only then sends, so that what goes to one peer
-    /// leaves in one datagram. True on shutdown.
+    /// After an input: answers the clients, lets the in-process callers it
+    /// answered run (an application's next request usually follows at once)
+    /// and takes what is ready by then, for as long as that brings new input
+    /// (at most [`MAX_BATCH`] inputs); only then sends, so that what goes to
+    /// one peer leaves in one datagram. True on shutdown.
     async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) -> bool {
         let mut taken = 0;
         let mut shutdown = false;
         'rounds: while taken < MAX_BATCH {
             self.deliver_events();
-            tokio::task::yield_now().await;
+            if std::mem::take(&mut self.woke_local) {
+                tokio::task::yield_now().await;
+            }
             let before = taken;
             while taken < MAX_BATCH {
                 match commands.try_recv() {
@@ -305,9 +311,10 @@ impl NodeTask {
         }
     }
 
-    fn reply(&self, client: ClientId, id: u64, reply: Reply) {
+    fn reply(&mut self, client: ClientId, id: u64, reply: Reply) {
         if let Some(session) = self.sessions.get(&client) {
             session.send(ServerMessage::Reply { id, reply });
+            self.woke_local |= session.is_local();
         }
     }
 

@@ -176,6 +176,12 @@ pub(crate) enum Session {
 }
 
 impl Session {
+    /// Whether the client is in this process (its caller runs on a task
+    /// that the node's answer wakes).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Session::Local(_))
+    }
+
     /// Delivers `msg`; false if the client is gone.
     pub(crate) fn send(&self, msg: ServerMessage) -> bool {
         match self {
