@@ -492,13 +492,13 @@ impl Serving {
     /// queue the request behind the holder.
     fn admit_lock(&mut self, now: Duration, term: u32, from: NodeId, req: LockReq, out: &mut Outbox) {
         let owner = Owner { node: from, client: req.client };
-        if let Some(h) = self.table.holder(&req.name).filter(|h| h.owner == owner) {
+        let entry = self.table.get(&req.name);
+        if let Some(h) = entry.and_then(|e| self.table.holder_of(e)).filter(|h| h.owner == owner) {
             // The client holds it already (it lost track, e.g. after a lost
             // answer): it keeps the same grant.
             self.table.replace_holder(&req.name, Grant { req: req.id, ..h });
             return self.reply(term, from, req.id, LockOutcome::Granted(h.token), out);
         }
-        let entry = self.table.get(&req.name);
         let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters().is_empty());
         if free {
             let token = self.issuer.issue();

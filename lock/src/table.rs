@@ -53,24 +53,41 @@ impl NodeRef {
 }
 
 /// The node ids of the table's holders, each stored once with the number
-/// of locks it holds. A node's slot is freed when that number falls to
-/// zero, so the ids of nodes that left or restarted do not pile up.
+/// of locks it holds.
+///
+/// A node that holds nothing keeps its slot until the next purge (a node
+/// left the view, or a member's late answer replaced what it held), which
+/// frees every such slot at once: a node that takes and releases one lock
+/// at a time would otherwise leave and re-enter `refs` every time. So the
+/// slots are the nodes that held a lock since the last purge, and the ids
+/// of nodes that left or restarted do not pile up.
 #[derive(Clone, Debug, Default)]
 struct HolderNodes {
     /// The node of `NodeRef` `i + 1` in slot `i`; `None` while free.
-    ids: Vec<Option<NodeId>>,
-    /// Every node in `ids`, with its reference and number of held locks.
-    refs: BTreeMap<NodeId, (NodeRef, usize)>,
+    slots: Vec<Option<Slot>>,
+    /// The reference of every node in `slots`.
+    refs: BTreeMap<NodeId, NodeRef>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: NodeId,
+    /// Number of locks the node holds.
+    holds: usize,
 }
 
 impl HolderNodes {
-    /// The reference of `node`, if it holds a lock.
+    /// The reference of `node`, if it has a slot.
     fn find(&self, node: NodeId) -> Option<NodeRef> {
-        self.refs.get(&node).map(|&(node_ref, _)| node_ref)
+        self.refs.get(&node).copied()
+    }
+
+    fn slot(&mut self, node: NodeRef) -> &mut Slot {
+        self.slots[node.slot()].as_mut().expect("a holder's node has a slot")
     }
 
     fn id(&self, node: NodeRef) -> NodeId {
-        self.ids[node.slot()].expect("a holder's node has a slot")
+        self.slots[node.slot()].expect("a holder's node has a slot").id
     }
 
     /// The grant that `held` stands for.
@@ -84,48 +101,44 @@ impl HolderNodes {
 
     /// Sets `holder` to `grant` and counts the locks held per node.
     fn replace(&mut self, holder: &mut Option<Held>, grant: Option<Grant>) {
-        // The new holder first: a holder replaced by its own node keeps
-        // its slot.
         let new = grant.map(|g| self.hold(g));
         if let Some(old) = std::mem::replace(holder, new) {
-            self.let_go(old.node);
+            self.slot(old.node).holds -= 1;
         }
     }
 
     /// One more lock held by the grant's node.
     fn hold(&mut self, grant: Grant) -> Held {
         let id = grant.owner.node;
-        let node = match self.refs.get_mut(&id) {
-            Some((node, count)) => {
-                *count += 1;
-                *node
-            }
+        let node = match self.find(id) {
+            Some(node) => node,
             None => {
-                let slot = self.ids.iter().position(Option::is_none).unwrap_or(self.ids.len());
-                if slot == self.ids.len() {
-                    self.ids.push(None);
-                }
-                self.ids[slot] = Some(id);
+                let free = self.slots.iter().position(Option::is_none);
+                let slot = free.unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                self.slots[slot] = Some(Slot { id, holds: 0 });
                 let number = u32::try_from(slot + 1).ok().and_then(NonZeroU32::new);
                 let node = NodeRef(number.expect("fewer than 2^32 nodes hold locks"));
-                self.refs.insert(id, (node, 1));
+                self.refs.insert(id, node);
                 node
             }
         };
+        self.slot(node).holds += 1;
         Held { node, client: grant.owner.client, token: grant.token, req: grant.req }
     }
 
-    /// One lock less held by `node`.
-    fn let_go(&mut self, node: NodeRef) {
-        let id = self.id(node);
-        let count = &mut self.refs.get_mut(&id).expect("a holder's node is counted").1;
-        *count -= 1;
-        if *count == 0 {
-            self.refs.remove(&id);
-            self.ids[node.slot()] = None;
-            while self.ids.last() == Some(&None) {
-                self.ids.pop();
+    /// Frees the slots of the nodes that hold nothing.
+    fn forget_idle(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(Slot { id, holds: 0 }) = *slot {
+                self.refs.remove(&id);
+                *slot = None;
             }
+        }
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
         }
     }
 }
@@ -241,7 +254,12 @@ impl LockTable {
     }
 
     pub fn holder(&self, name: &LockName) -> Option<Grant> {
-        self.locks.get(name)?.holder.map(|h| self.nodes.grant(h))
+        self.get(name).and_then(|e| self.holder_of(e))
+    }
+
+    /// The holder of an entry of this table.
+    pub fn holder_of(&self, entry: &Entry) -> Option<Grant> {
+        entry.holder.map(|h| self.nodes.grant(h))
     }
 
     /// Records `grant` as the holder of a free lock. A held lock is not in a
@@ -332,6 +350,7 @@ impl LockTable {
             }
         }
         self.locks.retain(|_, e| !e.is_idle());
+        self.nodes.forget_idle();
         debug_assert!(self.nodes.find(node).is_none() && self.counts_agree());
         touched
     }
@@ -381,17 +400,18 @@ impl LockTable {
             .fold((0, 0), |(h, w), e| (h + usize::from(e.holder.is_some()), w + e.waiters().len()))
     }
 
-    /// Whether [`HolderNodes`] counts exactly the locks each node holds and
-    /// keeps no other node. Walks the whole table.
+    /// Whether [`HolderNodes`] counts exactly the locks each node holds,
+    /// and its slots and `refs` agree. Walks the whole table.
     fn counts_agree(&self) -> bool {
         let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
         for held in self.locks.values().filter_map(|e| e.holder) {
             *counts.entry(self.nodes.id(held.node)).or_default() += 1;
         }
-        let kept: BTreeMap<NodeId, usize> = self.nodes.refs.iter().map(|(id, &(_, n))| (*id, n)).collect();
-        let slots = self.nodes.ids.iter().flatten().count();
-        let linked = self.nodes.refs.iter().all(|(id, (r, _))| self.nodes.ids[r.slot()] == Some(*id));
-        counts == kept && slots == kept.len() && linked
+        let slots: Vec<Slot> = self.nodes.slots.iter().flatten().copied().collect();
+        let kept: BTreeMap<NodeId, usize> =
+            slots.iter().filter(|s| s.holds > 0).map(|s| (s.id, s.holds)).collect();
+        let linked = self.nodes.refs.iter().all(|(id, r)| self.nodes.id(*r) == *id);
+        counts == kept && slots.len() == self.nodes.refs.len() && linked
     }
 }
 
@@ -438,32 +458,32 @@ mod tests {
     }
 
     #[test]
-    fn holder_nodes_are_counted_and_their_slots_freed() {
+    fn holder_nodes_are_counted_and_freed_at_a_purge() {
         let mut t = LockTable::default();
         let names: Vec<LockName> = (0..4).map(|i| LockName::new(format!("n{i}")).unwrap()).collect();
         let grant = |o: u64, token: u64| Grant { owner: owner(o), token: Token(token), req: ReqId(token) };
         t.grant(&names[0], grant(1, 1));
-        t.grant(&names[1], grant(1, 2));
-        t.grant(&names[2], grant(2, 3));
-        assert_eq!(t.nodes.ids.len(), 2);
+        t.grant(&names[1], grant(2, 2));
+        t.grant(&names[2], grant(3, 3));
+        t.replace_holder(&names[2], grant(3, 4));
         assert!(t.counts_agree());
-        // A new grant to the same node keeps the node's slot.
-        t.replace_holder(&names[1], grant(1, 4));
+        assert_eq!(t.nodes.slots.len(), 3);
+        // Node 2 holds nothing but keeps its slot until a purge, here of a
+        // node without locks.
+        assert!(t.release(&names[1], owner(2), Token(2)));
+        assert!(t.nodes.find(owner(2).node).is_some() && t.counts_agree());
+        t.purge_node(owner(9).node, None);
+        assert_eq!(t.nodes.find(owner(2).node), None);
+        // Its slot is taken by the next new node.
+        t.grant(&names[3], grant(4, 5));
+        assert_eq!(t.nodes.slots.len(), 3);
         assert!(t.counts_agree());
-        assert!(t.release(&names[0], owner(1), Token(1)));
-        assert!(t.release(&names[1], owner(1), Token(4)));
-        assert_eq!(t.nodes.find(owner(1).node), None, "node 1 holds nothing");
-        assert!(t.counts_agree());
-        // Its free slot is taken by the next new node.
-        t.grant(&names[3], grant(3, 5));
-        assert_eq!(t.nodes.ids.len(), 2);
-        assert_eq!(t.holder(&names[3]), Some(grant(3, 5)));
-        assert_eq!(t.holder(&names[2]), Some(grant(2, 3)));
-        t.replace_holder(&names[2], grant(3, 6));
-        assert!(t.counts_agree());
-        t.purge_node(owner(3).node, None);
-        assert!(t.nodes.ids.is_empty() && t.nodes.refs.is_empty());
-        assert!(t.locks.is_empty());
+        let holders: Vec<Grant> = t.holders().map(|(_, g)| g).collect();
+        assert_eq!(holders, vec![grant(1, 1), grant(3, 4), grant(4, 5)]);
+        for node in [1, 3, 4] {
+            t.purge_node(owner(node).node, None);
+        }
+        assert!(t.locks.is_empty() && t.nodes.slots.is_empty() && t.nodes.refs.is_empty());
     }
 
     #[test]
