@@ -120,7 +120,7 @@ impl Metrics {
         self.m.view_members.set(view.members.len() as f64);
         self.m.view_id.set(view.id as f64);
         self.m.is_coordinator.set(if lock.is_coordinator() { 1.0 } else { 0.0 });
-        self.m.locks_held.set(lock.held().len() as f64);
+        self.m.locks_held.set(lock.held_count() as f64);
         let table = lock.table_stats().unwrap_or_default();
         self.m.table_held.set(table.held as f64);
         self.m.table_waiters.set(table.waiters as f64);

@@ -622,6 +622,11 @@ impl ClientRole {
         })
     }
 
+    /// Number of locks held by this node's clients.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
     /// Whether the coordinator of the view has confirmed it knows this
     /// node's locks (this node answered its round, or it acknowledged).
     pub fn synced(&self) -> bool {

@@ -454,6 +454,11 @@ impl LockNode {
         self.client.held().collect()
     }
 
+    /// How many locks this node's clients hold (without listing them).
+    pub fn held_count(&self) -> usize {
+        self.client.held_count()
+    }
+
     /// Whether the coordinator of this node's view has confirmed that it
     /// knows this node's locks.
     pub fn synced(&self) -> bool {
