@@ -5,7 +5,7 @@
 //! entry is kept small: a plain held lock costs 40 bytes besides its name
 //! (see [`Entry`] and [`HolderNodes`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -246,6 +246,10 @@ pub(crate) struct LockTable {
     locks: BTreeMap<LockName, Entry>,
     /// The holders' node ids, which the entries refer to by [`NodeRef`].
     nodes: HolderNodes,
+    /// The names whose entry has rare parts (a queue or a lock-delay): the
+    /// walks for timers and queues go over these few, not the whole table,
+    /// since the coordinator asks for its next deadline after every input.
+    rare: BTreeSet<LockName>,
 }
 
 impl LockTable {
@@ -273,6 +277,7 @@ impl LockTable {
         entry.set_delay(None);
         entry.retain_waiters(|w| w.owner != grant.owner);
         debug_assert!(entry.is_valid(&self.nodes));
+        self.track(name);
     }
 
     /// Replaces the holder (duplicate resolution keeps the other grant).
@@ -280,6 +285,7 @@ impl LockTable {
         let entry = self.locks.entry(name.clone()).or_default();
         self.nodes.replace(&mut entry.holder, Some(grant));
         entry.retain_waiters(|w| w.owner != grant.owner);
+        self.track(name);
     }
 
     /// Queues `waiter` in ticket order.
@@ -287,6 +293,7 @@ impl LockTable {
         let entry = self.locks.entry(name.clone()).or_default();
         entry.insert_waiter(waiter);
         debug_assert!(entry.is_valid(&self.nodes), "bad queue for {name}: {entry:?}");
+        self.track(name);
     }
 
     /// Releases the lock if `owner` holds it with `token`.
@@ -307,6 +314,7 @@ impl LockTable {
         let before = entry.waiters().len();
         entry.retain_waiters(|w| !(w.owner == owner && w.req == req));
         let removed = entry.waiters().len() != before;
+        self.track(name);
         self.forget_if_idle(name);
         removed
     }
@@ -324,6 +332,7 @@ impl LockTable {
         }
         entry.set_delay(None);
         let next = entry.pop_waiter();
+        self.track(name);
         if next.is_none() {
             self.forget_if_idle(name);
         }
@@ -349,21 +358,40 @@ impl LockTable {
                 touched.push(name.clone());
             }
         }
+        for name in &touched {
+            self.track(name);
+        }
         self.locks.retain(|_, e| !e.is_idle());
         self.nodes.forget_idle();
         debug_assert!(self.nodes.find(node).is_none() && self.counts_agree());
         touched
     }
 
-    /// Names whose lock-delay runs out, with the earliest first.
+    /// The entries with rare parts, by name.
+    fn rare_entries(&self) -> impl Iterator<Item = (&LockName, &Entry)> {
+        self.rare.iter().filter_map(|n| self.locks.get(n).map(|e| (n, e)))
+    }
+
+    /// Keeps [`LockTable::rare`] in step with `name`'s entry after a change.
+    fn track(&mut self, name: &LockName) {
+        let rare = self.locks.get(name).is_some_and(|e| e.rare.is_some());
+        if rare {
+            if !self.rare.contains(name) {
+                self.rare.insert(name.clone());
+            }
+        } else if !self.rare.is_empty() {
+            self.rare.remove(name);
+        }
+    }
+
+    /// The earliest end of a lock-delay.
     pub fn next_delay_end(&self) -> Option<Duration> {
-        self.locks.values().filter_map(Entry::delayed_until).min()
+        self.rare_entries().filter_map(|(_, e)| e.delayed_until()).min()
     }
 
     /// Names whose lock-delay has run out at `now`.
     pub fn delays_over(&self, now: Duration) -> Vec<LockName> {
-        self.locks
-            .iter()
+        self.rare_entries()
             .filter(|(_, e)| e.delayed_until().is_some_and(|t| t <= now))
             .map(|(n, _)| n.clone())
             .collect()
@@ -374,6 +402,7 @@ impl LockTable {
         if let Some(entry) = self.locks.get_mut(name) {
             entry.set_delay(None);
         }
+        self.track(name);
         self.forget_if_idle(name);
     }
 
@@ -385,7 +414,7 @@ impl LockTable {
 
     /// Names with a queue.
     pub fn names_with_waiters(&self) -> Vec<LockName> {
-        self.locks.iter().filter(|(_, e)| !e.waiters().is_empty()).map(|(n, _)| n.clone()).collect()
+        self.rare_entries().filter(|(_, e)| !e.waiters().is_empty()).map(|(n, _)| n.clone()).collect()
     }
 
     /// Every held lock with its holder.
@@ -393,15 +422,17 @@ impl LockTable {
         self.locks.iter().filter_map(|(n, e)| e.holder.map(|h| (n, self.nodes.grant(h))))
     }
 
-    /// Number of held locks and of waiting requests.
+    /// Number of held locks and of waiting requests, without walking the
+    /// table (the agent reads them after every batch of input).
     pub fn sizes(&self) -> (usize, usize) {
-        self.locks
-            .values()
-            .fold((0, 0), |(h, w), e| (h + usize::from(e.holder.is_some()), w + e.waiters().len()))
+        let held = self.nodes.slots.iter().flatten().map(|s| s.holds).sum();
+        let waiting = self.rare_entries().map(|(_, e)| e.waiters().len()).sum();
+        (held, waiting)
     }
 
     /// Whether [`HolderNodes`] counts exactly the locks each node holds,
-    /// and its slots and `refs` agree. Walks the whole table.
+    /// its slots and `refs` agree, and [`LockTable::rare`] names exactly the
+    /// entries with rare parts. Walks the whole table.
     fn counts_agree(&self) -> bool {
         let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
         for held in self.locks.values().filter_map(|e| e.holder) {
@@ -411,7 +442,10 @@ impl LockTable {
         let kept: BTreeMap<NodeId, usize> =
             slots.iter().filter(|s| s.holds > 0).map(|s| (s.id, s.holds)).collect();
         let linked = self.nodes.refs.iter().all(|(id, r)| self.nodes.id(*r) == *id);
-        counts == kept && slots.len() == self.nodes.refs.len() && linked
+        let rare: BTreeSet<&LockName> =
+            self.locks.iter().filter(|(_, e)| e.rare.is_some()).map(|(n, _)| n).collect();
+        let rare_tracked = rare.len() == self.rare.len() && self.rare.iter().all(|n| rare.contains(n));
+        counts == kept && slots.len() == self.nodes.refs.len() && linked && rare_tracked
     }
 }
 
@@ -495,5 +529,67 @@ mod tests {
         assert_eq!(touched, vec![name()]);
         assert_eq!(t.pop_grantable(&name(), Duration::from_millis(999)), None);
         assert_eq!(t.pop_grantable(&name(), Duration::from_secs(1)).map(|w| w.owner), Some(owner(2)));
+    }
+
+    proptest::proptest! {
+        /// Whatever the operations, the counts and the walks over the names
+        /// with rare parts give what a walk over the whole table gives.
+        #[test]
+        fn counts_and_rare_walks_agree_with_the_whole_table(
+            ops in proptest::collection::vec((0u8..7, 0u64..4, 0u64..6, 0u64..50), 1..120)
+        ) {
+            let mut t = LockTable::default();
+            let mut ticket = 0;
+            for (op, lock, who, at) in ops {
+                let n = LockName::new(format!("l{lock}")).unwrap();
+                let now = Duration::from_millis(at);
+                ticket += 1;
+                match op {
+                    0 if t.holder(&n).is_none() => {
+                        t.grant(&n, Grant { owner: owner(who), token: Token(ticket), req: ReqId(ticket) })
+                    }
+                    1 if t.holder(&n).is_some_and(|h| h.owner != owner(who))
+                        && t.waiting(&n, owner(who)).is_none() =>
+                    {
+                        t.enqueue(&n, Waiter { owner: owner(who), req: ReqId(ticket), ticket: Token(ticket) })
+                    }
+                    2 => {
+                        if let Some(h) = t.holder(&n) {
+                            t.release(&n, h.owner, h.token);
+                        }
+                    }
+                    3 => {
+                        if let Some(w) = t.waiting(&n, owner(who)) {
+                            t.dequeue(&n, w.owner, w.req);
+                        }
+                    }
+                    4 => {
+                        t.purge_node(owner(who).node, Some(now + Duration::from_millis(10)));
+                    }
+                    5 => {
+                        if let Some(w) = t.pop_grantable(&n, now) {
+                            t.grant(&n, Grant { owner: w.owner, token: Token(ticket), req: w.req });
+                        }
+                    }
+                    _ => {
+                        for over in t.delays_over(now) {
+                            if t.get(&over).is_some_and(|e| e.waiters().is_empty()) {
+                                t.end_delay(&over);
+                            }
+                        }
+                    }
+                }
+                let walk = t.locks.values().fold((0, 0), |(h, w), e| {
+                    (h + usize::from(e.holder.is_some()), w + e.waiters().len())
+                });
+                proptest::prop_assert_eq!(t.sizes(), walk);
+                let delay = t.locks.values().filter_map(Entry::delayed_until).min();
+                proptest::prop_assert_eq!(t.next_delay_end(), delay);
+                let queued: Vec<LockName> =
+                    t.locks.iter().filter(|(_, e)| !e.waiters().is_empty()).map(|(n, _)| n.clone()).collect();
+                proptest::prop_assert_eq!(t.names_with_waiters(), queued);
+                proptest::prop_assert!(t.counts_agree());
+            }
+        }
     }
 }
