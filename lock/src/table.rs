@@ -277,7 +277,7 @@ impl LockTable {
         entry.set_delay(None);
         entry.retain_waiters(|w| w.owner != grant.owner);
         debug_assert!(entry.is_valid(&self.nodes));
-        self.track(name);
+        track(&mut self.rare, name, Some(entry));
     }
 
     /// Replaces the holder (duplicate resolution keeps the other grant).
@@ -285,7 +285,7 @@ impl LockTable {
         let entry = self.locks.entry(name.clone()).or_default();
         self.nodes.replace(&mut entry.holder, Some(grant));
         entry.retain_waiters(|w| w.owner != grant.owner);
-        self.track(name);
+        track(&mut self.rare, name, Some(entry));
     }
 
     /// Queues `waiter` in ticket order.
@@ -293,7 +293,7 @@ impl LockTable {
         let entry = self.locks.entry(name.clone()).or_default();
         entry.insert_waiter(waiter);
         debug_assert!(entry.is_valid(&self.nodes), "bad queue for {name}: {entry:?}");
-        self.track(name);
+        track(&mut self.rare, name, Some(entry));
     }
 
     /// Releases the lock if `owner` holds it with `token`.
@@ -314,7 +314,7 @@ impl LockTable {
         let before = entry.waiters().len();
         entry.retain_waiters(|w| !(w.owner == owner && w.req == req));
         let removed = entry.waiters().len() != before;
-        self.track(name);
+        track(&mut self.rare, name, Some(entry));
         self.forget_if_idle(name);
         removed
     }
@@ -332,7 +332,7 @@ impl LockTable {
         }
         entry.set_delay(None);
         let next = entry.pop_waiter();
-        self.track(name);
+        track(&mut self.rare, name, Some(entry));
         if next.is_none() {
             self.forget_if_idle(name);
         }
@@ -374,14 +374,8 @@ impl LockTable {
 
     /// Keeps [`LockTable::rare`] in step with `name`'s entry after a change.
     fn track(&mut self, name: &LockName) {
-        let rare = self.locks.get(name).is_some_and(|e| e.rare.is_some());
-        if rare {
-            if !self.rare.contains(name) {
-                self.rare.insert(name.clone());
-            }
-        } else if !self.rare.is_empty() {
-            self.rare.remove(name);
-        }
+        let entry = self.locks.get(name);
+        track(&mut self.rare, name, entry);
     }
 
     /// The earliest end of a lock-delay.
@@ -446,6 +440,17 @@ impl LockTable {
             self.locks.iter().filter(|(_, e)| e.rare.is_some()).map(|(n, _)| n).collect();
         let rare_tracked = rare.len() == self.rare.len() && self.rare.iter().all(|n| rare.contains(n));
         counts == kept && slots.len() == self.nodes.refs.len() && linked && rare_tracked
+    }
+}
+
+/// Keeps the set of names with rare parts in step with `name`'s `entry`.
+fn track(rare: &mut BTreeSet<LockName>, name: &LockName, entry: Option<&Entry>) {
+    if entry.is_some_and(|e| e.rare.is_some()) {
+        if !rare.contains(name) {
+            rare.insert(name.clone());
+        }
+    } else if !rare.is_empty() {
+        rare.remove(name);
     }
 }
 
