@@ -66,6 +66,22 @@ fn majority_mode_never_has_two_holders_anywhere() {
     }
 }
 
+/// Requests made during the faults that wait for a minute are, once the
+/// cluster has converged, all granted or queued at the coordinator (checked
+/// at the end of every run). Before the fix a lock request held back behind
+/// its client's unlock across a coordinator change kept an id the new
+/// coordinator took as finished: 886 of 1000 gossip seeds (and 857 of 1000
+/// scripted ones) ended with such a request waiting for nothing.
+#[test]
+fn waiting_requests_are_never_forgotten() {
+    for (mut base, seeds) in [(gossip(5), 40_000..40_300), (base(5), 41_000..41_300)] {
+        base.long_waits = true;
+        let summary = run_seeds(seeds, &base, 2);
+        println!("{}", summary.line());
+        assert_clean(&summary, &base);
+    }
+}
+
 /// Seeds that found bugs, with what they found. The schedules they name
 /// belong to the simulator as it was then; they stay as cheap extra seeds.
 #[test]
@@ -104,6 +120,8 @@ fn small_and_large_clusters() {
 }
 
 /// `SWIMLOCK_SEED=S cargo test --release --test simulator replay -- --ignored --nocapture`
+/// (also `SWIMLOCK_NODES`, `SWIMLOCK_MODE=majority`, `SWIMLOCK_MEMBERSHIP=scripted`,
+/// `SWIMLOCK_LONG_WAITS=1`)
 /// prints the whole trace of one seed.
 #[test]
 #[ignore = "a tool for replaying one seed"]
@@ -112,6 +130,7 @@ fn replay() {
     let nodes = std::env::var("SWIMLOCK_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let mut cfg = RunConfig { seed, trace: true, ..base(nodes) };
     cfg.gossip = std::env::var("SWIMLOCK_MEMBERSHIP").as_deref() != Ok("scripted");
+    cfg.long_waits = std::env::var("SWIMLOCK_LONG_WAITS").is_ok();
     if std::env::var("SWIMLOCK_MODE").as_deref() == Ok("majority") {
         cfg.mode = parse_mode("majority", 5).unwrap();
     }

@@ -622,6 +622,19 @@ impl ClientRole {
         })
     }
 
+    /// Lock requests in flight to the coordinator: id, client, name.
+    pub fn pending_locks(&self) -> impl Iterator<Item = (ReqId, ClientId, &LockName)> + '_ {
+        self.ops.iter().filter_map(|(id, op)| match op.kind {
+            OpKind::Lock { .. } => Some((*id, op.client, &op.name)),
+            _ => None,
+        })
+    }
+
+    /// Releases and cancels in flight to the coordinator.
+    pub fn pending_releases(&self) -> usize {
+        self.ops.values().filter(|op| !matches!(op.kind, OpKind::Lock { .. })).count()
+    }
+
     /// Number of locks held by this node's clients.
     pub fn held_count(&self) -> usize {
         self.held.len()

@@ -211,6 +211,14 @@ impl Coordinator {
         }
     }
 
+    /// Whether request `req` of `owner` for `name` holds the lock or waits
+    /// in its queue.
+    pub fn knows_request(&self, owner: Owner, name: &LockName, req: ReqId) -> bool {
+        let Phase::Serving(s) = &self.phase else { return false };
+        s.table.holder(name).is_some_and(|h| h.owner == owner && h.req == req)
+            || s.table.waiting(name, owner).is_some_and(|w| w.req == req)
+    }
+
     /// The holder and token of every held lock.
     pub fn holders(&self) -> Vec<(LockName, Owner, Token)> {
         match &self.phase {

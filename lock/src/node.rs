@@ -454,6 +454,24 @@ impl LockNode {
         self.client.held().collect()
     }
 
+    /// Lock requests of this node's clients in flight to the coordinator:
+    /// the request id it knows them by, the client, the name.
+    pub fn pending_locks(&self) -> Vec<(ReqId, ClientId, LockName)> {
+        self.client.pending_locks().map(|(id, client, name)| (id, client, name.clone())).collect()
+    }
+
+    /// Unlocks and cancels of this node's clients in flight to the
+    /// coordinator.
+    pub fn pending_releases(&self) -> usize {
+        self.client.pending_releases()
+    }
+
+    /// Whether this node, as a serving coordinator, has lock request `req`
+    /// of `owner` for `name` as the holder or in the queue.
+    pub fn knows_request(&self, owner: Owner, name: &LockName, req: ReqId) -> bool {
+        self.coord.as_ref().is_some_and(|c| c.knows_request(owner, name, req))
+    }
+
     /// How many locks this node's clients hold (without listing them).
     pub fn held_count(&self) -> usize {
         self.client.held_count()

@@ -47,6 +47,11 @@ pub struct SimArgs {
     /// scenario (exact control over who sees what, and when).
     #[arg(long, default_value = "gossip")]
     pub membership: String,
+    /// One lock request in eight waits 60 s (instead of at most 1.5 s), so
+    /// that the end-of-run check that the coordinator knows every waiting
+    /// request has requests to check.
+    #[arg(long)]
+    pub long_waits: bool,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -162,7 +167,7 @@ pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
         eprintln!("  {line}");
     }
     eprintln!(
-        "replay: swimlock sim --seed {} --nodes {} --fault-secs {} --mode {} --membership {}",
+        "replay: swimlock sim --seed {} --nodes {} --fault-secs {} --mode {} --membership {}{}",
         o.seed,
         cfg.nodes,
         cfg.fault_phase.as_secs(),
@@ -170,7 +175,8 @@ pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
             Mode::Available => "available",
             Mode::Majority { .. } => "majority",
         },
-        if cfg.gossip { "gossip" } else { "scripted" }
+        if cfg.gossip { "gossip" } else { "scripted" },
+        if cfg.long_waits { " --long-waits" } else { "" }
     );
 }
 
@@ -199,6 +205,7 @@ pub fn main(args: SimArgs) -> ExitCode {
         }
     };
     base.fault_phase = Duration::from_secs(args.fault_secs);
+    base.long_waits = args.long_waits;
     let started = Instant::now();
     if let Some(seed) = args.seed {
         let outcome = run(RunConfig { seed, trace: true, ..base.clone() });

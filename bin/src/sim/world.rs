@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use swimlock_lock::{Config, Event, LockMsg, LockNode, Mode, View};
-use swimlock_wire::{ClientId, ClusterId, LockName, NodeId};
+use swimlock_wire::{ClientId, ClusterId, LockName, NodeId, Owner};
 
 use crate::node::{Node, NodeConfig, NodeEvent};
 
@@ -43,6 +43,11 @@ pub struct RunConfig {
     /// Real membership: every host runs the node core (SWIM gossip over the
     /// simulated network) instead of getting views from the scenario.
     pub gossip: bool,
+    /// One lock request in eight waits 60 s instead of at most 1.5 s, so
+    /// that requests made during the faults are still waiting when the
+    /// cluster has converged, and the check that the coordinator knows
+    /// every waiting request has something to check.
+    pub long_waits: bool,
 }
 
 impl RunConfig {
@@ -56,6 +61,7 @@ impl RunConfig {
             fault_phase: Duration::from_secs(15),
             mode: Mode::Available,
             trace: false,
+            long_waits: false,
             gossip: false,
         }
     }
@@ -86,6 +92,8 @@ pub struct Outcome {
 
 const SETTLE: Duration = Duration::from_secs(8);
 const DRAIN: Duration = Duration::from_secs(6);
+/// The wait of a long lock request (see [`RunConfig::long_waits`]).
+const LONG_WAIT: Duration = Duration::from_secs(60);
 /// A run takes about 10,000 steps per simulated second; far more means
 /// something loops without time passing.
 const MAX_STEPS: u64 = 2_000_000;
@@ -342,6 +350,7 @@ impl World {
             let checks = self
                 .check_after(touched)
                 .and_then(|_| if drain { self.check_converged() } else { Ok(()) })
+                .and_then(|_| if drain { self.check_requests_known() } else { Ok(()) })
                 .and_then(|_| if drain { self.release_all() } else { Ok(()) })
                 .and_then(|_| if done { self.check_end() } else { Ok(()) });
             if let Err(v) = checks {
@@ -554,7 +563,10 @@ impl World {
         let client = ClientId(self.rng.random_range(1..=self.cfg.clients));
         let name = self.names[self.rng.random_range(0..self.names.len())].clone();
         let roll = self.rng.random_range(0..100);
-        let timeout = Duration::from_millis(self.rng.random_range(10..1_500));
+        let mut timeout = Duration::from_millis(self.rng.random_range(10..1_500));
+        if self.cfg.long_waits && timeout.as_millis().is_multiple_of(8) {
+            timeout = LONG_WAIT;
+        }
         let now = self.now;
         let node = self.hosts[host].node.as_mut()?;
         let held: Vec<LockName> =
@@ -734,6 +746,48 @@ impl World {
         }
         check_exclusive(&nodes)?;
         self.check_component(&all)
+    }
+
+    /// Liveness, once converged: every lock request still waiting on a node
+    /// holds the lock or waits in the coordinator's queue, and no unlock or
+    /// cancel is in flight (after seconds without faults each was
+    /// answered). A request the coordinator does not know would wait until
+    /// its timeout however free the lock is.
+    fn check_requests_known(&self) -> Result<(), Violation> {
+        let nodes = self.lock_nodes();
+        let Some(coord) = nodes.iter().find(|n| n.is_serving()) else { return Ok(()) };
+        for node in &nodes {
+            let pending = node.pending_locks();
+            for (req, client, name) in &pending {
+                let owner = Owner { node: node.id(), client: *client };
+                if !coord.knows_request(owner, name, *req) {
+                    return Err(Violation {
+                        invariant: 0,
+                        what: format!(
+                            "lock request {} of client {} on {} is waiting, but the coordinator {} \
+                             neither granted nor queued it",
+                            req.0,
+                            client.0,
+                            node.id(),
+                            coord.id()
+                        ),
+                        name: Some(name.clone()),
+                    });
+                }
+            }
+            if node.pending_releases() > 0 {
+                return Err(Violation {
+                    invariant: 0,
+                    what: format!(
+                        "{} has {} unlocks or cancels unanswered seconds after the last fault",
+                        node.id(),
+                        node.pending_releases()
+                    ),
+                    name: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Drain phase: every client of every host goes away.
