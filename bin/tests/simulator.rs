@@ -120,9 +120,8 @@ fn small_and_large_clusters() {
 }
 
 /// `SWIMLOCK_SEED=S cargo test --release --test simulator replay -- --ignored --nocapture`
-/// (also `SWIMLOCK_NODES`, `SWIMLOCK_MODE=majority`, `SWIMLOCK_MEMBERSHIP=scripted`,
-/// `SWIMLOCK_LONG_WAITS=1`)
-/// prints the whole trace of one seed.
+/// prints the whole trace of one seed (also `SWIMLOCK_NODES`, `SWIMLOCK_MODE=majority`,
+/// `SWIMLOCK_MEMBERSHIP=scripted`, `SWIMLOCK_LONG_WAITS=1`).
 #[test]
 #[ignore = "a tool for replaying one seed"]
 fn replay() {
