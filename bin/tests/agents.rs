@@ -270,6 +270,13 @@ fn bad_configuration_is_refused_naming_the_field() {
     );
     let out = swimlock(&["agent", "--probe-period", "fast"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("membership.probe_period"));
+    let out = swimlock(&["agent", "--busy-poll", "5ms", "--metrics", "off", "--client", "off"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy_poll"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Mode majority: when the holder's node loses its majority, `swimlock lock`

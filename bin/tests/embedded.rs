@@ -112,3 +112,31 @@ async fn in_process_clients_release_on_drop_and_see_their_node_stop() {
         .expect("answered in time");
     assert!(matches!(refused, Err(swimlock::client::ClientError::Closed)), "{refused:?}");
 }
+
+/// Two nodes that busy-poll after traffic lock and unlock across the
+/// network as any others, and go idle again (their timers still fire: the
+/// view forms, which needs probes and settling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_nodes_lock_across_the_network() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut first = config(p1, p1);
+    first.busy_poll = Duration::from_micros(50);
+    let mut second = config(p2, p1);
+    second.busy_poll = Duration::from_micros(50);
+    let (first, second) = (agent::spawn(first).unwrap(), agent::spawn(second).unwrap());
+    let (a, b) = (first.client().await.unwrap(), second.client().await.unwrap());
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    let mut last = None;
+    for _ in 0..200 {
+        let guard = b.lock("embedded/busy", Duration::from_secs(5)).await.unwrap();
+        assert!(last.is_none_or(|t| guard.token() > t), "tokens grow");
+        last = Some(guard.token());
+        guard.unlock().await.unwrap();
+    }
+    let held = a.lock("embedded/busy", Duration::from_secs(5)).await.unwrap();
+    assert!(b.try_lock("embedded/busy").await.unwrap().is_none(), "excluded across the nodes");
+    held.unlock().await.unwrap();
+    second.shutdown().await;
+    first.shutdown().await;
+}

@@ -72,6 +72,8 @@ pub(crate) struct NodeTask {
     /// An in-process caller was answered since the task last yielded: it
     /// may have a new request ready once it runs.
     woke_local: bool,
+    /// See [`AgentConfig::busy_poll`].
+    busy_poll: Duration,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -108,6 +110,7 @@ impl NodeTask {
             coordinator: false,
             terms,
             woke_local: false,
+            busy_poll: config.busy_poll,
             _stopped: stopped,
         })
     }
@@ -131,7 +134,16 @@ impl NodeTask {
         let timer = tokio::time::sleep_until(self.origin);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // Whether the last batch began with a datagram: then busy-poll.
+        let mut from_peer = false;
         loop {
+            if std::mem::take(&mut from_peer) && self.poll_busily(&commands, &mut buf).await {
+                if self.batch(&mut commands, &mut buf).await {
+                    break;
+                }
+                from_peer = true;
+                continue;
+            }
             let wanted = self.node.poll_timeout().map(|d| self.origin + d);
             if let Some(at) = wanted
                 && armed.is_none_or(|a| at < a)
@@ -145,7 +157,10 @@ impl NodeTask {
                     Some(command) => self.on_command(command),
                 },
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.node.handle_datagram(self.now(), from, &buf[..len]),
+                    Ok((len, from)) => {
+                        from_peer = true;
+                        self.node.handle_datagram(self.now(), from, &buf[..len]);
+                    }
                     Err(e) => debug!(error = %e, "UDP receive failed"),
                 },
                 () = &mut timer, if armed.is_some() => {
@@ -158,6 +173,28 @@ impl NodeTask {
             }
         }
         self.stop(&mut buf).await;
+    }
+
+    /// Busy-polls the socket for up to [`AgentConfig::busy_poll`] (nothing
+    /// when zero): true once a datagram was handled, false when the time is
+    /// up or a command waits. Each turn yields, so the runtime's other tasks
+    /// run and its driver looks at the sockets without sleeping.
+    async fn poll_busily(&mut self, commands: &mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) -> bool {
+        if self.busy_poll.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + self.busy_poll;
+        while Instant::now() < until {
+            tokio::task::yield_now().await;
+            if !commands.is_empty() {
+                return false;
+            }
+            if let Ok((len, from)) = self.socket.try_recv_from(buf) {
+                self.node.handle_datagram(self.now(), from, &buf[..len]);
+                return true;
+            }
+        }
+        false
     }
 
     /// After an input: answers the clients, lets the in-process callers it

@@ -81,9 +81,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes and waits until they share one view and node 0
-    /// serves as coordinator.
-    pub async fn start(n: usize) -> anyhow::Result<Cluster> {
+    /// Starts `n` nodes (with `busy_poll`, see [`AgentConfig::busy_poll`])
+    /// and waits until they share one view and node 0 serves as
+    /// coordinator.
+    pub async fn start(n: usize, busy_poll: Duration) -> anyhow::Result<Cluster> {
         let addrs = free_ports(n)?;
         let base = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let mut nodes = Vec::with_capacity(n);
@@ -94,6 +95,7 @@ impl Cluster {
             config.client = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             config.epoch = Some(base + i as u64);
             config.lock.tag = i as u16 + 1;
+            config.busy_poll = busy_poll;
             nodes.push(Some(Node::start(config).with_context(|| format!("starting node {}", i + 1))?));
         }
         let cluster = Cluster { nodes };

@@ -54,6 +54,10 @@ const CLIENTS: usize = 16;
 const UNCONTENDED_PAIRS: u64 = 20_000;
 /// Pairs before each uncontended measurement, not recorded.
 const WARMUP_PAIRS: u64 = 200;
+/// The busy-poll of the extra non-coordinator measurement.
+const BUSY_POLL: Duration = Duration::from_micros(50);
+/// Its row.
+pub const BUSY_POLL_ROW: &str = "uncontended_noncoord_embedded_busy_poll";
 /// Timeout of one lock call.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failover run gives up after this long.
@@ -126,7 +130,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut floors = Vec::new();
 
-    let cluster = Cluster::start(nodes).await?;
+    let cluster = Cluster::start(nodes, Duration::ZERO).await?;
     let coord = cluster.node(0)?;
     let other = cluster.node(1)?;
     // (name, node, over TCP): embedded callers run on their node's thread,
@@ -182,6 +186,22 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rate: Some(rate),
     });
     drop(clients);
+    cluster.stop().await;
+
+    // The same non-coordinator pairs, every node busy-polling after traffic.
+    let cluster = Cluster::start(nodes, BUSY_POLL).await?;
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let other = cluster.node(1)?;
+    let client = other.agent().client().await?;
+    let hist = other.run(uncontended(client, BUSY_POLL_ROW, args.duration)).await?;
+    results.push(Measurement {
+        name: BUSY_POLL_ROW.into(),
+        what: "lock+unlock pair",
+        hist,
+        floor: Some(floor),
+        rate: None,
+    });
     cluster.stop().await;
 
     let floor = floor::measure(payload).await?;
@@ -296,7 +316,7 @@ async fn throughput(
 async fn failover(nodes: usize, runs: u32) -> anyhow::Result<Histogram<u64>> {
     let mut hist = new_hist();
     for run in 0..runs {
-        let mut cluster = Cluster::start(nodes).await?;
+        let mut cluster = Cluster::start(nodes, Duration::ZERO).await?;
         let survivor = cluster.node(nodes - 1)?.agent().client().await?;
         let name = format!("bench/failover-{run}");
         survivor.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
