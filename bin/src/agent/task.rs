@@ -137,13 +137,6 @@ impl NodeTask {
         // Whether the last batch began with a datagram: then busy-poll.
         let mut from_peer = false;
         loop {
-            if std::mem::take(&mut from_peer) && self.poll_busily(&commands, &mut buf).await {
-                if self.batch(&mut commands, &mut buf).await {
-                    break;
-                }
-                from_peer = true;
-                continue;
-            }
             let wanted = self.node.poll_timeout().map(|d| self.origin + d);
             if let Some(at) = wanted
                 && armed.is_none_or(|a| at < a)
@@ -151,21 +144,25 @@ impl NodeTask {
                 timer.as_mut().reset(at);
                 armed = Some(at);
             }
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Shutdown) | None => break,
-                    Some(command) => self.on_command(command),
-                },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => {
-                        from_peer = true;
-                        self.node.handle_datagram(self.now(), from, &buf[..len]);
+            if std::mem::take(&mut from_peer) && self.poll_busily(&commands, &mut buf, armed).await {
+                from_peer = true;
+            } else {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(Command::Shutdown) | None => break,
+                        Some(command) => self.on_command(command),
+                    },
+                    received = self.socket.recv_from(&mut buf) => match received {
+                        Ok((len, from)) => {
+                            from_peer = true;
+                            self.node.handle_datagram(self.now(), from, &buf[..len]);
+                        }
+                        Err(e) => debug!(error = %e, "UDP receive failed"),
+                    },
+                    () = &mut timer, if armed.is_some() => {
+                        armed = None;
+                        self.node.handle_timeout(self.now());
                     }
-                    Err(e) => debug!(error = %e, "UDP receive failed"),
-                },
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    self.node.handle_timeout(self.now());
                 }
             }
             if self.batch(&mut commands, &mut buf).await {
@@ -176,14 +173,21 @@ impl NodeTask {
     }
 
     /// Busy-polls the socket for up to [`AgentConfig::busy_poll`] (nothing
-    /// when zero): true once a datagram was handled, false when the time is
-    /// up or a command waits. Each turn yields, so the runtime's other tasks
-    /// run and its driver looks at the sockets without sleeping.
-    async fn poll_busily(&mut self, commands: &mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) -> bool {
+    /// when zero), and never past the `timer` deadline: true once a datagram
+    /// was handled, false when the time is up or a command waits. Each turn
+    /// yields, so the runtime's other tasks run and its driver looks at the
+    /// sockets without sleeping.
+    async fn poll_busily(
+        &mut self,
+        commands: &mpsc::UnboundedReceiver<Command>,
+        buf: &mut [u8],
+        timer: Option<Instant>,
+    ) -> bool {
         if self.busy_poll.is_zero() {
             return false;
         }
-        let until = Instant::now() + self.busy_poll;
+        let spin_end = Instant::now() + self.busy_poll;
+        let until = timer.map_or(spin_end, |t| t.min(spin_end));
         while Instant::now() < until {
             tokio::task::yield_now().await;
             if !commands.is_empty() {
