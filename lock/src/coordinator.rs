@@ -593,6 +593,13 @@ impl Serving {
         out: &mut Outbox,
     ) {
         let reported = Grant { owner: Owner { node, client: held.client }, token: held.token, req: held.req };
+        if self.dups.contains_key(&(node, held.client, held.name.clone(), held.token)) {
+            // Declared lost, and the member has not confirmed yet: its report
+            // may predate the DUPLICATE-LOCK, which is repeated until the
+            // member drops the lock. Installed again, the grant would outlive
+            // that drop and be handed out once more under the same token.
+            return;
+        }
         let Some(current) = self.table.holder(&held.name) else {
             self.table.grant(&held.name, reported);
             return;
