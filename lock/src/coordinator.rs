@@ -36,6 +36,10 @@ pub(crate) struct Report {
 /// The parts of a member's answer received so far, and when to ask again.
 #[derive(Clone, Debug)]
 struct Assembly {
+    /// Answers that count have at least this `sync`: when a member is asked
+    /// again, its earlier answer to the same term is out of date, and a
+    /// late copy of it must not pass for the new one.
+    min_sync: u64,
     parts: Option<u16>,
     got: BTreeMap<u16, LockInfoRsp>,
     next_ask: Duration,
@@ -43,13 +47,33 @@ struct Assembly {
 }
 
 impl Assembly {
-    fn new(now: Duration, config: &Config) -> Assembly {
-        Assembly { parts: None, got: BTreeMap::new(), next_ask: now, backoff: config.retransmit_initial }
+    fn new(now: Duration, config: &Config, min_sync: u64) -> Assembly {
+        Assembly {
+            min_sync,
+            parts: None,
+            got: BTreeMap::new(),
+            next_ask: now,
+            backoff: config.retransmit_initial,
+        }
     }
 
-    /// Adds a part; returns the whole report once every part is in.
+    /// Adds a part; returns the whole report once every part of one answer
+    /// is in. A part of a newer answer (higher `sync`) replaces the parts of
+    /// an older one; parts of older answers are dropped.
     fn add(&mut self, rsp: LockInfoRsp) -> Option<Report> {
-        if rsp.part >= rsp.parts || self.parts.is_some_and(|p| p != rsp.parts) {
+        if rsp.sync < self.min_sync || rsp.part >= rsp.parts {
+            return None;
+        }
+        if let Some(sync) = self.got.values().next().map(|p| p.sync) {
+            if rsp.sync < sync {
+                return None;
+            }
+            if rsp.sync > sync {
+                self.got.clear();
+                self.parts = None;
+            }
+        }
+        if self.parts.is_some_and(|p| p != rsp.parts) {
             return None;
         }
         self.parts = Some(rsp.parts);
@@ -170,7 +194,7 @@ impl Coordinator {
     fn start_round(&mut self, now: Duration, term: u32, out: &mut Outbox) {
         out.stats.reconciliations += 1;
         self.term = term;
-        self.awaiting = self.members.iter().map(|m| (*m, Assembly::new(now, &self.config))).collect();
+        self.awaiting = self.members.iter().map(|m| (*m, Assembly::new(now, &self.config, 0))).collect();
         self.phase =
             Phase::Reconciling { deadline: now + self.config.reconcile_timeout, reports: BTreeMap::new() };
         self.ask_due(now, out);
@@ -250,7 +274,7 @@ impl Coordinator {
         }
         for node in members {
             if !self.members.contains(node) {
-                self.awaiting.insert(*node, Assembly::new(now, &self.config));
+                self.awaiting.insert(*node, Assembly::new(now, &self.config, 0));
             }
         }
         self.members = members.to_vec();
@@ -372,7 +396,7 @@ impl Coordinator {
         out.stats.dropped += 1;
         if self.members.contains(&from) && !self.awaiting.contains_key(&from) {
             s.sessions.remove(&from);
-            self.awaiting.insert(from, Assembly::new(now, &self.config));
+            self.awaiting.insert(from, Assembly::new(now, &self.config, sync));
             self.refresh_hold(now, out);
             self.ask_due(now, out);
         }
@@ -700,5 +724,45 @@ impl Serving {
                 resend.next = now + resend.backoff;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(sync: u64, part: u16, parts: u16) -> LockInfoRsp {
+        LockInfoRsp {
+            term: 1,
+            part,
+            parts,
+            next_req: ReqId(sync * 10),
+            max_term: 0,
+            sync,
+            held: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_late_copy_of_an_earlier_answer_does_not_pass_for_the_new_one() {
+        let config = Config::lan(1);
+        // Asked again because the member answered a round with sync 6.
+        let mut asm = Assembly::new(Duration::ZERO, &config, 6);
+        assert!(asm.add(part(5, 0, 1)).is_none(), "the old answer (sync 5) is dropped");
+        let report = asm.add(part(7, 0, 1)).expect("the new answer completes");
+        assert_eq!((report.sync, report.next_req), (7, ReqId(70)));
+    }
+
+    #[test]
+    fn parts_of_two_answers_are_never_mixed() {
+        let config = Config::lan(1);
+        let mut asm = Assembly::new(Duration::ZERO, &config, 0);
+        assert!(asm.add(part(3, 0, 2)).is_none());
+        // A newer answer starts over; a part of the older one is dropped.
+        assert!(asm.add(part(4, 1, 2)).is_none());
+        assert!(asm.add(part(3, 1, 2)).is_none(), "part 1 of the old answer does not complete the new");
+        let report = asm.add(part(4, 0, 2)).expect("both parts of the new answer");
+        assert_eq!(report.sync, 4);
     }
 }
