@@ -525,11 +525,16 @@ impl Serving {
     fn admit_lock(&mut self, now: Duration, term: u32, from: NodeId, req: LockReq, out: &mut Outbox) {
         let owner = Owner { node: from, client: req.client };
         let entry = self.table.get(&req.name);
-        if let Some(h) = entry.and_then(|e| self.table.holder_of(e)).filter(|h| h.owner == owner) {
-            // The client holds it already (it lost track, e.g. after a lost
-            // answer): it keeps the same grant.
-            self.table.replace_holder(&req.name, Grant { req: req.id, ..h });
-            return self.reply(term, from, req.id, LockOutcome::Granted(h.token), out);
+        if entry.and_then(|e| self.table.holder_of(e)).is_some_and(|h| h.owner == owner) {
+            // The table says this client holds the lock, yet it asks anew
+            // (re-entry never leaves its node): its node no longer counts
+            // that grant (an answer lost and cancelled, a loss it was told
+            // of). The old token is dead; the client holds on under a new
+            // one, so no token is ever handed out twice.
+            let token = self.issuer.issue();
+            out.stats.grants += 1;
+            self.table.replace_holder(&req.name, Grant { owner, token, req: req.id });
+            return self.reply(term, from, req.id, LockOutcome::Granted(token), out);
         }
         let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters().is_empty());
         if free {

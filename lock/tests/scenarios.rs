@@ -523,6 +523,33 @@ fn a_lost_lock_rsp_is_answered_again_with_the_same_grant() {
     assert!(net.events(b).is_empty(), "exactly one Acquired");
 }
 
+/// A new request from a client the table names as holder (its node no
+/// longer counts that grant: a lost answer it cancelled, a loss it was told
+/// of) is granted under a fresh token, never the old one again
+/// (invariant 3).
+#[test]
+fn a_new_request_from_the_recorded_holder_gets_a_fresh_token() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    let r = net.lock(b, C1, "x", Duration::from_secs(5));
+    let t = net.granted(b, r, C1, "x", 1);
+    let mut again: Vec<(NodeId, NodeId, LockMsg)> = net
+        .log
+        .iter()
+        .filter(|(f, to, m)| *f == b && *to == a && matches!(m, LockMsg::Lock(_)))
+        .cloned()
+        .collect();
+    assert_eq!(again.len(), 1);
+    if let LockMsg::Lock(req) = &mut again[0].2 {
+        req.id = ReqId(r.0 + 1_000);
+    }
+    net.inject(again);
+    let table = net.table(a);
+    assert_eq!(table.len(), 1);
+    assert_eq!((table[0].0.clone(), table[0].1), (name("x"), owner(b, C1)), "b still holds x");
+    assert!(table[0].2 > t, "a fresh token {:?}, above {t:?}", table[0].2);
+}
+
 /// Lost UNLOCK: retransmitted until the coordinator confirms; the lock is
 /// released once and the next waiter granted once (invariant 5).
 #[test]
