@@ -626,7 +626,8 @@ impl Serving {
             // Declared lost, and the member has not confirmed yet: its report
             // may predate the DUPLICATE-LOCK, which is repeated until the
             // member drops the lock. Installed again, the grant would outlive
-            // that drop and be handed out once more under the same token.
+            // that drop, and other clients would wait behind a holder that
+            // no longer exists until the member reports again.
             return;
         }
         let Some(current) = self.table.holder(&held.name) else {
