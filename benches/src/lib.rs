@@ -38,6 +38,7 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
         wait: Wait::Queue,
         ticket: None,
         floor: ReqId(990),
+        stamp: 1_700_000_000_000,
     };
     let held = |i: usize| HeldLock { client: ClientId(i as u64), name: name(i), token, req: ReqId(i as u64) };
     let dup = DuplicateLock { term: 7, client: ClientId(17), name: name(1), token, req: ReqId(1001) };
@@ -65,7 +66,12 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
         ),
         (
             "lock_rsp",
-            LockMsg::LockRsp(LockRsp { id: ReqId(1001), term: 7, outcome: LockOutcome::Granted(token) }),
+            LockMsg::LockRsp(LockRsp {
+                id: ReqId(1001),
+                term: 7,
+                outcome: LockOutcome::Granted(token),
+                stamp: 1_700_000_000_000,
+            }),
         ),
         ("unlock_rsp", LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1002), term: 7 })),
         ("redirect", LockMsg::Redirect(Redirect { id: ReqId(1001), coordinator: Some(node(7001, 1)) })),
@@ -79,7 +85,8 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
                 next_req: ReqId(2000),
                 max_term: 6,
                 sync: 3,
-                held: (0..32).map(held).collect(),
+                stamp: 1_700_000_000_000,
+                held: (0..31).map(held).collect(),
                 pending: vec![req],
             }),
         ),

@@ -8,12 +8,16 @@
 //!   with the same token and a higher hold count, and only the last
 //!   `unlock` goes to the coordinator;
 //! - answers are applied only when they come from the coordinator of the
-//!   current view, in the round this node last reported to it.
+//!   current view, in the round this node last reported to it;
+//! - a held lock is valid until its lease ends (`safe_until`, on this
+//!   node's clock, from the stamp of the request or renewal the coordinator
+//!   answered); a grant that arrives after that is not applied, and a lock
+//!   whose lease ran out is dropped and reported lost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use swimlock_wire::lock::{CancelReq, Denial, Hello, UnlockReq};
+use swimlock_wire::lock::{CancelReq, Denial, Hello, Renew, RenewAck, UnlockReq};
 use swimlock_wire::lock::{
     DuplicateLock, HeldLock, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq, LockRsp, UnlockRsp,
     Wait,
@@ -34,6 +38,8 @@ struct Held {
     token: Token,
     holds: u32,
     req: ReqId,
+    /// The end of the lease, on this node's clock.
+    safe_until: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +106,7 @@ struct Snapshot {
 /// The client role of one node, for all of its clients.
 #[derive(Debug)]
 pub(crate) struct ClientRole {
+    me: NodeId,
     config: Config,
     next_req: u64,
     /// Highest term seen in tokens, tickets and rounds.
@@ -119,11 +126,14 @@ pub(crate) struct ClientRole {
     busy: BTreeMap<Key, ReqId>,
     blocked: BTreeMap<Key, VecDeque<Blocked>>,
     snapshot: Option<Snapshot>,
+    /// When to renew the leases next (while any lock is held).
+    renew_at: Duration,
 }
 
 impl ClientRole {
-    pub fn new(config: Config) -> ClientRole {
+    pub fn new(me: NodeId, config: Config) -> ClientRole {
         ClientRole {
+            me,
             config,
             next_req: 1,
             max_term: 0,
@@ -137,7 +147,42 @@ impl ClientRole {
             busy: BTreeMap::new(),
             blocked: BTreeMap::new(),
             snapshot: None,
+            renew_at: Duration::ZERO,
         }
+    }
+
+    /// The lease a grant or renewal from `coordinator` gives: short when
+    /// this node coordinates itself (see [`Config::own_lease`]).
+    fn lease_from(&self, coordinator: NodeId) -> Duration {
+        if coordinator == self.me { self.config.own_lease } else { self.config.lease }
+    }
+
+    /// Drops every lock whose lease has ended: its client is told, and the
+    /// coordinator is asked to release it (it may still count it).
+    pub fn expire(&mut self, now: Duration, out: &mut Outbox) {
+        if !self.held.values().any(|h| h.safe_until <= now) {
+            return;
+        }
+        let expired: Vec<(Key, Token)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.safe_until <= now)
+            .map(|(k, h)| (k.clone(), h.token))
+            .collect();
+        for (key, token) in expired {
+            self.held.remove(&key);
+            out.stats.lost += 1;
+            out.emit(Event::Lost {
+                client: key.0,
+                name: key.1.clone(),
+                token,
+                reason: LossReason::LeaseExpired,
+            });
+            if !self.busy.contains_key(&key) {
+                self.start_release(now, key, token);
+            }
+        }
+        self.flush(now, out);
     }
 
     pub fn max_term(&self) -> u32 {
@@ -197,7 +242,8 @@ impl ClientRole {
             held.holds += 1;
             out.stats.acquired += 1;
             let (client, name) = key;
-            out.emit(Event::Acquired { req, client, name, token: held.token, holds: held.holds });
+            let (token, holds, safe_until) = (held.token, held.holds, held.safe_until);
+            out.emit(Event::Acquired { req, client, name, token, holds, safe_until });
             return;
         }
         let kind = OpKind::Lock { caller: req, wait, deadline, ticket: None };
@@ -288,6 +334,9 @@ impl ClientRole {
             // The new coordinator may hold a stale copy of this node's locks
             // (it never saw this node leave); it must hear from us.
             self.hello = coordinator.map(|_| (now, self.config.retransmit_initial));
+            // Leases are renewed by the new coordinator from now on, at its
+            // pace (a coordinator renews its own clients' more often).
+            self.renew_at = now;
         }
         self.coordinator = coordinator;
         if self.quorum && !quorum {
@@ -361,6 +410,10 @@ impl ClientRole {
             *backoff = (*backoff * 2).min(self.config.retransmit_max);
             out.send(coordinator, LockMsg::Hello(Hello { sync: self.syncs }));
         }
+        if !self.held.is_empty() && self.renew_at <= now {
+            self.renew_at = now + self.config.renew_interval(coordinator == self.me);
+            out.send(coordinator, LockMsg::Renew(Renew { stamp: stamp(now), sync: self.syncs }));
+        }
         let floor = self.floor();
         let sync = self.syncs;
         for (id, op) in self.ops.iter_mut() {
@@ -371,7 +424,7 @@ impl ClientRole {
                 out.stats.retransmissions += 1;
             }
             op.sent = true;
-            let msg = request(*id, op, floor, sync);
+            let msg = request(*id, op, floor, sync, stamp(now));
             if op.queued() {
                 op.next_send = now + self.config.queued_keepalive;
             } else {
@@ -390,32 +443,64 @@ impl ClientRole {
 
     pub fn poll_timeout(&self) -> Option<Duration> {
         let sends = if self.coordinator.is_some() && self.quorum {
-            self.ops.values().map(|op| op.next_send).chain(self.hello.map(|(next, _)| next)).min()
+            let renew = (!self.held.is_empty()).then_some(self.renew_at);
+            self.ops
+                .values()
+                .map(|op| op.next_send)
+                .chain(self.hello.map(|(next, _)| next))
+                .chain(renew)
+                .min()
         } else {
             None
         };
+        let leases = self.held.values().map(|h| h.safe_until).min();
         let deadlines = self.ops.values().filter_map(|op| match op.kind {
             OpKind::Lock { deadline, .. } => Some(deadline),
             _ => None,
         });
         let blocked = self.blocked.values().flat_map(|q| q.iter().map(|b| b.deadline));
-        sends.into_iter().chain(deadlines).chain(blocked).min()
+        sends.into_iter().chain(leases).chain(deadlines).chain(blocked).min()
     }
 
     /// A message from another node's coordinator role (or from this node's).
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: LockMsg, out: &mut Outbox) {
+        // A coordinator's term is worth knowing whether or not its message
+        // applies: a later coordinator of ours then takes a higher one.
+        // (A round's own LOCK-INFO-REQ is learned after the answer to it is
+        // built: the answer must say whether the member saw that term
+        // elsewhere.)
+        if let Some(term) = msg.term().filter(|_| !matches!(msg, LockMsg::LockInfoReq(_))) {
+            self.observe_term(term);
+        }
         match msg {
             LockMsg::LockRsp(rsp) => self.on_lock_rsp(now, from, rsp, out),
             LockMsg::UnlockRsp(rsp) => self.on_unlock_rsp(now, from, rsp, out),
             LockMsg::Redirect(_) => out.stats.dropped += 1,
-            LockMsg::LockInfoReq(req) => self.on_lock_info_req(from, req, out),
+            LockMsg::LockInfoReq(req) => self.on_lock_info_req(now, from, req, out),
             LockMsg::DuplicateLock(dup) => self.on_duplicate_lock(from, dup, out),
             LockMsg::HelloAck(ack) => {
                 if self.accepts(from, ack.term) {
                     self.hello = None;
                 }
             }
+            LockMsg::RenewAck(ack) => self.on_renew_ack(now, from, ack, out),
             _ => out.stats.dropped += 1,
+        }
+    }
+
+    /// The coordinator renewed every lock this node held when it sent the
+    /// renewal (or reconciliation answer) stamped `ack.stamp`.
+    fn on_renew_ack(&mut self, now: Duration, from: NodeId, ack: RenewAck, out: &mut Outbox) {
+        if !self.accepts(from, ack.term) {
+            out.stats.dropped += 1;
+            return;
+        }
+        let until = Duration::from_micros(ack.stamp) + self.lease_from(from);
+        if until <= now {
+            return;
+        }
+        for held in self.held.values_mut() {
+            held.safe_until = held.safe_until.max(until);
         }
     }
 
@@ -435,14 +520,29 @@ impl ClientRole {
         match rsp.outcome {
             LockOutcome::Granted(token) => {
                 self.observe_term(token.term());
+                let safe_until = Duration::from_micros(rsp.stamp) + self.lease_from(from);
+                if safe_until <= now {
+                    // The lease of this answer ran out before it arrived (a
+                    // paused node, a very late copy): not applied. The repeat
+                    // is answered with the same grant and a fresh stamp.
+                    out.stats.stale_grants += 1;
+                    if let Some(op) = self.ops.get_mut(&rsp.id) {
+                        op.next_send = now;
+                    }
+                    self.flush(now, out);
+                    return;
+                }
                 let op = self.ops.remove(&rsp.id).expect("checked above");
                 let caller = op.caller(rsp.id);
                 let key = (op.client, op.name);
                 self.busy.remove(&key);
-                self.held.insert(key.clone(), Held { token, holds: 1, req: rsp.id });
+                self.held.insert(key.clone(), Held { token, holds: 1, req: rsp.id, safe_until });
+                if self.held.len() == 1 {
+                    self.renew_at = now + self.config.renew_interval(from == self.me);
+                }
                 out.stats.acquired += 1;
                 let (client, name) = key.clone();
-                out.emit(Event::Acquired { req: caller, client, name, token, holds: 1 });
+                out.emit(Event::Acquired { req: caller, client, name, token, holds: 1, safe_until });
                 self.unblock(now, key, out);
             }
             LockOutcome::Queued(ticket) => {
@@ -511,11 +611,12 @@ impl ClientRole {
     /// lock requests pending, as one snapshot per round. Only the
     /// coordinator of this node's view is answered: once a pending request
     /// is reported to a coordinator, only that coordinator may grant it.
-    fn on_lock_info_req(&mut self, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
+    fn on_lock_info_req(&mut self, now: Duration, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
         let stale = self.round.is_some_and(|(c, t)| c == from && req.term < t);
         if self.coordinator != Some(from) || stale {
             // A coordinator's rounds only move forward: an older request is
-            // a late copy.
+            // a late copy. Its term is still worth knowing.
+            self.observe_term(req.term);
             out.stats.dropped += 1;
             return;
         }
@@ -523,7 +624,7 @@ impl ClientRole {
         self.hello = None;
         if fresh {
             self.syncs += 1;
-            let parts = self.build_report(req.term);
+            let parts = self.build_report(req.term, stamp(now));
             self.snapshot = Some(Snapshot { coordinator: from, term: req.term, parts });
             self.observe_term(req.term);
             self.round = Some((from, req.term));
@@ -534,7 +635,7 @@ impl ClientRole {
         }
     }
 
-    fn build_report(&self, term: u32) -> Vec<LockInfoRsp> {
+    fn build_report(&self, term: u32, stamp: u64) -> Vec<LockInfoRsp> {
         enum Entry {
             Held(HeldLock),
             Pending(LockReq),
@@ -551,6 +652,7 @@ impl ClientRole {
                 ticket,
                 floor: ReqId(0),
                 sync: 0,
+                stamp,
             })),
             _ => None,
         });
@@ -570,6 +672,7 @@ impl ClientRole {
                     next_req: ReqId(self.next_req),
                     max_term: self.max_term,
                     sync: self.syncs,
+                    stamp,
                     held: Vec::new(),
                     pending: Vec::new(),
                 };
@@ -619,6 +722,7 @@ impl ClientRole {
             name: name.clone(),
             token: h.token,
             holds: h.holds,
+            safe_until: h.safe_until,
         })
     }
 
@@ -652,11 +756,16 @@ impl ClientRole {
     }
 }
 
-fn request(id: ReqId, op: &Op, floor: ReqId, sync: u64) -> LockMsg {
+/// `now` as a stamp: microseconds of this node's clock.
+fn stamp(now: Duration) -> u64 {
+    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn request(id: ReqId, op: &Op, floor: ReqId, sync: u64, stamp: u64) -> LockMsg {
     let (client, name) = (op.client, op.name.clone());
     match op.kind {
         OpKind::Lock { wait, ticket, .. } => {
-            LockMsg::Lock(LockReq { id, sync, client, name, wait, ticket, floor })
+            LockMsg::Lock(LockReq { id, sync, client, name, wait, ticket, floor, stamp })
         }
         OpKind::Unlock { token } => LockMsg::Unlock(UnlockReq { id, sync, client, name, token }),
         OpKind::Cancel { target } => LockMsg::Cancel(CancelReq { id, sync, client, name, target }),

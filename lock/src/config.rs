@@ -38,8 +38,39 @@ pub struct Config {
     pub reconcile_timeout: Duration,
     /// How long `try_lock` waits for the coordinator's answer.
     pub try_lock_timeout: Duration,
-    /// Delay before a lock whose holder left the view is granted again.
+    /// Delay before a lock whose holder left the view is granted again;
+    /// after a coordinator change, fresh grants also wait this long from
+    /// the departure of any member (other than the old coordinator) that
+    /// may have held locks nobody reported. See [`Config::validate`] for
+    /// the inequality it must meet.
     pub lock_delay: Duration,
+    /// How long a lock held by a client of another node stays valid after
+    /// the holder's node sent the request or renewal the coordinator
+    /// answered. Renewed every quarter of it.
+    pub lease: Duration,
+    /// The lease of a lock held by a client of the coordinator's own node,
+    /// renewed locally. Short, so that once a coordinator stops (crash,
+    /// pause) its own clients' leases end before a successor can grant.
+    pub own_lease: Duration,
+    /// Largest relative rate difference between two nodes' clocks, in
+    /// percent: the coordinator counts a lease as `lease * (100 + margin) /
+    /// 100` of its own time.
+    pub clock_margin_pct: u32,
+    /// The least time from a member's last message to the install of a
+    /// view without it (suspicion timeout plus view settle time): how long
+    /// a stopped member keeps every other node from acting without it.
+    pub detection_min: Duration,
+    /// Most entries (held locks and pending requests) of one member's
+    /// reconciliation answer; a larger answer is refused.
+    pub max_report_entries: usize,
+    /// Most bytes one member's reconciliation answer may take in memory
+    /// while it is put together; a larger answer is refused.
+    pub max_report_bytes: usize,
+    /// Largest step a member's report may move the coordinator's term by;
+    /// past it the coordinator stops granting and waits for the operator
+    /// (a term that big is a bug or a forgery, and would use up the term
+    /// space tokens have).
+    pub max_term_step: u32,
 }
 
 impl Config {
@@ -53,8 +84,32 @@ impl Config {
             queued_keepalive: Duration::from_millis(250),
             reconcile_timeout: Duration::from_millis(300),
             try_lock_timeout: Duration::from_secs(2),
-            lock_delay: Duration::ZERO,
+            lock_delay: Duration::from_millis(1_500),
+            lease: Duration::from_secs(2),
+            own_lease: Duration::from_millis(500),
+            clock_margin_pct: 5,
+            detection_min: Duration::from_millis(600),
+            max_report_entries: 1 << 20,
+            max_report_bytes: 128 << 20,
+            max_term_step: 1 << 16,
         }
+    }
+
+    /// `span` stretched by the clock-rate margin: how long the coordinator
+    /// must wait on its own clock for `span` to have passed on the holder's.
+    pub fn stretched(&self, span: Duration) -> Duration {
+        span * (100 + self.clock_margin_pct) / 100
+    }
+
+    /// The least `lock_delay` the leases allow:
+    /// `lease * (1 + margin) - detection_min`.
+    pub fn min_lock_delay(&self) -> Duration {
+        self.stretched(self.lease).saturating_sub(self.detection_min)
+    }
+
+    /// How often a node renews the leases of its clients' locks.
+    pub fn renew_interval(&self, own: bool) -> Duration {
+        if own { self.own_lease / 4 } else { self.lease / 4 }
     }
 
     /// Checks the settings; the error names the offending field.
@@ -65,17 +120,50 @@ impl Config {
             ("queued_keepalive", self.queued_keepalive),
             ("reconcile_timeout", self.reconcile_timeout),
             ("try_lock_timeout", self.try_lock_timeout),
+            ("lease", self.lease),
+            ("own_lease", self.own_lease),
         ];
         for (field, value) in positive {
             if value.is_zero() {
-                return Err(ConfigError { field, reason: "must be greater than zero" });
+                return Err(ConfigError::new(field, "must be greater than zero"));
             }
         }
         if self.retransmit_max < self.retransmit_initial {
-            return Err(ConfigError {
-                field: "retransmit_max",
-                reason: "must be at least retransmit_initial",
-            });
+            return Err(ConfigError::new("retransmit_max", "must be at least retransmit_initial"));
+        }
+        if self.clock_margin_pct > 100 {
+            return Err(ConfigError::new("clock_margin_pct", "must be at most 100"));
+        }
+        if self.stretched(self.own_lease) > self.detection_min {
+            return Err(ConfigError::new(
+                "own_lease",
+                format!(
+                    "own_lease {:?} x (1 + {}%) must not exceed the failure detection time {:?} \
+                     (suspicion timeout + view settle): a stopped coordinator's own clients must \
+                     lose their locks before a successor can grant them",
+                    self.own_lease, self.clock_margin_pct, self.detection_min
+                ),
+            ));
+        }
+        if self.lock_delay < self.min_lock_delay() {
+            return Err(ConfigError::new(
+                "lock_delay",
+                format!(
+                    "lock_delay {:?} is below lease {:?} x (1 + {}%) - detection {:?} = {:?}: \
+                     a departed holder could still be inside its lease when its lock is granted again",
+                    self.lock_delay,
+                    self.lease,
+                    self.clock_margin_pct,
+                    self.detection_min,
+                    self.min_lock_delay()
+                ),
+            ));
+        }
+        if self.lease <= self.renew_interval(false) * 2 {
+            return Err(ConfigError::new("lease", "must be longer than two renewal intervals"));
+        }
+        if self.max_report_entries == 0 || self.max_report_bytes == 0 || self.max_term_step == 0 {
+            return Err(ConfigError::new("max_report_entries", "limits must be greater than zero"));
         }
         Ok(())
     }
@@ -87,13 +175,43 @@ pub struct ConfigError {
     /// The field.
     pub field: &'static str,
     /// What is wrong with it.
-    pub reason: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError { field, reason: reason.into() }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "lock setting `{}` {}", self.field, self.reason)
+        write!(f, "lock setting `{}`: {}", self.field, self.reason)
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lan_is_valid_and_meets_the_lease_inequality() {
+        let c = Config::lan(1);
+        c.validate().unwrap();
+        assert_eq!(c.min_lock_delay(), Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn a_lock_delay_below_the_lease_bound_is_refused_with_the_values() {
+        let mut c = Config::lan(1);
+        c.lock_delay = Duration::from_millis(1_000);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "lock_delay");
+        assert!(e.reason.contains("1.5s"), "{e}");
+        c.lock_delay = Duration::from_secs(3);
+        c.own_lease = Duration::from_millis(700);
+        assert_eq!(c.validate().unwrap_err().field, "own_lease");
+    }
+}

@@ -1,36 +1,44 @@
-//! The coordinator role of CENTRAL_LOCK2: reconciliation, then the lock
-//! table and its handlers.
+//! The coordinator role of CENTRAL_LOCK2: the reconciliation round, then
+//! the lock table (see [`crate::serving`]).
 //!
 //! A coordinator is created by [`Coordinator::become_coord`] and dropped on
 //! CeaseCoord; its phase says whether it may grant:
 //! [`Phase::Reconciling`] collects LOCK-INFO-RSP answers and grants
-//! nothing, [`Phase::Serving`] owns the lock table. Members that did not
-//! answer by the deadline stay in `awaiting` and are asked again; their
-//! late answers are merged into the table, duplicates and all.
+//! nothing, [`Phase::Serving`] owns the lock table, [`Phase::Halted`] grants
+//! nothing until the operator accepts a term no round should have seen.
+//! Members that did not answer by the deadline stay in `awaiting` and are
+//! asked again; their late answers are merged into the table, duplicates
+//! and all.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use swimlock_wire::lock::{
-    CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockInfoReq, LockInfoRsp, LockMsg,
-    LockOutcome, LockReq, LockRsp, UnlockReq, UnlockRsp, Wait,
+    CancelReq, DuplicateLock, HeldLock, Hello, HelloAck, LockInfoReq, LockInfoRsp, LockMsg, LockReq, Renew,
+    RenewAck, UnlockReq,
 };
-use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
+use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
 use crate::config::{Config, Mode};
-use crate::node::{Outbox, TableStats};
-use crate::table::{Grant, LockTable, Waiter};
+use crate::node::{Alert, Event, Outbox, TableStats, Waiting};
+use crate::serving::{Serving, Session};
 use crate::token::TokenIssuer;
+
+/// Bytes a reported entry is counted for, besides its name, while an answer
+/// is put together (the decoded entry and its share of the part).
+const ENTRY_OVERHEAD: usize = 96;
 
 /// One member's answer to a reconciliation round, put together from its
 /// parts.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Report {
-    next_req: ReqId,
-    sync: u64,
-    max_term: u32,
-    held: Vec<HeldLock>,
-    pending: Vec<LockReq>,
+    pub next_req: ReqId,
+    pub sync: u64,
+    pub max_term: u32,
+    /// The member's clock when it answered: its leases run from it.
+    pub stamp: u64,
+    pub held: Vec<HeldLock>,
+    pub pending: Vec<LockReq>,
 }
 
 /// The parts of a member's answer received so far, and when to ask again.
@@ -42,8 +50,26 @@ struct Assembly {
     min_sync: u64,
     parts: Option<u16>,
     got: BTreeMap<u16, LockInfoRsp>,
+    /// Entries and bytes of `got`, against the limits of [`Config`].
+    entries: usize,
+    bytes: usize,
+    /// An answer refused as too large: its parts are dropped.
+    refused: Option<u64>,
+    /// Until then (available mode) new grants wait for this answer: the
+    /// member may not know the round's term yet, nor have told its locks.
+    hold_until: Duration,
     next_ask: Duration,
     backoff: Duration,
+}
+
+/// What adding a part to an [`Assembly`] came to.
+enum Added {
+    /// More parts are needed.
+    Incomplete,
+    /// The whole answer.
+    Complete(Report),
+    /// The answer is larger than the limits: refused.
+    TooLarge,
 }
 
 impl Assembly {
@@ -52,74 +78,71 @@ impl Assembly {
             min_sync,
             parts: None,
             got: BTreeMap::new(),
+            entries: 0,
+            bytes: 0,
+            refused: None,
+            hold_until: now + config.stretched(config.lease),
             next_ask: now,
             backoff: config.retransmit_initial,
         }
     }
 
+    fn clear(&mut self) {
+        self.got.clear();
+        self.parts = None;
+        self.entries = 0;
+        self.bytes = 0;
+    }
+
     /// Adds a part; returns the whole report once every part of one answer
     /// is in. A part of a newer answer (higher `sync`) replaces the parts of
-    /// an older one; parts of older answers are dropped.
-    fn add(&mut self, rsp: LockInfoRsp) -> Option<Report> {
-        if rsp.sync < self.min_sync || rsp.part >= rsp.parts {
-            return None;
+    /// an older one; parts of older answers are dropped, and so are the
+    /// parts of an answer refused as too large.
+    fn add(&mut self, rsp: LockInfoRsp, config: &Config) -> Added {
+        if rsp.sync < self.min_sync || rsp.part >= rsp.parts || self.refused.is_some_and(|s| rsp.sync <= s) {
+            return Added::Incomplete;
         }
         if let Some(sync) = self.got.values().next().map(|p| p.sync) {
             if rsp.sync < sync {
-                return None;
+                return Added::Incomplete;
             }
             if rsp.sync > sync {
-                self.got.clear();
-                self.parts = None;
+                self.clear();
             }
         }
-        if self.parts.is_some_and(|p| p != rsp.parts) {
-            return None;
+        if self.parts.is_some_and(|p| p != rsp.parts) || self.got.contains_key(&rsp.part) {
+            return Added::Incomplete;
         }
-        self.parts = Some(rsp.parts);
+        let entries = rsp.held.len() + rsp.pending.len();
+        let names: usize = rsp.held.iter().map(|h| h.name.as_str().len()).sum::<usize>()
+            + rsp.pending.iter().map(|p| p.name.as_str().len()).sum::<usize>();
+        self.entries += entries;
+        self.bytes += names + (entries + 1) * ENTRY_OVERHEAD;
+        let too_many_parts = usize::from(rsp.parts) > config.max_report_entries.div_ceil(32).max(1);
+        if self.entries > config.max_report_entries || self.bytes > config.max_report_bytes || too_many_parts
+        {
+            self.refused = Some(rsp.sync);
+            self.clear();
+            return Added::TooLarge;
+        }
+        let parts = rsp.parts;
+        self.parts = Some(parts);
         self.got.insert(rsp.part, rsp);
-        if self.got.len() < usize::from(self.parts?) {
-            return None;
+        if self.got.len() < usize::from(parts) {
+            return Added::Incomplete;
         }
         let mut report = Report::default();
         for part in std::mem::take(&mut self.got).into_values() {
             report.next_req = part.next_req;
             report.sync = part.sync;
+            report.stamp = part.stamp;
             report.max_term = report.max_term.max(part.max_term);
             report.held.extend(part.held);
             report.pending.extend(part.pending);
         }
-        Some(report)
+        self.clear();
+        Added::Complete(report)
     }
-}
-
-/// What the coordinator remembers of one member's requests.
-#[derive(Clone, Debug, Default)]
-struct Session {
-    /// The member's count of answered rounds when it answered this one.
-    sync: u64,
-    /// Requests below this id that are neither held nor queued are finished:
-    /// a copy arriving now is stale.
-    stale_below: ReqId,
-    /// Final answers to lock requests at or above the client's floor, for
-    /// repeats.
-    answers: BTreeMap<ReqId, LockOutcome>,
-}
-
-impl Session {
-    fn advance(&mut self, floor: ReqId) {
-        if floor > self.stale_below {
-            self.stale_below = floor;
-            self.answers = self.answers.split_off(&floor);
-        }
-    }
-}
-
-/// A DUPLICATE-LOCK not yet acknowledged.
-#[derive(Clone, Copy, Debug)]
-struct Resend {
-    next: Duration,
-    backoff: Duration,
 }
 
 /// The phase of a coordinator.
@@ -133,21 +156,23 @@ pub(crate) enum Phase {
         reports: BTreeMap<NodeId, Report>,
     },
     /// Granting.
-    Serving(Serving),
+    Serving(Box<Serving>),
+    /// A member reported a term no honest round reaches (or the term space
+    /// is used up): nothing is granted until the operator accepts it.
+    Halted {
+        /// The term that was refused.
+        term: u32,
+    },
 }
 
-/// The lock table and what serving it needs.
-#[derive(Debug)]
-pub(crate) struct Serving {
-    /// New grants wait until then (the lock-delay after a round starts).
-    grace_until: Option<Duration>,
-    /// Mode `majority`: new grants wait while a member of the view has not
-    /// answered, since it may hold any lock.
-    hold: bool,
-    issuer: TokenIssuer,
-    table: LockTable,
-    sessions: BTreeMap<NodeId, Session>,
-    dups: BTreeMap<(NodeId, ClientId, LockName, Token), (ReqId, Resend)>,
+/// What a new coordinator knows from its own views when it takes over.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Takeover {
+    /// No fresh grant before this instant: a member that departed recently
+    /// may hold locks no member will report.
+    pub fresh_after: Option<Duration>,
+    /// The highest term the operator accepted (see [`Phase::Halted`]).
+    pub accepted_term: u32,
 }
 
 /// The coordinator role of one node.
@@ -157,33 +182,50 @@ pub(crate) struct Coordinator {
     /// No new grants before this instant (see `become_coord`).
     grace_until: Option<Duration>,
     /// The round: every member learns it from LOCK-INFO-REQ, and tokens of
-    /// this coordinator carry it (or a higher term, see `Serving::issuer`).
+    /// this coordinator carry it.
     term: u32,
+    /// The highest term known before the round, for the step limit.
+    base_term: u32,
+    accepted_term: u32,
     members: Vec<NodeId>,
     /// Members whose answer is not complete yet.
     awaiting: BTreeMap<NodeId, Assembly>,
+    /// When each member last sent something a lease may run from.
+    last_heard: BTreeMap<NodeId, Duration>,
+    /// Until then a member that left may still hold a lock under a lease:
+    /// a table rebuilt by a new round (which cannot know those locks) grants
+    /// nothing new before.
+    departed_until: Option<Duration>,
     phase: Phase,
 }
 
 impl Coordinator {
     /// BecomeCoord: starts the reconciliation round under `term`. The table
-    /// is rebuilt from the members' answers, so it cannot know a holder that
-    /// is out of reach; such a holder may still believe it holds its lock
-    /// until it learns it is cut off. Hence nothing new is granted for the
-    /// lock-delay after the round starts.
+    /// is rebuilt from the members' answers, so it cannot know a holder
+    /// that does not answer; fresh grants wait for what may still be held
+    /// unseen (see [`Takeover`]), and in majority mode for the lock-delay.
     pub fn become_coord(
         now: Duration,
         members: &[NodeId],
         term: u32,
+        takeover: Takeover,
         config: &Config,
         out: &mut Outbox,
     ) -> Self {
+        let majority_grace = match config.mode {
+            Mode::Majority { .. } if !config.lock_delay.is_zero() => Some(now + config.lock_delay),
+            _ => None,
+        };
         let mut coord = Coordinator {
             config: config.clone(),
-            grace_until: (!config.lock_delay.is_zero()).then(|| now + config.lock_delay),
+            grace_until: majority_grace.max(takeover.fresh_after),
             term,
+            base_term: term.saturating_sub(1),
+            accepted_term: takeover.accepted_term,
             members: members.to_vec(),
             awaiting: BTreeMap::new(),
+            last_heard: BTreeMap::new(),
+            departed_until: None,
             phase: Phase::Reconciling { deadline: now, reports: BTreeMap::new() },
         };
         coord.start_round(now, term, out);
@@ -200,18 +242,41 @@ impl Coordinator {
         self.ask_due(now, out);
     }
 
-    /// The round's term.
-    pub fn term(&self) -> u32 {
-        self.term
+    /// A new round above `seen`, unless that would step past what the
+    /// operator allows or tokens can carry: then the coordinator halts.
+    fn round_above(&mut self, now: Duration, seen: u32, out: &mut Outbox) {
+        let limit = self.base_term.saturating_add(self.config.max_term_step).max(self.accepted_term);
+        if seen > limit {
+            self.halt(seen, Alert::TermJump { term: seen, limit }, out);
+        } else if seen >= Token::MAX_TERM {
+            self.halt(seen, Alert::TermsExhausted, out);
+        } else {
+            self.start_round(now, TokenIssuer::next_term(seen), out);
+        }
     }
 
-    /// The highest term this coordinator may grant under: its round's, or
-    /// the issuer's once it moved on.
-    pub fn highest_term(&self) -> u32 {
-        match &self.phase {
-            Phase::Serving(s) => s.issuer.term().max(self.term),
-            Phase::Reconciling { .. } => self.term,
+    fn halt(&mut self, term: u32, alert: Alert, out: &mut Outbox) {
+        if !matches!(self.phase, Phase::Halted { .. }) {
+            out.emit(Event::Alert(alert));
         }
+        self.phase = Phase::Halted { term };
+    }
+
+    /// The operator accepts terms up to `term`: a coordinator halted on
+    /// one of them starts a round above it.
+    pub fn accept_term(&mut self, now: Duration, term: u32, out: &mut Outbox) {
+        self.accepted_term = self.accepted_term.max(term);
+        if let Phase::Halted { term: refused } = self.phase
+            && refused <= self.accepted_term
+        {
+            self.base_term = refused;
+            self.round_above(now, refused, out);
+        }
+    }
+
+    /// The round's term: the only term this coordinator grants under.
+    pub fn term(&self) -> u32 {
+        self.term
     }
 
     /// Whether the coordinator grants (reconciliation is over).
@@ -219,36 +284,51 @@ impl Coordinator {
         matches!(self.phase, Phase::Serving(_))
     }
 
+    /// The term that halted this coordinator, if it is halted.
+    pub fn halted(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Halted { term } => Some(term),
+            _ => None,
+        }
+    }
+
     /// Members whose answer to the round is still missing.
     pub fn awaiting(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.awaiting.keys().copied()
     }
 
+    fn serving(&self) -> Option<&Serving> {
+        match &self.phase {
+            Phase::Serving(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Size of the lock table (empty while reconciling).
     pub fn table_stats(&self) -> TableStats {
-        match &self.phase {
-            Phase::Serving(s) => {
-                let (held, waiters) = s.table.sizes();
-                TableStats { held, waiters, unacked_duplicates: s.dups.len() }
-            }
-            Phase::Reconciling { .. } => TableStats::default(),
-        }
+        self.serving().map(Serving::stats).unwrap_or_default()
     }
 
     /// Whether request `req` of `owner` for `name` holds the lock or waits
     /// in its queue.
     pub fn knows_request(&self, owner: Owner, name: &LockName, req: ReqId) -> bool {
-        let Phase::Serving(s) = &self.phase else { return false };
-        s.table.holder(name).is_some_and(|h| h.owner == owner && h.req == req)
-            || s.table.waiting(name, owner).is_some_and(|w| w.req == req)
+        self.serving().is_some_and(|s| s.knows_request(owner, name, req))
     }
 
     /// The holder and token of every held lock.
     pub fn holders(&self) -> Vec<(LockName, Owner, Token)> {
-        match &self.phase {
-            Phase::Serving(s) => s.table.holders().map(|(n, g)| (n.clone(), g.owner, g.token)).collect(),
-            Phase::Reconciling { .. } => Vec::new(),
-        }
+        self.serving().map(Serving::holders).unwrap_or_default()
+    }
+
+    /// Every queue: name, then the waiters in grant order (owner, request,
+    /// ticket).
+    pub fn queues(&self) -> Vec<(LockName, Vec<Waiting>)> {
+        self.serving().map(Serving::queues).unwrap_or_default()
+    }
+
+    /// Whether the coordinator may make new grants at `now`.
+    pub fn grants_open(&self, now: Duration) -> bool {
+        self.serving().is_some_and(|s| s.may_grant(now))
     }
 
     fn ask_due(&mut self, now: Duration, out: &mut Outbox) {
@@ -267,10 +347,8 @@ impl Coordinator {
     /// lose their locks, members that joined are asked for theirs.
     pub fn on_view(&mut self, now: Duration, members: &[NodeId], out: &mut Outbox) {
         let departed: Vec<NodeId> = self.members.iter().filter(|m| !members.contains(m)).copied().collect();
-        for node in &self.members.clone() {
-            if !members.contains(node) {
-                self.awaiting.remove(node);
-            }
+        for node in &departed {
+            self.awaiting.remove(node);
         }
         for node in members {
             if !self.members.contains(node) {
@@ -278,7 +356,11 @@ impl Coordinator {
             }
         }
         self.members = members.to_vec();
-        self.refresh_hold(now, out);
+        let departures: Vec<(NodeId, Duration)> =
+            departed.iter().map(|node| (*node, self.lease_bound(now, *node))).collect();
+        for (_, until) in &departures {
+            self.departed_until = self.departed_until.max(Some(*until));
+        }
         let term = self.term;
         match &mut self.phase {
             Phase::Reconciling { reports, .. } => {
@@ -290,11 +372,13 @@ impl Coordinator {
                 }
             }
             Phase::Serving(s) => {
-                for node in departed {
-                    s.purge_node(now, term, node, &self.config, out);
+                for (node, until) in departures {
+                    s.purge_node(now, term, node, until, out);
                 }
             }
+            Phase::Halted { .. } => {}
         }
+        self.refresh_hold(now, out);
         self.ask_due(now, out);
     }
 
@@ -305,13 +389,21 @@ impl Coordinator {
             out.stats.dropped += 1;
             return;
         }
+        self.heard(now, from);
         let Some(assembly) = self.awaiting.get_mut(&from) else {
             out.stats.dropped += 1;
             return;
         };
-        let Some(report) = assembly.add(rsp) else { return };
+        let report = match assembly.add(rsp, &self.config) {
+            Added::Incomplete => return,
+            Added::TooLarge => {
+                out.stats.reports_refused += 1;
+                out.emit(Event::Alert(Alert::ReportTooLarge { member: from }));
+                return;
+            }
+            Added::Complete(report) => report,
+        };
         self.awaiting.remove(&from);
-        let term = self.term;
         match &mut self.phase {
             Phase::Reconciling { reports, .. } => {
                 reports.insert(from, report);
@@ -319,9 +411,16 @@ impl Coordinator {
                     self.finish_reconciliation(now, out);
                 }
             }
-            Phase::Serving(s) => s.merge_late_report(now, term, from, report, &self.config, out),
+            Phase::Serving(_) if report.max_term >= self.term => {
+                // The member saw a term this round is not above: every
+                // member must learn a higher one before it is granted under.
+                self.round_above(now, report.max_term, out);
+            }
+            Phase::Serving(s) => s.merge_late_report(now, self.term, from, report, out),
+            Phase::Halted { .. } => {}
         }
         self.refresh_hold(now, out);
+        self.after_serving(now, out);
     }
 
     /// ReconciliationProtocol, second half: rebuild the table from the
@@ -333,52 +432,77 @@ impl Coordinator {
         let Phase::Reconciling { reports, .. } = &mut self.phase else { return };
         let reports = std::mem::take(reports);
         let learned = reports.values().map(|r| r.max_term).max().unwrap_or(0);
-        // At the last term a token can carry there is nothing higher to move
-        // to; the round serves as it is (see `TokenIssuer`).
-        if learned >= self.term && self.term < Token::MAX_TERM {
-            self.start_round(now, TokenIssuer::next_term(learned), out);
+        if learned >= self.term {
+            self.round_above(now, learned, out);
             return;
         }
-        let mut serving = Serving {
-            grace_until: self.grace_until,
-            hold: false,
-            issuer: TokenIssuer::new(self.term, self.config.tag),
-            table: LockTable::default(),
-            sessions: BTreeMap::new(),
-            dups: BTreeMap::new(),
-        };
+        let grace = self.grace_until.max(self.departed_until.filter(|t| *t > now));
+        let mut serving = Serving::new(self.term, grace, &self.config);
+        // Paused before the pending requests are admitted: they are new
+        // grants too.
+        serving.set_hold(now, self.term, self.holds(now), out);
         let mut pending = Vec::new();
         for (node, report) in reports {
-            serving.sessions.insert(
-                node,
-                Session { sync: report.sync, stale_below: report.next_req, answers: BTreeMap::new() },
-            );
-            for held in report.held {
-                serving.install_reported_hold(now, self.term, node, held, &self.config, out);
-            }
-            pending.extend(report.pending.into_iter().map(|req| (node, req)));
+            let session = Session::new(report.sync, report.next_req);
+            pending.extend(serving.install_report(now, self.term, node, session, report, out));
         }
         sort_by_ticket(&mut pending);
-        serving.hold = matches!(self.config.mode, Mode::Majority { .. }) && !self.awaiting.is_empty();
         for (node, req) in pending {
             serving.admit_lock(now, self.term, node, req, out);
         }
-        self.phase = Phase::Serving(serving);
+        self.phase = Phase::Serving(Box::new(serving));
+        self.refresh_hold(now, out);
     }
 
-    /// Mode `majority`: pauses new grants while any member has not answered
-    /// the round, and resumes them once all have.
+    /// Pauses new grants while a member has not answered: it may not have
+    /// recorded the term this coordinator grants under (so a successor of
+    /// its could issue lower tokens), and it may hold locks nobody else
+    /// knows of. In majority mode until it answers or leaves; in available
+    /// mode at most until a lease renewed before it was asked has ended.
     fn refresh_hold(&mut self, now: Duration, out: &mut Outbox) {
-        let majority = matches!(self.config.mode, Mode::Majority { .. });
+        let hold = self.holds(now);
         let term = self.term;
         if let Phase::Serving(s) = &mut self.phase {
-            let hold = majority && !self.awaiting.is_empty();
-            let resumed = s.hold && !hold;
-            s.hold = hold;
-            if resumed {
-                s.grant_all_next(now, term, out);
-            }
+            s.set_hold(now, term, hold, out);
         }
+    }
+
+    fn holds(&self, now: Duration) -> bool {
+        self.hold_end(now).is_some()
+    }
+
+    /// When the current hold on new grants ends by itself, if one is on
+    /// (`Duration::MAX`: only an answer or a departure ends it).
+    fn hold_end(&self, now: Duration) -> Option<Duration> {
+        match self.config.mode {
+            Mode::Majority { .. } => (!self.awaiting.is_empty()).then_some(Duration::MAX),
+            Mode::Available => self.awaiting.values().map(|a| a.hold_until).filter(|t| *t > now).max(),
+        }
+    }
+
+    /// Starts a new round when the issuer has used up its term.
+    fn after_serving(&mut self, now: Duration, out: &mut Outbox) {
+        if let Phase::Serving(s) = &self.phase
+            && s.exhausted()
+        {
+            let term = self.term;
+            self.base_term = term;
+            self.round_above(now, term, out);
+        }
+    }
+
+    /// Notes that `from` sent something a lease may run from.
+    fn heard(&mut self, now: Duration, from: NodeId) {
+        self.last_heard.insert(from, now);
+    }
+
+    /// When a member that left at `now` can no longer be inside a lease:
+    /// after the lock-delay, and after a lease renewed when it was last
+    /// heard of.
+    fn lease_bound(&mut self, now: Duration, node: NodeId) -> Duration {
+        let heard = self.last_heard.remove(&node);
+        let lease_end = heard.map_or(now, |t| t + self.config.stretched(self.config.lease));
+        lease_end.max(now + self.config.lock_delay)
     }
 
     /// Whether requests of `from` may be served now. A member that never
@@ -390,12 +514,12 @@ impl Coordinator {
             out.stats.dropped += 1;
             return false;
         };
-        if s.sessions.get(&from).is_some_and(|session| sync <= session.sync) {
+        if s.in_sync(from, sync) {
             return true;
         }
         out.stats.dropped += 1;
         if self.members.contains(&from) && !self.awaiting.contains_key(&from) {
-            s.sessions.remove(&from);
+            s.forget_session(from);
             self.awaiting.insert(from, Assembly::new(now, &self.config, sync));
             self.refresh_hold(now, out);
             self.ask_due(now, out);
@@ -411,13 +535,24 @@ impl Coordinator {
         }
     }
 
+    /// A member renews the leases of its locks: acknowledged if its locks
+    /// are known here (then the table's copy of them is what it holds).
+    pub fn handle_renew(&mut self, now: Duration, from: NodeId, renew: Renew, out: &mut Outbox) {
+        self.heard(now, from);
+        if self.in_sync(now, from, renew.sync, out) {
+            out.send(from, LockMsg::RenewAck(RenewAck { stamp: renew.stamp, term: self.term }));
+        }
+    }
+
     /// LOCK(X) from a member.
     pub fn handle_lock(&mut self, now: Duration, from: NodeId, req: LockReq, out: &mut Outbox) {
+        self.heard(now, from);
         if self.in_sync(now, from, req.sync, out)
             && let Phase::Serving(s) = &mut self.phase
         {
             s.handle_lock(now, self.term, from, req, out);
         }
+        self.after_serving(now, out);
     }
 
     /// UNLOCK(X) from a member.
@@ -427,6 +562,7 @@ impl Coordinator {
         {
             s.handle_unlock(now, self.term, from, req, out);
         }
+        self.after_serving(now, out);
     }
 
     /// A member withdraws a lock request.
@@ -436,17 +572,20 @@ impl Coordinator {
         {
             s.handle_cancel(now, self.term, from, req, out);
         }
+        self.after_serving(now, out);
     }
 
     /// A member acknowledged a DUPLICATE-LOCK.
-    pub fn on_duplicate_ack(&mut self, from: NodeId, dup: DuplicateLock) {
+    pub fn on_duplicate_ack(&mut self, now: Duration, from: NodeId, dup: DuplicateLock, out: &mut Outbox) {
         if let Phase::Serving(s) = &mut self.phase {
-            s.dups.remove(&(from, dup.client, dup.name, dup.token));
+            s.on_duplicate_ack(now, self.term, from, dup, out);
         }
+        self.after_serving(now, out);
     }
 
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Outbox) {
         self.ask_due(now, out);
+        self.refresh_hold(now, out);
         let term = self.term;
         match &mut self.phase {
             Phase::Reconciling { deadline, .. } => {
@@ -454,283 +593,28 @@ impl Coordinator {
                     self.finish_reconciliation(now, out);
                 }
             }
-            Phase::Serving(s) => s.handle_timeout(now, term, &self.config, out),
+            Phase::Serving(s) => s.handle_timeout(now, term, out),
+            Phase::Halted { .. } => {}
         }
+        self.after_serving(now, out);
     }
 
-    pub fn poll_timeout(&self) -> Option<Duration> {
+    pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
         let asks = self.awaiting.values().map(|a| a.next_ask).min();
+        let hold_end = self.hold_end(now).filter(|t| *t < Duration::MAX);
         let phase = match &self.phase {
             Phase::Reconciling { deadline, .. } => Some(*deadline),
-            Phase::Serving(s) => {
-                let dups = s.dups.values().map(|(_, r)| r.next).min();
-                // Nothing is granted during the grace, lock-delays included.
-                // A hold ends with an answer, not with time.
-                let grants = match (s.hold, s.grace_until) {
-                    (true, _) => None,
-                    (false, Some(grace)) => Some(grace),
-                    (false, None) => s.table.next_delay_end(),
-                };
-                dups.into_iter().chain(grants).min()
-            }
+            Phase::Serving(s) => s.poll_timeout(),
+            Phase::Halted { .. } => None,
         };
-        asks.into_iter().chain(phase).min()
+        [asks, hold_end, phase].into_iter().flatten().min()
     }
 }
 
 /// Orders re-queued requests by the ticket a previous coordinator gave
 /// them; requests never queued go last, in a fixed order.
-fn sort_by_ticket(pending: &mut [(NodeId, LockReq)]) {
+pub(crate) fn sort_by_ticket(pending: &mut [(NodeId, LockReq)]) {
     pending.sort_by_key(|(node, req)| (req.ticket.unwrap_or(Token(u64::MAX)), *node, req.id));
-}
-
-impl Serving {
-    fn reply(&mut self, term: u32, node: NodeId, id: ReqId, outcome: LockOutcome, out: &mut Outbox) {
-        if !matches!(outcome, LockOutcome::Queued(_))
-            && let Some(session) = self.sessions.get_mut(&node)
-        {
-            session.answers.insert(id, outcome);
-        }
-        out.send(node, LockMsg::LockRsp(LockRsp { id, term, outcome }));
-    }
-
-    /// On reception of LOCK(X): a repeat gets the answer already given, a
-    /// stale copy is dropped, a new request goes to [`Serving::admit_lock`].
-    fn handle_lock(&mut self, now: Duration, term: u32, from: NodeId, req: LockReq, out: &mut Outbox) {
-        let Some(session) = self.sessions.get_mut(&from) else {
-            // Not reconciled with this member yet; it repeats the request.
-            out.stats.dropped += 1;
-            return;
-        };
-        session.advance(req.floor);
-        let owner = Owner { node: from, client: req.client };
-        if let Some(h) = self.table.holder(&req.name).filter(|h| h.owner == owner && h.req == req.id) {
-            return self.reply(term, from, req.id, LockOutcome::Granted(h.token), out);
-        }
-        if let Some(w) = self.table.waiting(&req.name, owner).filter(|w| w.req == req.id) {
-            return self.reply(term, from, req.id, LockOutcome::Queued(w.ticket), out);
-        }
-        if let Some(outcome) = session.answers.get(&req.id).copied() {
-            return self.reply(term, from, req.id, outcome, out);
-        }
-        if req.id < session.stale_below {
-            out.stats.dropped += 1;
-            return;
-        }
-        self.admit_lock(now, term, from, req, out);
-    }
-
-    /// handleLock(X): grant a free lock, deny a held one to try_lock, or
-    /// queue the request behind the holder.
-    fn admit_lock(&mut self, now: Duration, term: u32, from: NodeId, req: LockReq, out: &mut Outbox) {
-        let owner = Owner { node: from, client: req.client };
-        let entry = self.table.get(&req.name);
-        if entry.and_then(|e| self.table.holder_of(e)).is_some_and(|h| h.owner == owner) {
-            // The table says this client holds the lock, yet it asks anew
-            // (re-entry never leaves its node): its node no longer counts
-            // that grant (an answer lost and cancelled, a loss it was told
-            // of). The old token is dead; the client holds on under a new
-            // one, so no token is ever handed out twice.
-            let token = self.issuer.issue();
-            out.stats.grants += 1;
-            self.table.replace_holder(&req.name, Grant { owner, token, req: req.id });
-            return self.reply(term, from, req.id, LockOutcome::Granted(token), out);
-        }
-        let free = self.may_grant(now) && entry.is_none_or(|e| e.grantable(now) && e.waiters().is_empty());
-        if free {
-            let token = self.issuer.issue();
-            out.stats.grants += 1;
-            self.table.grant(&req.name, Grant { owner, token, req: req.id });
-            return self.reply(term, from, req.id, LockOutcome::Granted(token), out);
-        }
-        if req.wait == Wait::No {
-            return self.reply(term, from, req.id, LockOutcome::Denied(Denial::Held), out);
-        }
-        let ticket = req.ticket.unwrap_or_else(|| self.issuer.issue());
-        self.table.enqueue(&req.name, Waiter { owner, req: req.id, ticket });
-        self.reply(term, from, req.id, LockOutcome::Queued(ticket), out);
-    }
-
-    /// handleUnlock(X): release if the member's client holds the lock with
-    /// that token (so a repeat is harmless), then grant the next waiter.
-    fn handle_unlock(&mut self, now: Duration, term: u32, from: NodeId, req: UnlockReq, out: &mut Outbox) {
-        if !self.sessions.contains_key(&from) {
-            out.stats.dropped += 1;
-            return;
-        }
-        let owner = Owner { node: from, client: req.client };
-        if self.table.release(&req.name, owner, req.token) {
-            self.grant_next(now, term, &req.name, out);
-        }
-        out.send(from, LockMsg::UnlockRsp(UnlockRsp { id: req.id, term }));
-    }
-
-    /// Withdraws a lock request: dequeue it, or release the lock if it was
-    /// granted already. Either way a late copy of it is answered, not
-    /// admitted again.
-    fn handle_cancel(&mut self, now: Duration, term: u32, from: NodeId, req: CancelReq, out: &mut Outbox) {
-        let Some(session) = self.sessions.get_mut(&from) else {
-            out.stats.dropped += 1;
-            return;
-        };
-        session.answers.entry(req.target).or_insert(LockOutcome::Denied(Denial::Cancelled));
-        let owner = Owner { node: from, client: req.client };
-        if !self.table.dequeue(&req.name, owner, req.target)
-            && let Some(h) = self.table.holder(&req.name).filter(|h| h.owner == owner && h.req == req.target)
-            && self.table.release(&req.name, owner, h.token)
-        {
-            self.grant_next(now, term, &req.name, out);
-        }
-        out.send(from, LockMsg::UnlockRsp(UnlockRsp { id: req.id, term }));
-    }
-
-    /// Grants the lock to its first waiter, if it is free.
-    /// Whether new grants may be made now.
-    fn may_grant(&self, now: Duration) -> bool {
-        !self.hold && self.grace_until.is_none_or(|t| t <= now)
-    }
-
-    /// Grants the first waiter of every queue (after a pause in granting).
-    fn grant_all_next(&mut self, now: Duration, term: u32, out: &mut Outbox) {
-        for name in self.table.names_with_waiters() {
-            self.grant_next(now, term, &name, out);
-        }
-    }
-
-    fn grant_next(&mut self, now: Duration, term: u32, name: &LockName, out: &mut Outbox) {
-        if !self.may_grant(now) {
-            return;
-        }
-        let Some(next) = self.table.pop_grantable(name, now) else { return };
-        let token = self.issuer.issue();
-        out.stats.grants += 1;
-        self.table.grant(name, Grant { owner: next.owner, token, req: next.req });
-        self.reply(term, next.owner.node, next.req, LockOutcome::Granted(token), out);
-    }
-
-    /// Adds a lock a member reports as held. If another owner holds it too,
-    /// the duplicate is resolved: the grant with the higher token stays
-    /// (the one a fenced resource accepts), the other holder is sent
-    /// DUPLICATE-LOCK until it acknowledges.
-    fn install_reported_hold(
-        &mut self,
-        now: Duration,
-        term: u32,
-        node: NodeId,
-        held: HeldLock,
-        config: &Config,
-        out: &mut Outbox,
-    ) {
-        let reported = Grant { owner: Owner { node, client: held.client }, token: held.token, req: held.req };
-        if self.dups.contains_key(&(node, held.client, held.name.clone(), held.token)) {
-            // Declared lost, and the member has not confirmed yet: its report
-            // may predate the DUPLICATE-LOCK, which is repeated until the
-            // member drops the lock. Installed again, the grant would outlive
-            // that drop, and other clients would wait behind a holder that
-            // no longer exists until the member reports again.
-            return;
-        }
-        let Some(current) = self.table.holder(&held.name) else {
-            self.table.grant(&held.name, reported);
-            return;
-        };
-        if current == reported {
-            return;
-        }
-        let (keep, lose) =
-            if reported.token > current.token { (reported, current) } else { (current, reported) };
-        if keep != current {
-            self.table.replace_holder(&held.name, keep);
-        }
-        out.stats.duplicates_resolved += 1;
-        let dup = DuplicateLock {
-            term,
-            client: lose.owner.client,
-            name: held.name.clone(),
-            token: lose.token,
-            req: lose.req,
-        };
-        out.send(lose.owner.node, LockMsg::DuplicateLock(dup));
-        let resend = Resend { next: now + config.retransmit_initial, backoff: config.retransmit_initial };
-        self.dups.insert((lose.owner.node, lose.owner.client, held.name, lose.token), (lose.req, resend));
-    }
-
-    /// A member's answer that came after the round's deadline, or after it
-    /// was asked again: it replaces what the table knew of the member, its
-    /// holds are merged like the others (duplicates and all), and the issuer
-    /// moves above any term it reveals.
-    fn merge_late_report(
-        &mut self,
-        now: Duration,
-        term: u32,
-        node: NodeId,
-        report: Report,
-        config: &Config,
-        out: &mut Outbox,
-    ) {
-        self.issuer.raise_above(report.max_term);
-        self.sessions.insert(
-            node,
-            Session { sync: report.sync, stale_below: report.next_req, answers: BTreeMap::new() },
-        );
-        let forgotten = self.table.purge_node(node, None);
-        for held in report.held {
-            self.install_reported_hold(now, term, node, held, config, out);
-        }
-        let mut pending: Vec<(NodeId, LockReq)> = report.pending.into_iter().map(|r| (node, r)).collect();
-        sort_by_ticket(&mut pending);
-        for (node, req) in pending {
-            self.admit_lock(now, term, node, req, out);
-        }
-        for name in forgotten {
-            self.grant_next(now, term, &name, out);
-        }
-    }
-
-    /// A member left the view: it loses its locks and waits.
-    fn purge_node(&mut self, now: Duration, term: u32, node: NodeId, config: &Config, out: &mut Outbox) {
-        self.sessions.remove(&node);
-        self.dups.retain(|(n, ..), _| *n != node);
-        let delay = (!config.lock_delay.is_zero()).then(|| now + config.lock_delay);
-        for name in self.table.purge_node(node, delay) {
-            self.grant_next(now, term, &name, out);
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Duration, term: u32, config: &Config, out: &mut Outbox) {
-        match self.grace_until {
-            Some(grace) if grace <= now => {
-                self.grace_until = None;
-                self.grant_all_next(now, term, out);
-            }
-            Some(_) => return self.resend_duplicates(now, term, config, out),
-            None => {}
-        }
-        self.resend_duplicates(now, term, config, out);
-        if self.hold {
-            return;
-        }
-        for name in self.table.delays_over(now) {
-            if self.table.get(&name).is_some_and(|e| e.waiters().is_empty()) {
-                self.table.end_delay(&name);
-            } else {
-                self.grant_next(now, term, &name, out);
-            }
-        }
-    }
-
-    fn resend_duplicates(&mut self, now: Duration, term: u32, config: &Config, out: &mut Outbox) {
-        for ((node, client, name, token), (req, resend)) in self.dups.iter_mut() {
-            if resend.next <= now {
-                out.stats.retransmissions += 1;
-                let dup =
-                    DuplicateLock { term, client: *client, name: name.clone(), token: *token, req: *req };
-                out.send(*node, LockMsg::DuplicateLock(dup));
-                resend.backoff = (resend.backoff * 2).min(config.retransmit_max);
-                resend.next = now + resend.backoff;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -745,8 +629,16 @@ mod tests {
             next_req: ReqId(sync * 10),
             max_term: 0,
             sync,
+            stamp: 0,
             held: Vec::new(),
             pending: Vec::new(),
+        }
+    }
+
+    fn complete(added: Added) -> Option<Report> {
+        match added {
+            Added::Complete(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -755,8 +647,8 @@ mod tests {
         let config = Config::lan(1);
         // Asked again because the member answered a round with sync 6.
         let mut asm = Assembly::new(Duration::ZERO, &config, 6);
-        assert!(asm.add(part(5, 0, 1)).is_none(), "the old answer (sync 5) is dropped");
-        let report = asm.add(part(7, 0, 1)).expect("the new answer completes");
+        assert!(complete(asm.add(part(5, 0, 1), &config)).is_none(), "the old answer (sync 5) is dropped");
+        let report = complete(asm.add(part(7, 0, 1), &config)).expect("the new answer completes");
         assert_eq!((report.sync, report.next_req), (7, ReqId(70)));
     }
 
@@ -764,11 +656,47 @@ mod tests {
     fn parts_of_two_answers_are_never_mixed() {
         let config = Config::lan(1);
         let mut asm = Assembly::new(Duration::ZERO, &config, 0);
-        assert!(asm.add(part(3, 0, 2)).is_none());
+        assert!(complete(asm.add(part(3, 0, 2), &config)).is_none());
         // A newer answer starts over; a part of the older one is dropped.
-        assert!(asm.add(part(4, 1, 2)).is_none());
-        assert!(asm.add(part(3, 1, 2)).is_none(), "part 1 of the old answer does not complete the new");
-        let report = asm.add(part(4, 0, 2)).expect("both parts of the new answer");
+        assert!(complete(asm.add(part(4, 1, 2), &config)).is_none());
+        assert!(
+            complete(asm.add(part(3, 1, 2), &config)).is_none(),
+            "part 1 of the old answer does not complete the new"
+        );
+        let report = complete(asm.add(part(4, 0, 2), &config)).expect("both parts of the new answer");
         assert_eq!(report.sync, 4);
+    }
+
+    #[test]
+    fn an_answer_over_the_limits_is_refused_and_its_parts_dropped() {
+        let mut config = Config::lan(1);
+        config.max_report_bytes = 10 * ENTRY_OVERHEAD;
+        let mut asm = Assembly::new(Duration::ZERO, &config, 0);
+        let mut big = part(1, 0, 3);
+        big.held = (0..16)
+            .map(|i| HeldLock {
+                client: swimlock_wire::ClientId(i),
+                name: LockName::new(format!("n{i}")).unwrap(),
+                token: Token(i),
+                req: ReqId(i),
+            })
+            .collect();
+        assert!(matches!(asm.add(big, &config), Added::TooLarge));
+        assert_eq!((asm.entries, asm.bytes, asm.got.len()), (0, 0, 0), "nothing kept");
+        // More parts of the refused answer are dropped, not buffered.
+        assert!(matches!(asm.add(part(1, 1, 3), &config), Added::Incomplete));
+        assert!(asm.got.is_empty());
+        // A later answer is heard again.
+        assert!(complete(asm.add(part(2, 0, 1), &config)).is_some());
+    }
+
+    #[test]
+    fn a_repeated_part_is_counted_once() {
+        let config = Config::lan(1);
+        let mut asm = Assembly::new(Duration::ZERO, &config, 0);
+        assert!(complete(asm.add(part(1, 0, 2), &config)).is_none());
+        let bytes = asm.bytes;
+        assert!(complete(asm.add(part(1, 0, 2), &config)).is_none());
+        assert_eq!(asm.bytes, bytes);
     }
 }

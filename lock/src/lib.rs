@@ -24,12 +24,14 @@ mod client;
 mod config;
 mod coordinator;
 mod node;
+mod serving;
 mod table;
 mod token;
 
 pub use config::{Config, ConfigError, Mode};
 pub use node::{
-    Event, Failure, HeldInfo, LockNode, LossReason, Stats, TableStats, Transmit, UnlockError, View,
+    Alert, Event, Failure, HeldInfo, LockNode, LossReason, Stats, TableStats, Transmit, UnlockError, View,
+    Waiting,
 };
 pub use token::TokenIssuer;
 

@@ -1,7 +1,7 @@
 //! [`LockNode`]: the client and coordinator roles of one node behind one
 //! calling convention.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use swimlock_wire::lock::{CancelReq, LockMsg, LockReq, Redirect, UnlockReq, Wait};
@@ -9,7 +9,7 @@ use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
 use crate::client::ClientRole;
 use crate::config::{Config, Mode};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Takeover};
 use crate::token::TokenIssuer;
 
 /// A membership view as the lock machine needs it.
@@ -60,6 +60,8 @@ pub enum Event {
         token: Token,
         /// How many times the client now holds it.
         holds: u32,
+        /// The end of its lease on this node's clock (renewals move it).
+        safe_until: Duration,
     },
     /// A `lock` or `try_lock` did not succeed.
     Failed {
@@ -72,13 +74,15 @@ pub enum Event {
         /// Why.
         reason: Failure,
     },
-    /// This node, as coordinator, is about to grant under `term`. The
-    /// driver must make the term durable (see
+    /// The highest term this node knows rose to `term`: as coordinator it
+    /// is about to grant under it, or as a member it learned it (a round's
+    /// LOCK-INFO-REQ, a token). The driver must make the term durable (see
     /// [`LockNode::with_term_floor`]) before it sends the transmits or
-    /// delivers the events of the same batch, so that after a restart the
-    /// node never grants under a term it used before.
+    /// delivers the events of the same batch: then a coordinator grants
+    /// only under a term every member that answered its round has recorded,
+    /// and after a restart no node goes back below it.
     TermStarted {
-        /// The highest term this node may now grant under.
+        /// The highest term this node knows.
         term: u32,
     },
     /// A lock the client held is no longer its own.
@@ -91,6 +95,30 @@ pub enum Event {
         token: Token,
         /// Why.
         reason: LossReason,
+    },
+    /// Something the operator must look at (log it, count it, show it).
+    Alert(Alert),
+}
+
+/// A condition that needs the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alert {
+    /// A member reported a term more than [`Config::max_term_step`] above
+    /// what this coordinator knew: it grants nothing until the operator
+    /// accepts it ([`LockNode::accept_term`]).
+    TermJump {
+        /// The term reported.
+        term: u32,
+        /// The highest term the coordinator would have moved to by itself.
+        limit: u32,
+    },
+    /// Terms are used up: tokens cannot grow any more.
+    TermsExhausted,
+    /// A member's reconciliation answer was over the size limits and was
+    /// refused; its locks are unknown to the coordinator.
+    ReportTooLarge {
+        /// The member.
+        member: NodeId,
     },
 }
 
@@ -112,6 +140,9 @@ pub enum LossReason {
     Duplicate,
     /// Mode `majority`: this node's component lost its majority.
     QuorumLost,
+    /// The lease ran out before the coordinator renewed it (this node was
+    /// paused, or cut off from the coordinator).
+    LeaseExpired,
 }
 
 /// Why `unlock` was refused.
@@ -132,6 +163,19 @@ pub struct HeldInfo {
     pub token: Token,
     /// Hold count (re-entry).
     pub holds: u32,
+    /// The end of its lease on this node's clock.
+    pub safe_until: Duration,
+}
+
+/// A request waiting in the coordinator's queue for a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Who waits.
+    pub owner: Owner,
+    /// The request.
+    pub req: ReqId,
+    /// Its place in the queue.
+    pub ticket: Token,
 }
 
 /// Size of the coordinator's lock table.
@@ -170,6 +214,10 @@ pub struct Stats {
     pub lost: u64,
     /// Lock messages dropped as stale or not applicable.
     pub dropped: u64,
+    /// Grants that arrived after their lease had ended, not applied.
+    pub stale_grants: u64,
+    /// Reconciliation answers refused as too large.
+    pub reports_refused: u64,
 }
 
 /// What the roles produce while handling one input; drained by the
@@ -199,6 +247,15 @@ impl Outbox {
     }
 }
 
+/// A member this node saw leave its view.
+#[derive(Clone, Copy, Debug)]
+struct Departure {
+    /// When its view dropped the member.
+    at: Duration,
+    /// Whether it coordinated that view.
+    coordinated: bool,
+}
+
 /// The lock protocol of one node: client role for its applications,
 /// coordinator role while its view names it coordinator.
 ///
@@ -214,7 +271,14 @@ pub struct LockNode {
     coord: Option<Coordinator>,
     /// Highest term this node has announced with [`Event::TermStarted`]
     /// (or was started with).
-    issued_term: u32,
+    durable_term: u32,
+    /// The highest term the operator accepted past the step limit.
+    accepted_term: u32,
+    /// Members that left this node's view recently: a successor must not
+    /// grant what they may still hold under a lease nobody reports.
+    departed: BTreeMap<NodeId, Departure>,
+    /// The latest `now` seen.
+    now: Duration,
     out: Outbox,
 }
 
@@ -227,16 +291,22 @@ impl LockNode {
 
     /// A node that may have coordinated in an earlier life: `term_floor` is
     /// the last term it announced with [`Event::TermStarted`]. Its tokens
-    /// will all be above that term, so a restarted coordinator that finds
-    /// itself alone never repeats a token of its earlier life.
+    /// will all be above that term, and it reports the term in every
+    /// round, so a restarted node never takes any member below a term it
+    /// knew before.
     pub fn with_term_floor(me: NodeId, config: Config, term_floor: u32) -> LockNode {
+        let mut client = ClientRole::new(me, config.clone());
+        client.observe_term(term_floor);
         LockNode {
             me,
-            client: ClientRole::new(config.clone()),
+            client,
             config,
             view: None,
             coord: None,
-            issued_term: term_floor,
+            durable_term: term_floor,
+            accepted_term: 0,
+            departed: BTreeMap::new(),
+            now: Duration::ZERO,
             out: Outbox {
                 me,
                 transmits: VecDeque::new(),
@@ -252,13 +322,36 @@ impl LockNode {
         self.me
     }
 
+    /// Takes a new input at `now`: time only moves forward, and locks whose
+    /// lease ended are dropped before anything else happens (a node that
+    /// was paused must not act on a lock it no longer holds).
+    fn begin(&mut self, now: Duration) -> Duration {
+        self.now = self.now.max(now);
+        self.client.expire(self.now, &mut self.out);
+        self.now
+    }
+
+    /// Ends an input: messages to itself delivered, a higher term
+    /// announced for the driver to make durable.
+    fn end(&mut self) {
+        self.route(self.now);
+        let known = self.client.max_term().max(self.coord.as_ref().map_or(0, Coordinator::term));
+        if known > self.durable_term {
+            self.durable_term = known;
+            self.out.emit(Event::TermStarted { term: known });
+        }
+    }
+
     /// On reception of a view V: follow its coordinator; BecomeCoord if this
     /// node is the new coordinator or V is a merge view; CeaseCoord if it
     /// coordinated and no longer does.
     pub fn handle_view(&mut self, now: Duration, view: View) {
+        let now = self.begin(now);
         if view.merge {
             self.out.stats.merges += 1;
         }
+        let previous = self.view.as_ref().map(|v| v.members.clone()).unwrap_or_default();
+        self.note_departures(now, &previous, &view.members);
         let quorum = self.has_quorum(&view);
         let coordinate = view.coordinator() == Some(self.me) && quorum;
         match (&mut self.coord, coordinate) {
@@ -269,7 +362,19 @@ impl LockNode {
         }
         self.client.on_view(now, &view, quorum, &mut self.out);
         self.view = Some(view);
-        self.route(now);
+        self.end();
+    }
+
+    /// Remembers who left the view (and who came back), for as long as a
+    /// lease of theirs could matter.
+    fn note_departures(&mut self, now: Duration, previous: &[NodeId], members: &[NodeId]) {
+        for (i, node) in previous.iter().enumerate() {
+            if !members.contains(node) && *node != self.me {
+                self.departed.insert(*node, Departure { at: now, coordinated: i == 0 });
+            }
+        }
+        let keep = self.config.lock_delay.max(self.config.stretched(self.config.lease));
+        self.departed.retain(|node, d| !members.contains(node) && d.at + keep > now);
     }
 
     fn has_quorum(&self, view: &View) -> bool {
@@ -280,28 +385,41 @@ impl LockNode {
     }
 
     /// BecomeCoord: a fresh coordinator under a term above every term this
-    /// node knows; its reconciliation round starts now.
+    /// node knows; its reconciliation round starts now. Fresh grants wait
+    /// for the leases that members which left recently may still hold: the
+    /// lock-delay after each departure (the lease minus detection), nothing
+    /// for a departed coordinator, whose own clients' leases are shorter
+    /// than detection.
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
-        let term = TokenIssuer::next_term(self.client.max_term().max(self.issued_term));
-        let coord = Coordinator::become_coord(now, &view.members, term, &self.config, &mut self.out);
+        let own = self.config.stretched(self.config.own_lease).saturating_sub(self.config.detection_min);
+        let fresh_after = self
+            .departed
+            .values()
+            .map(|d| d.at + if d.coordinated { own } else { self.config.lock_delay })
+            .filter(|t| *t > now)
+            .max();
+        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term };
+        let term = TokenIssuer::next_term(self.client.max_term().max(self.durable_term));
+        let coord =
+            Coordinator::become_coord(now, &view.members, term, takeover, &self.config, &mut self.out);
         self.coord = Some(coord);
-        self.announce_term();
     }
 
     /// CeaseCoord: drop the lock table and the request queue. The terms it
     /// granted under stay known to this node's client role, which reports
     /// them in later rounds.
     fn cease_coord(&mut self) {
-        if self.coord.take().is_some() {
-            self.client.observe_term(self.issued_term);
+        if let Some(coord) = self.coord.take() {
+            self.client.observe_term(coord.term());
         }
     }
 
     /// A lock message from member `from`.
     pub fn handle_message(&mut self, now: Duration, from: NodeId, msg: LockMsg) {
+        let now = self.begin(now);
         self.dispatch(now, from, msg);
-        self.route(now);
+        self.end();
     }
 
     fn dispatch(&mut self, now: Duration, from: NodeId, msg: LockMsg) {
@@ -311,30 +429,20 @@ impl LockNode {
             (LockMsg::Unlock(req), Some(c)) => c.handle_unlock(now, from, req, out),
             (LockMsg::Cancel(req), Some(c)) => c.handle_cancel(now, from, req, out),
             (LockMsg::LockInfoRsp(rsp), Some(c)) => c.on_lock_info_rsp(now, from, rsp, out),
-            (LockMsg::DuplicateAck(dup), Some(c)) => c.on_duplicate_ack(from, dup),
+            (LockMsg::DuplicateAck(dup), Some(c)) => c.on_duplicate_ack(now, from, dup, out),
             (LockMsg::Hello(hello), Some(c)) => c.handle_hello(now, from, hello, out),
+            (LockMsg::Renew(renew), Some(c)) => c.handle_renew(now, from, renew, out),
             (
                 LockMsg::Lock(LockReq { id, .. })
                 | LockMsg::Unlock(UnlockReq { id, .. })
                 | LockMsg::Cancel(CancelReq { id, .. }),
                 None,
             ) => self.redirect(from, id),
-            (LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_) | LockMsg::Hello(_), None) => {
-                out.stats.dropped += 1
-            }
+            (
+                LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_) | LockMsg::Hello(_) | LockMsg::Renew(_),
+                None,
+            ) => out.stats.dropped += 1,
             (msg, _) => self.client.on_message(now, from, msg, out),
-        }
-        self.announce_term();
-    }
-
-    /// Emits [`Event::TermStarted`] when the coordinator moved to a higher
-    /// term (a new round, or the issuer moving on).
-    fn announce_term(&mut self) {
-        if let Some(term) = self.coord.as_ref().map(Coordinator::highest_term)
-            && term > self.issued_term
-        {
-            self.issued_term = term;
-            self.out.emit(Event::TermStarted { term });
         }
     }
 
@@ -358,46 +466,68 @@ impl LockNode {
         }
     }
 
-    /// Timers: retransmissions, deadlines, the end of a reconciliation round.
+    /// Timers: retransmissions, renewals, leases, deadlines, the end of a
+    /// reconciliation round.
     pub fn handle_timeout(&mut self, now: Duration) {
+        let now = self.begin(now);
         if let Some(c) = &mut self.coord {
             c.handle_timeout(now, &mut self.out);
         }
-        self.announce_term();
         self.client.handle_timeout(now, &mut self.out);
-        self.route(now);
+        self.end();
+    }
+
+    /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):
+    /// a coordinator halted on such a term starts a round above it.
+    pub fn accept_term(&mut self, now: Duration, term: u32) {
+        let now = self.begin(now);
+        self.accepted_term = self.accepted_term.max(term);
+        if let Some(c) = &mut self.coord {
+            c.accept_term(now, term, &mut self.out);
+        }
+        self.end();
+    }
+
+    /// Sets this node's token tag (unique in the cluster); a coordinator
+    /// uses it from its next round.
+    pub fn set_tag(&mut self, tag: u16) {
+        self.config.tag = tag;
     }
 
     /// `lock(name, timeout)`: wait up to `timeout` for the lock, behind
     /// earlier waiters. The outcome arrives as [`Event::Acquired`] or
     /// [`Event::Failed`] with the returned id.
     pub fn lock(&mut self, now: Duration, client: ClientId, name: LockName, timeout: Duration) -> ReqId {
+        let now = self.begin(now);
         let req = self.client.lock(now, client, name, Wait::Queue, now + timeout, &mut self.out);
-        self.route(now);
+        self.end();
         req
     }
 
     /// `try_lock(name)`: the lock now, or [`Failure::Busy`].
     pub fn try_lock(&mut self, now: Duration, client: ClientId, name: LockName) -> ReqId {
+        let now = self.begin(now);
         let deadline = now + self.config.try_lock_timeout;
         let req = self.client.lock(now, client, name, Wait::No, deadline, &mut self.out);
-        self.route(now);
+        self.end();
         req
     }
 
     /// `unlock(name)`: drops one hold; the last one releases the lock at the
     /// coordinator, retransmitted until confirmed. Does not wait.
     pub fn unlock(&mut self, now: Duration, client: ClientId, name: &LockName) -> Result<(), UnlockError> {
+        let now = self.begin(now);
         let result = self.client.unlock(now, client, name, &mut self.out);
-        self.route(now);
+        self.end();
         result
     }
 
     /// The client went away (its connection closed): release its locks and
     /// withdraw its requests.
     pub fn release_client(&mut self, now: Duration, client: ClientId) {
+        let now = self.begin(now);
         self.client.release_client(now, client, &mut self.out);
-        self.route(now);
+        self.end();
     }
 
     /// The next message to send. Call until `None` after every input.
@@ -415,7 +545,7 @@ impl LockNode {
     /// When [`LockNode::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let coord = self.coord.as_ref().and_then(Coordinator::poll_timeout);
+        let coord = self.coord.as_ref().and_then(|c| c.poll_timeout(self.now));
         coord.into_iter().chain(self.client.poll_timeout()).min()
     }
 
@@ -442,6 +572,28 @@ impl LockNode {
     /// The coordinator's current round term, if this node coordinates.
     pub fn round_term(&self) -> Option<u32> {
         self.coord.as_ref().map(Coordinator::term)
+    }
+
+    /// The term that halted this coordinator (see [`Alert::TermJump`]).
+    pub fn halted(&self) -> Option<u32> {
+        self.coord.as_ref().and_then(Coordinator::halted)
+    }
+
+    /// Every queue of the coordinator's table: name, then the waiters in
+    /// the order they will be granted (owner, request, ticket).
+    pub fn queues(&self) -> Vec<(LockName, Vec<Waiting>)> {
+        self.coord.as_ref().map(Coordinator::queues).unwrap_or_default()
+    }
+
+    /// Whether this node, as coordinator, may make new grants at `now`
+    /// (serving, no grace, no hold).
+    pub fn grants_open(&self, now: Duration) -> bool {
+        self.coord.as_ref().is_some_and(|c| c.grants_open(now))
+    }
+
+    /// The highest term this node has announced as durable.
+    pub fn durable_term(&self) -> u32 {
+        self.durable_term
     }
 
     /// Members whose reconciliation answer this coordinator still lacks.

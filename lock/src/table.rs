@@ -28,6 +28,9 @@ pub(crate) struct Waiter {
     /// Place in the queue; tickets come from the token issuer, so they grow
     /// with arrival time within a term and across terms.
     pub ticket: Token,
+    /// The stamp of the latest copy of the request: the grant echoes it,
+    /// so a request that waited long is not granted a lease already spent.
+    pub stamp: u64,
 }
 
 /// A [`Grant`] as the table stores it: the node is a [`NodeRef`] (4 bytes)
@@ -204,6 +207,11 @@ impl Entry {
 
     /// Starts (`Some`) or ends (`None`) the lock-delay.
     fn set_delay(&mut self, until: Option<Duration>) {
+        let until = match (until, self.delayed_until()) {
+            // Two reasons to wait: the later one counts.
+            (Some(new), Some(old)) if old > new && self.holder.is_none() => Some(old),
+            _ => until,
+        };
         if until.is_some() || self.rare.is_some() {
             self.rare.get_or_insert_default().delayed_until = until;
         }
@@ -306,6 +314,26 @@ impl LockTable {
             return true;
         }
         false
+    }
+
+    /// Records the stamp of the latest copy of waiting request `req`.
+    pub fn touch_waiter(&mut self, name: &LockName, owner: Owner, req: ReqId, stamp: u64) {
+        if let Some(rare) = self.locks.get_mut(name).and_then(|e| e.rare.as_mut()) {
+            for w in rare.waiters.iter_mut().filter(|w| w.owner == owner && w.req == req) {
+                w.stamp = w.stamp.max(stamp);
+            }
+        }
+    }
+
+    /// Grants nothing on `name` before `until` (a holder the table does not
+    /// list may still be inside its lease).
+    pub fn delay(&mut self, name: &LockName, until: Duration) {
+        let entry = self.locks.entry(name.clone()).or_default();
+        if entry.holder.is_none() {
+            entry.set_delay(Some(until));
+        }
+        track(&mut self.rare, name, Some(entry));
+        self.forget_if_idle(name);
     }
 
     /// Removes the waiting request `req` of `owner`; true if it was queued.
@@ -470,7 +498,7 @@ mod tests {
     fn waiters_are_kept_in_ticket_order_whatever_the_arrival_order() {
         let mut t = LockTable::default();
         for (o, ticket) in [(1, 30), (2, 10), (3, 20)] {
-            t.enqueue(&name(), Waiter { owner: owner(o), req: ReqId(o), ticket: Token(ticket) });
+            t.enqueue(&name(), Waiter { owner: owner(o), req: ReqId(o), ticket: Token(ticket), stamp: 0 });
         }
         let order: Vec<u64> = std::iter::from_fn(|| t.pop_grantable(&name(), Duration::ZERO))
             .map(|w| w.owner.client.0)
@@ -529,7 +557,7 @@ mod tests {
     fn purge_frees_the_nodes_locks_behind_the_lock_delay() {
         let mut t = LockTable::default();
         t.grant(&name(), Grant { owner: owner(1), token: Token(5), req: ReqId(1) });
-        t.enqueue(&name(), Waiter { owner: owner(2), req: ReqId(2), ticket: Token(6) });
+        t.enqueue(&name(), Waiter { owner: owner(2), req: ReqId(2), ticket: Token(6), stamp: 0 });
         let touched = t.purge_node(owner(1).node, Some(Duration::from_secs(1)));
         assert_eq!(touched, vec![name()]);
         assert_eq!(t.pop_grantable(&name(), Duration::from_millis(999)), None);
@@ -556,7 +584,7 @@ mod tests {
                     1 if t.holder(&n).is_some_and(|h| h.owner != owner(who))
                         && t.waiting(&n, owner(who)).is_none() =>
                     {
-                        t.enqueue(&n, Waiter { owner: owner(who), req: ReqId(ticket), ticket: Token(ticket) })
+                        t.enqueue(&n, Waiter { owner: owner(who), req: ReqId(ticket), ticket: Token(ticket), stamp: 0 })
                     }
                     2 => {
                         if let Some(h) = t.holder(&n) {

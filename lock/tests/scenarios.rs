@@ -85,7 +85,8 @@ impl Net {
         let mut net = Net::without_view(n, tune);
         let all: Vec<NodeId> = net.nodes.keys().copied().collect();
         net.install_view(&all, false);
-        net.advance(Duration::from_secs(1));
+        // Long enough for the lock-delay grace of majority mode.
+        net.advance(Duration::from_secs(2));
         assert!(net.node(id(1)).is_serving(), "setup: the oldest member serves");
         net
     }
@@ -336,7 +337,7 @@ impl Net {
     fn granted(&mut self, id: NodeId, req: ReqId, client: ClientId, lock: &str, holds: u32) -> Token {
         let events = self.events(id);
         match events.as_slice() {
-            [Event::Acquired { req: r, client: c, name: n, token, holds: h }]
+            [Event::Acquired { req: r, client: c, name: n, token, holds: h, .. }]
                 if *r == req && *c == client && *n == name(lock) && *h == holds =>
             {
                 *token
@@ -464,7 +465,9 @@ fn merge_resolves_a_duplicate_in_favour_of_the_higher_token() {
     net.partition(&[a, b], &[c, d]);
     net.install_view(&[a, b], false);
     net.install_view(&[c, d], false);
-    net.advance(ms(500));
+    // The new side grants once the leases the other side's members may
+    // still hold have run out (the lock-delay after their departure).
+    net.advance(ms(2_000));
     assert!(net.node(c).is_serving(), "the other side elected its own coordinator");
 
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
@@ -622,8 +625,11 @@ fn duplicated_and_reordered_datagrams_never_change_state() {
     assert!(net.events(b).is_empty());
 
     // A new round (merge view), then a LOCK-RSP of the old round shows up.
-    let stale =
-        vec![(a, b, LockMsg::LockRsp(LockRsp { id: r1, term: 1, outcome: LockOutcome::Granted(t1) }))];
+    let stale = vec![(
+        a,
+        b,
+        LockMsg::LockRsp(LockRsp { id: r1, term: 1, outcome: LockOutcome::Granted(t1), stamp: 0 }),
+    )];
     net.install_view(&[a, b, c], true);
     net.advance(ms(500));
     net.inject(stale);
@@ -634,37 +640,126 @@ fn duplicated_and_reordered_datagrams_never_change_state() {
 }
 
 /// DESIGN Lock semantics: a member that leaves the view loses its locks and
-/// the coordinator grants them to the next waiter.
+/// the coordinator grants them to the next waiter, once the lock-delay has
+/// passed and the departed holder's lease can have run out (it may only be
+/// paused, with its clients still at work).
 #[test]
 fn a_waiter_is_granted_when_the_holders_node_leaves() {
     let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let config = Config::lan(1);
     let mut net = Net::new(4, |_| {});
-    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(10));
     let tb = net.granted(b, rb, C1, "x", 1);
-    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
+    let crashed = net.now;
     net.crash(b);
     net.install_view(&[a, c, d], false);
+    net.advance(config.lock_delay - ms(1));
+    assert!(net.events(c).is_empty(), "not before the lock-delay");
+    // The lease b had when it was last heard of ends by then at the latest.
+    net.advance(crashed + config.stretched(config.lease) + ms(1) - net.now);
     let tc = net.granted(c, rc, C1, "x", 1);
     assert!(tc > tb);
     assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)]);
 }
 
-/// Same, with `lock_delay`: the freed lock is granted only once the delay
-/// has run out.
+/// Same, with a `lock_delay` above the lease bound: the freed lock is
+/// granted exactly when the delay has run out.
 #[test]
 fn with_a_lock_delay_the_waiter_is_granted_only_after_it() {
     let (a, b, c, d) = (id(1), id(2), id(3), id(4));
-    let mut net = Net::new(4, |cfg| cfg.lock_delay = ms(400));
-    let rb = net.lock(b, C1, "x", Duration::from_secs(5));
+    let mut net = Net::new(4, |cfg| cfg.lock_delay = Duration::from_secs(3));
+    let rb = net.lock(b, C1, "x", Duration::from_secs(10));
     net.granted(b, rb, C1, "x", 1);
-    let rc = net.lock(c, C1, "x", Duration::from_secs(5));
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
     net.crash(b);
     net.install_view(&[a, c, d], false);
-    net.advance(ms(399));
+    net.advance(ms(2_999));
     assert!(net.events(c).is_empty(), "not before the lock-delay");
     assert!(net.table(a).is_empty());
     net.advance(ms(1));
     net.granted(c, rc, C1, "x", 1);
+}
+
+/// Leases: a holder whose node cannot reach the coordinator keeps its lock
+/// until its lease ends and then drops it and is told; the coordinator,
+/// which saw the holder leave, grants the lock to the next waiter no
+/// earlier than that (invariant 1 with a lease, DESIGN "Restarts, pauses
+/// and stops").
+#[test]
+fn a_cut_off_holder_loses_its_lease_before_anyone_else_is_granted() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let rb = net.lock(b, C1, "x", Duration::from_secs(10));
+    let tb = net.granted(b, rb, C1, "x", 1);
+    let safe_until = net.node(b).held()[0].safe_until;
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
+    net.isolate(b);
+    net.install_view(&[a, c], false);
+    let mut lost_at = None;
+    let mut granted_at = None;
+    for _ in 0..400 {
+        net.advance(ms(10));
+        for e in net.events(b) {
+            assert_eq!(
+                e,
+                Event::Lost { client: C1, name: name("x"), token: tb, reason: LossReason::LeaseExpired }
+            );
+            lost_at = Some(net.now);
+        }
+        if !net.events(c).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+    }
+    let (lost_at, granted_at) = (lost_at.expect("b was told"), granted_at.expect("c was granted"));
+    assert!(lost_at <= safe_until + ms(10), "dropped when the lease ended ({lost_at:?}, {safe_until:?})");
+    assert!(granted_at > safe_until, "granted at {granted_at:?}, inside b's lease (until {safe_until:?})");
+    assert!(net.node(b).held().is_empty());
+    let _ = rc;
+}
+
+/// Leases: a grant that reaches its node after its lease ended (the node
+/// was paused with the answer queued) is not applied; the request is
+/// repeated and answered again with a fresh lease.
+#[test]
+fn a_grant_that_arrives_after_its_lease_is_not_applied() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    net.delay_next(|_, _, m| matches!(m, LockMsg::LockRsp(_)));
+    let r = net.lock(b, C1, "x", Duration::from_secs(10));
+    net.deliver_all();
+    assert!(net.events(b).is_empty());
+    // The answer comes 3 s late, past the 2 s lease it carried.
+    net.now += Duration::from_secs(3);
+    net.release_delayed();
+    net.deliver_all();
+    assert_eq!(net.node(b).stats().stale_grants, 1, "the stale grant was not applied");
+    // The one grant b applied is the repeat's answer, with a fresh lease.
+    let t = net.granted(b, r, C1, "x", 1);
+    let held = net.node(b).held();
+    assert_eq!(held[0].token, t);
+    assert!(held[0].safe_until > net.now + Duration::from_secs(1), "fresh lease: {held:?}");
+    assert_eq!(net.table(a), vec![(name("x"), owner(b, C1), t)], "one grant, the same token");
+}
+
+/// Leases are renewed while the coordinator answers: a lock held far longer
+/// than the lease is still held, with its deadline moving ahead.
+#[test]
+fn leases_are_renewed_while_the_coordinator_answers() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    let r = net.lock(b, C1, "x", Duration::from_secs(10));
+    let t = net.granted(b, r, C1, "x", 1);
+    net.advance(Duration::from_secs(10));
+    let held = net.node(b).held();
+    assert_eq!(held[0].token, t);
+    assert!(held[0].safe_until > net.now + Duration::from_secs(1), "renewed: {held:?}");
+    assert!(net.events(b).is_empty());
+    let r = net.lock(a, C1, "y", Duration::from_secs(10));
+    net.granted(a, r, C1, "y", 1);
+    net.advance(Duration::from_secs(10));
+    assert_eq!(net.node(a).held().len(), 1, "the coordinator's own client keeps its lock too");
 }
 
 /// "On reception of a timeout (client)": the request fails with `TimedOut`
@@ -756,6 +851,8 @@ fn majority_mode_minority_side_loses_its_locks() {
     net.advance(ms(500));
     assert!(net.node(c).is_serving(), "the majority side serves");
     let rd = net.lock(d, C1, "z", Duration::from_secs(5));
+    assert!(net.events(d).is_empty(), "nothing new within the lock-delay of the round");
+    net.advance(Config::lan(1).lock_delay);
     let tz = net.granted(d, rd, C1, "z", 1);
     assert!(tz > tb.max(ta));
 }
@@ -771,7 +868,9 @@ fn a_late_reconciliation_answer_is_merged_duplicates_and_all() {
     net.partition(&[a, b], &[c, d]);
     net.install_view(&[a, b], false);
     net.install_view(&[c, d], false);
-    net.advance(ms(500));
+    // The new side grants once the leases the other side's members may
+    // still hold have run out (the lock-delay after their departure).
+    net.advance(ms(2_000));
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
     let tb = net.granted(b, rb, C1, "x", 1);
     let rd = net.lock(d, C1, "x", Duration::from_secs(5));
@@ -962,7 +1061,9 @@ fn a_lost_duplicate_lock_is_repeated_until_acknowledged() {
     net.partition(&[a, b], &[c, d]);
     net.install_view(&[a, b], false);
     net.install_view(&[c, d], false);
-    net.advance(ms(500));
+    // The new side grants once the leases the other side's members may
+    // still hold have run out (the lock-delay after their departure).
+    net.advance(ms(2_000));
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
     let tb = net.granted(b, rb, C1, "x", 1);
     let rd = net.lock(d, C1, "x", Duration::from_secs(5));
@@ -1011,7 +1112,9 @@ fn two_groups_formed_apart_share_a_term_but_never_a_token() {
     net.partition(&[a, b], &[c, d]);
     net.install_view(&[a, b], false);
     net.install_view(&[c, d], false);
-    net.advance(ms(500));
+    // The new side grants once the leases the other side's members may
+    // still hold have run out (the lock-delay after their departure).
+    net.advance(ms(2_000));
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
     let tb = net.granted(b, rb, C1, "x", 1);
     let rd = net.lock(d, C1, "x", Duration::from_secs(5));
@@ -1046,7 +1149,7 @@ fn no_grant_while_reconciling_and_a_lost_lock_info_req_is_repeated() {
     net.drop_next(move |_, to, m| to == c && matches!(m, LockMsg::LockInfoReq(_)));
     net.drop_where(move |from, _, m| from == d && matches!(m, LockMsg::LockInfoRsp(_)));
     net.install_view(&[b, c, d], false);
-    let r = net.try_lock(c, C2, "y");
+    let r = net.lock(c, C2, "y", Duration::from_secs(5));
     for _ in 0..20 {
         net.advance(ms(10));
         if net.node(b).is_serving() {
@@ -1058,6 +1161,10 @@ fn no_grant_while_reconciling_and_a_lost_lock_info_req_is_repeated() {
     assert!(!net.node(b).awaiting().contains(&c), "c answered the repeated request");
     net.advance(ms(1000));
     assert!(net.node(b).is_serving());
+    // d never answers: nothing new is granted until a lease it may have had
+    // renewed before the round began has run out.
+    assert!(net.events(c).is_empty(), "no fresh grant while d may hold unknown locks");
+    net.advance(Config::lan(1).stretched(Config::lan(1).lease));
     let ty = net.granted(c, r, C2, "y", 1);
     assert!(ty > tc);
     assert_eq!(net.table(b), vec![(name("x"), owner(c, C1), tc), (name("y"), owner(c, C2), ty)]);

@@ -126,6 +126,8 @@ pub enum LostReason {
     Duplicate,
     /// Mode `majority`: this node's component lost its majority.
     QuorumLost,
+    /// The lease ran out before the coordinator renewed it.
+    LeaseExpired,
 }
 
 /// A member as `Status` shows it.

@@ -9,9 +9,8 @@
 //! The cluster id is little-endian. A gossip body is the membership layer's
 //! own bytes; a lock body is a postcard-encoded [`LockFrame`].
 
-use crate::Token;
 use crate::WireError;
-use crate::lock::{LockFrame, LockMsg};
+use crate::lock::LockFrame;
 
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"SWLK";
@@ -125,10 +124,9 @@ pub fn decode_lock(body: &[u8]) -> Result<LockFrame, WireError> {
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
     }
-    // A term no token can carry would wrap a coordinator's tokens around.
-    if frame.msgs.iter().filter_map(LockMsg::term).any(|t| t > Token::MAX_TERM) {
-        return Err(WireError::Malformed);
-    }
+    // A term no token can carry would wrap a coordinator's tokens around;
+    // a reconciliation answer larger than stated would make it hold more.
+    frame.validate()?;
     Ok(frame)
 }
 
@@ -152,8 +150,8 @@ pub fn lock_frame_len(frame: &LockFrame) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeId;
     use crate::lock::{LockInfoReq, LockMsg};
+    use crate::{NodeId, Token};
 
     fn frame_with_term(term: u32) -> Vec<u8> {
         let node = NodeId { epoch: 1, addr: "127.0.0.1:1".parse().unwrap() };

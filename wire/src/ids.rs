@@ -54,7 +54,9 @@ pub struct ReqId(pub u64);
 
 /// A fencing token, or a waiting ticket in the same format.
 ///
-/// One totally ordered `u64`, laid out as `term:24 | tag:16 | seq:24`:
+/// One totally ordered `u64`, laid out as `0:1 | term:23 | tag:16 | seq:24`.
+/// The top bit is always 0, so a token also fits a signed 64-bit integer
+/// (RESP integers, Java's `long`) with the same order:
 /// - `term` is the coordinator term; every new coordinator takes a term
 ///   above every term it learned in reconciliation, so tokens keep growing
 ///   across failovers and merges;
@@ -72,8 +74,10 @@ impl Token {
     pub const SEQ_BITS: u32 = 24;
     /// Bits of the tag part.
     pub const TAG_BITS: u32 = 16;
+    /// Bits of the term part.
+    pub const TERM_BITS: u32 = 23;
     /// Largest term a token can carry.
-    pub const MAX_TERM: u32 = (1 << 24) - 1;
+    pub const MAX_TERM: u32 = (1 << Self::TERM_BITS) - 1;
     /// Largest sequence number within one term.
     pub const MAX_SEQ: u32 = (1 << Self::SEQ_BITS) - 1;
 
@@ -152,6 +156,13 @@ mod tests {
         assert_eq!((t.term(), t.tag(), t.seq()), (7, 0xBEEF, 12345));
         assert!(Token::new(8, 0, 0) > Token::new(7, u16::MAX, Token::MAX_SEQ));
         assert!(Token::new(7, 2, 0) > Token::new(7, 1, Token::MAX_SEQ));
+    }
+
+    #[test]
+    fn the_largest_token_fits_an_i64() {
+        let max = Token::new(Token::MAX_TERM, u16::MAX, Token::MAX_SEQ);
+        assert!(i64::try_from(max.0).is_ok());
+        assert_eq!(max.term(), Token::MAX_TERM);
     }
 
     #[test]

@@ -2,6 +2,14 @@
 //! redirection and reconciliation need besides.
 //!
 //! Several messages to one peer travel together in one [`LockFrame`].
+//!
+//! # Leases
+//! A held lock is valid on its holder's node until a deadline on that
+//! node's own clock: the *stamp* of the node's message that the grant or
+//! the latest renewal answers, plus the lease. Requests, renewals and
+//! reconciliation answers carry the sender's stamp (microseconds of its
+//! monotonic clock); the coordinator echoes it unchanged, so no two clocks
+//! are ever compared.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +57,29 @@ pub enum LockMsg {
     Hello(Hello),
     /// The coordinator's copy of the member's locks is current.
     HelloAck(HelloAck),
+    /// A member renews the leases of every lock its clients hold.
+    Renew(Renew),
+    /// The coordinator renewed them: leases run from the echoed stamp.
+    RenewAck(RenewAck),
+}
+
+impl LockFrame {
+    /// Checks what postcard cannot: terms a token can carry, and the size
+    /// of reconciliation answers.
+    pub fn validate(&self) -> Result<(), crate::WireError> {
+        for msg in &self.msgs {
+            if msg.term().is_some_and(|t| t > crate::Token::MAX_TERM) {
+                return Err(crate::WireError::Malformed);
+            }
+            if let LockMsg::LockInfoRsp(r) = msg {
+                let entries = r.held.len() + r.pending.len();
+                if entries > MAX_ENTRIES_PER_PART || r.parts > MAX_PARTS || r.part >= r.parts {
+                    return Err(crate::WireError::Malformed);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl LockMsg {
@@ -61,7 +92,9 @@ impl LockMsg {
             LockMsg::LockInfoRsp(m) => Some(m.term.max(m.max_term)),
             LockMsg::DuplicateLock(m) | LockMsg::DuplicateAck(m) => Some(m.term),
             LockMsg::HelloAck(m) => Some(m.term),
-            LockMsg::Lock(_)
+            LockMsg::RenewAck(m) => Some(m.term),
+            LockMsg::Renew(_)
+            | LockMsg::Lock(_)
             | LockMsg::Unlock(_)
             | LockMsg::Cancel(_)
             | LockMsg::Redirect(_)
@@ -80,6 +113,26 @@ pub struct Hello {
 /// See [`LockMsg::HelloAck`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloAck {
+    /// The coordinator's round.
+    pub term: u32,
+}
+
+/// See [`LockMsg::Renew`]. One message covers every lock of the node; a
+/// node that holds nothing sends none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renew {
+    /// The sender's clock when it sent this copy.
+    pub stamp: u64,
+    /// How many reconciliation rounds the node has answered (see
+    /// [`LockReq::sync`]).
+    pub sync: u64,
+}
+
+/// See [`LockMsg::RenewAck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewAck {
+    /// The stamp of the renewal (or reconciliation answer) acknowledged.
+    pub stamp: u64,
     /// The coordinator's round.
     pub term: u32,
 }
@@ -116,6 +169,9 @@ pub struct LockReq {
     /// than queued lock requests, has been answered: the coordinator may
     /// forget its answers to them and treat them as stale.
     pub floor: ReqId,
+    /// The sender's clock when it sent this copy; a grant echoes the stamp
+    /// of the latest copy the coordinator received.
+    pub stamp: u64,
 }
 
 /// A request to release a lock.
@@ -166,6 +222,9 @@ pub struct LockRsp {
     pub term: u32,
     /// What happened.
     pub outcome: LockOutcome,
+    /// The stamp of the request copy this answers; a grant's lease runs
+    /// from it.
+    pub stamp: u64,
 }
 
 /// What the coordinator did with a lock request.
@@ -220,6 +279,13 @@ pub struct LockInfoReq {
     pub have: Vec<u16>,
 }
 
+/// Most entries (held locks plus pending requests) one [`LockInfoRsp`]
+/// part may carry; members send at most 32.
+pub const MAX_ENTRIES_PER_PART: usize = 64;
+/// Most parts one answer may have: enough for 1,048,576 entries at 32 per
+/// part, the table size swimlock is built for.
+pub const MAX_PARTS: u16 = 32_768;
+
 /// One part of a member's answer to a [`LockInfoReq`].
 ///
 /// A member with many locks answers in several parts, each small enough
@@ -239,6 +305,9 @@ pub struct LockInfoRsp {
     pub max_term: u32,
     /// How many rounds the member has answered, this one included.
     pub sync: u64,
+    /// The member's clock when it made this answer: once the coordinator
+    /// has installed it, the leases of the locks listed run from it.
+    pub stamp: u64,
     /// Locks the member's clients hold.
     pub held: Vec<HeldLock>,
     /// Lock requests of the member's clients still waiting for an answer.

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use swimlock_wire::frame::{HEADER_LEN, MAGIC, VERSION, decode_lock, encode_lock, split_frame};
 use swimlock_wire::lock::{
     CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockFrame, LockInfoReq, LockInfoRsp,
-    LockMsg, LockOutcome, LockReq, LockRsp, Redirect, UnlockReq, UnlockRsp, Wait,
+    LockMsg, LockOutcome, LockReq, LockRsp, MAX_PARTS, Redirect, Renew, RenewAck, UnlockReq, UnlockRsp, Wait,
 };
 use swimlock_wire::{ClientId, ClusterId, Kind, LockName, MAX_DATAGRAM, NodeId, ReqId, Token, WireError};
 
@@ -75,8 +75,11 @@ fn wait() -> impl Strategy<Value = Wait> {
 }
 
 fn lock_req() -> impl Strategy<Value = LockReq> {
-    (req_id(), any::<u64>(), client_id(), lock_name(), wait(), proptest::option::of(token()), req_id())
-        .prop_map(|(id, sync, client, name, wait, ticket, floor)| LockReq {
+    (
+        (req_id(), any::<u64>(), client_id(), lock_name()),
+        (wait(), proptest::option::of(token()), req_id(), any::<u64>()),
+    )
+        .prop_map(|((id, sync, client, name), (wait, ticket, floor, stamp))| LockReq {
             id,
             sync,
             client,
@@ -84,6 +87,7 @@ fn lock_req() -> impl Strategy<Value = LockReq> {
             wait,
             ticket,
             floor,
+            stamp,
         })
 }
 
@@ -119,22 +123,20 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         (req_id(), any::<u64>(), client_id(), lock_name(), req_id()).prop_map(
             |(id, sync, client, name, target)| LockMsg::Cancel(CancelReq { id, sync, client, name, target })
         ),
-        (req_id(), term(), outcome()).prop_map(|(id, term, outcome)| LockMsg::LockRsp(LockRsp {
-            id,
-            term,
-            outcome
-        })),
+        (req_id(), term(), outcome(), any::<u64>())
+            .prop_map(|(id, term, outcome, stamp)| LockMsg::LockRsp(LockRsp { id, term, outcome, stamp })),
         (req_id(), term()).prop_map(|(id, term)| LockMsg::UnlockRsp(UnlockRsp { id, term })),
         (req_id(), proptest::option::of(node_id()))
             .prop_map(|(id, coordinator)| LockMsg::Redirect(Redirect { id, coordinator })),
         (term(), vec(any::<u16>(), 0..8))
             .prop_map(|(term, have)| LockMsg::LockInfoReq(LockInfoReq { term, have })),
         (
-            (term(), any::<u16>(), any::<u16>(), req_id(), term(), any::<u64>()),
+            (term(), (1..=MAX_PARTS).prop_flat_map(|parts| (0..parts, Just(parts))), req_id(), term()),
+            (any::<u64>(), any::<u64>()),
             vec(held_lock(), 0..4),
             vec(lock_req(), 0..4),
         )
-            .prop_map(|((term, part, parts, next_req, max_term, sync), held, pending)| {
+            .prop_map(|((term, (part, parts), next_req, max_term), (sync, stamp), held, pending)| {
                 LockMsg::LockInfoRsp(LockInfoRsp {
                     term,
                     part,
@@ -142,6 +144,7 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
                     next_req,
                     max_term,
                     sync,
+                    stamp,
                     held,
                     pending,
                 })
@@ -150,6 +153,8 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         duplicate().prop_map(LockMsg::DuplicateAck),
         any::<u64>().prop_map(|sync| LockMsg::Hello(Hello { sync })),
         term().prop_map(|term| LockMsg::HelloAck(HelloAck { term })),
+        (any::<u64>(), any::<u64>()).prop_map(|(stamp, sync)| LockMsg::Renew(Renew { stamp, sync })),
+        (any::<u64>(), term()).prop_map(|(stamp, term)| LockMsg::RenewAck(RenewAck { stamp, term })),
     ]
 }
 
@@ -300,6 +305,7 @@ fn a_length_prefix_bomb_is_malformed_without_allocating() {
         next_req: ReqId(1),
         max_term: 1,
         sync: 1,
+        stamp: 1,
         held: Vec::new(),
         pending: Vec::new(),
     };

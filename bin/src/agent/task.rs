@@ -362,7 +362,7 @@ impl NodeTask {
     fn on_event(&mut self, event: NodeEvent) {
         match event {
             NodeEvent::View { view, merge } => self.on_view(&view, merge),
-            NodeEvent::Lock(Event::Acquired { req, client, name, token, holds }) => {
+            NodeEvent::Lock(Event::Acquired { req, client, name, token, holds, .. }) => {
                 debug!(client = client.0, lock = %name, %token, holds, "lock acquired");
                 if let Some(op) = self.ops.remove(&req) {
                     self.metrics.record_acquire_latency(op.started.elapsed());
@@ -383,7 +383,8 @@ impl NodeTask {
             NodeEvent::Lock(Event::Lost { client, name, token, reason }) => {
                 self.on_lost(client, name, token, reason)
             }
-            NodeEvent::Lock(Event::TermStarted { term }) => info!(term, "coordinator term started"),
+            NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
+            NodeEvent::Lock(Event::Alert(alert)) => on_alert(alert),
         }
     }
 
@@ -392,6 +393,7 @@ impl NodeTask {
         let reason = match reason {
             LossReason::Duplicate => LostReason::Duplicate,
             LossReason::QuorumLost => LostReason::QuorumLost,
+            LossReason::LeaseExpired => LostReason::LeaseExpired,
         };
         if let Some(session) = self.sessions.get(&client) {
             session.send(ServerMessage::Lost { name, token, reason });
@@ -447,6 +449,25 @@ impl NodeTask {
                 .collect(),
             table,
         }
+    }
+}
+
+/// Logs a condition the operator must look at.
+fn on_alert(alert: swimlock_lock::Alert) {
+    match alert {
+        swimlock_lock::Alert::TermJump { term, limit } => error!(
+            term,
+            limit,
+            "a member reported a coordinator term far above any this cluster reached; granting stopped \
+             until an operator accepts it (a bug, a stale state directory or a forgery)"
+        ),
+        swimlock_lock::Alert::TermsExhausted => {
+            error!("coordinator terms are used up: tokens cannot grow any more; granting stopped")
+        }
+        swimlock_lock::Alert::ReportTooLarge { member } => warn!(
+            %member,
+            "a member's reconciliation answer is over the size limits and was refused; its locks are unknown"
+        ),
     }
 }
 

@@ -23,6 +23,7 @@ pub fn lock_request_len() -> usize {
         wait: Wait::Queue,
         ticket: None,
         floor: ReqId(999_999),
+        stamp: 1_700_000_000_000,
     };
     let frame = LockFrame { from: node(7001), to: node(7002), msgs: vec![LockMsg::Lock(req)] };
     encode_lock(&frame, ClusterId::from_name(crate::agent::DEFAULT_CLUSTER)).map_or(64, |d| d.len())

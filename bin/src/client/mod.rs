@@ -89,6 +89,9 @@ pub enum LostCause {
     /// The connection to the node closed, so the lock is (or soon will be)
     /// released.
     ConnectionClosed,
+    /// The lease ran out before the coordinator renewed it (the node was
+    /// paused, or cut off from the coordinator).
+    LeaseExpired,
 }
 
 /// A lock that is no longer held.
@@ -108,6 +111,7 @@ impl fmt::Display for Lost {
             LostCause::Duplicate => "held twice after a partition healed; the other holder kept it",
             LostCause::QuorumLost => "this node's side of the cluster lost its majority",
             LostCause::ConnectionClosed => "the connection to the agent closed",
+            LostCause::LeaseExpired => "its lease ran out before the coordinator renewed it",
         };
         write!(f, "lock {} (token {}) lost: {why}", self.name, self.token)
     }
@@ -361,6 +365,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
             let cause = match reason {
                 proto::LostReason::Duplicate => LostCause::Duplicate,
                 proto::LostReason::QuorumLost => LostCause::QuorumLost,
+                proto::LostReason::LeaseExpired => LostCause::LeaseExpired,
             };
             if let Some(tx) = shared.lost.remove(&name) {
                 let _ = tx.send(Some(Lost { name, token, cause }));

@@ -18,7 +18,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(invariant: u8, name: Option<&LockName>, what: String) -> Violation {
+    pub(crate) fn new(invariant: u8, name: Option<&LockName>, what: String) -> Violation {
         Violation { invariant, what, name: name.cloned() }
     }
 }

@@ -8,6 +8,7 @@
 
 mod check;
 pub mod cluster;
+mod ledger;
 mod net;
 mod world;
 
@@ -72,6 +73,12 @@ pub struct Summary {
     pub merges: u64,
     /// Duplicates resolved.
     pub duplicates: u64,
+    /// Hosts paused.
+    pub pauses: u64,
+    /// Hosts restarted.
+    pub restarts: u64,
+    /// Holders of one lock on two sides of a partition (available mode).
+    pub split_holds: u64,
     /// Runs with a broken invariant.
     pub failures: Vec<Outcome>,
 }
@@ -84,6 +91,9 @@ impl Summary {
         self.failovers += o.failovers;
         self.merges += o.merges;
         self.duplicates += o.duplicates;
+        self.pauses += o.pauses;
+        self.restarts += o.restarts;
+        self.split_holds += o.split_holds;
         if o.violation.is_some() {
             self.failures.push(o);
         }
@@ -92,13 +102,16 @@ impl Summary {
     /// The one-line summary `swimlock sim` prints.
     pub fn line(&self) -> String {
         format!(
-            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} violations {}",
+            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} pauses {} split holds {} violations {}",
             self.seeds,
             self.steps,
             self.grants,
             self.failovers,
             self.merges,
             self.duplicates,
+            self.restarts,
+            self.pauses,
+            self.split_holds,
             self.failures.len()
         )
     }

@@ -21,6 +21,7 @@ use swimlock_wire::{ClientId, ClusterId, LockName, NodeId, Owner};
 use crate::node::{Node, NodeConfig, NodeEvent};
 
 use super::check::{Checker, Violation, check_exclusive, check_settled_component};
+use super::ledger::{Ledger, Network};
 use super::net::{Faults, Partition, Queue, delivery_times};
 
 /// Settings of one run.
@@ -82,6 +83,13 @@ pub struct Outcome {
     pub merges: u64,
     /// Duplicates resolved by coordinators.
     pub duplicates: u64,
+    /// Hosts paused (stopped, then resumed with their input queued).
+    pub pauses: u64,
+    /// Hosts restarted.
+    pub restarts: u64,
+    /// Two holders of one lock on two sides of a partition (allowed in
+    /// `available` mode only).
+    pub split_holds: u64,
     /// The first broken invariant, with the time it was seen.
     pub violation: Option<(Duration, Violation)>,
     /// Hash of the whole schedule: one seed, one hash.
@@ -99,6 +107,12 @@ const LONG_WAIT: Duration = Duration::from_secs(60);
 const MAX_STEPS: u64 = 2_000_000;
 /// Longest time from a topology change to a host's new view.
 const MAX_DETECT_MS: u64 = 1_200;
+/// Shortest time from a topology change to a host's new view: SWIM needs
+/// the suspicion timeout plus the view settle time (`Config::detection_min`
+/// of the lock machine relies on it).
+const MIN_DETECT_MS: u64 = 600;
+/// Longest pause of a host (SIGSTOP to SIGCONT).
+const MAX_PAUSE_MS: u64 = 5_000;
 
 #[derive(Clone, Debug)]
 enum Ev {
@@ -120,10 +134,17 @@ enum Ev {
     Boot {
         host: usize,
     },
+    /// Installs the host's view as the topology is now, unless the
+    /// topology changed since it was scheduled (`generation`).
     InstallView {
         host: usize,
+        generation: u64,
     },
     Workload {
+        host: usize,
+    },
+    /// A paused host continues: its queued input is handled at once.
+    Resume {
         host: usize,
     },
     Fault,
@@ -202,6 +223,9 @@ struct Host {
     /// The host's durable state: the last term announced by
     /// `Event::TermStarted`, which survives a crash.
     persisted_term: u32,
+    /// While paused: the input that reached the host, handled when it
+    /// resumes (its clock then jumps).
+    paused: Option<Vec<Ev>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +246,15 @@ pub struct World {
     faults: Faults,
     phase: Phase,
     checker: Checker,
+    ledger: Ledger,
+    /// Every partition in force and since when, for the ledger.
+    partitions: Vec<(Duration, Partition)>,
+    /// Counts topology changes: a view scheduled before the latest one is
+    /// dropped, so no view shows a change sooner than detection allows.
+    generation: u64,
+    /// Clients that let go of locks in the step being handled (`None`:
+    /// all of the client's locks).
+    let_go: Vec<(usize, ClientId, Option<LockName>)>,
     names: Vec<LockName>,
     outcome: Outcome,
     takeovers: u64,
@@ -244,6 +277,10 @@ impl World {
             now: Duration::ZERO,
             phase: Phase::Faults,
             checker: Checker::default(),
+            ledger: Ledger::default(),
+            partitions: vec![(Duration::ZERO, Partition::healed(cfg.nodes))],
+            generation: 0,
+            let_go: Vec::new(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
             takeovers: 0,
             faults,
@@ -309,6 +346,7 @@ impl World {
             dropped_by_others: false,
             started_at: self.now,
             was_coordinator: false,
+            paused: None,
         }
     }
 
@@ -346,6 +384,7 @@ impl World {
             }
             let done = matches!(ev, Ev::End);
             let drain = matches!(ev, Ev::Drain);
+            self.let_go.clear();
             let touched = self.step(ev);
             let checks = self
                 .check_after(touched)
@@ -362,6 +401,7 @@ impl World {
             }
         }
         self.outcome.grants = self.checker.grants;
+        self.outcome.split_holds = self.ledger.allowed_overlaps;
         self.outcome.failovers = self.takeovers;
         for host in &self.hosts {
             if let Some(node) = host.node.as_ref().map(Engine::lock) {
@@ -374,6 +414,17 @@ impl World {
 
     /// Handles one event; returns the host it touched, if any.
     fn step(&mut self, ev: Ev) -> Option<usize> {
+        let target = match &ev {
+            Ev::Deliver { host, .. }
+            | Ev::Datagram { host, .. }
+            | Ev::Timer { host }
+            | Ev::InstallView { host, .. } => Some(*host),
+            _ => None,
+        };
+        if let Some(inbox) = target.and_then(|h| self.hosts[h].paused.as_mut()) {
+            inbox.push(ev);
+            return None;
+        }
         match ev {
             Ev::Deliver { host, from, to, msg } => {
                 self.mix(&[1, host as u64, self.now.as_nanos() as u64]);
@@ -408,19 +459,31 @@ impl World {
                 Some(host)
             }
             Ev::Boot { host } => self.hosts[host].node.as_ref().map(|_| host),
-            Ev::InstallView { host } => {
+            Ev::InstallView { host, generation } => {
                 self.mix(&[3, host as u64]);
-                self.install_view(host)
+                if generation == self.generation { self.install_view(host) } else { None }
             }
             Ev::Workload { host } => {
                 self.mix(&[4, host as u64]);
                 if self.phase == Phase::Faults {
                     let next = self.now + self.workload_gap();
                     self.queue.push(next, Ev::Workload { host });
-                    self.workload(host)
+                    // A paused application does nothing.
+                    if self.hosts[host].paused.is_some() { None } else { self.workload(host) }
                 } else {
                     None
                 }
+            }
+            Ev::Resume { host } => {
+                self.mix(&[8, host as u64]);
+                let inbox = self.hosts[host].paused.take()?;
+                self.trace(|| format!("resume h{host} ({} inputs queued)", inbox.len()));
+                for ev in inbox {
+                    self.queue.push(self.now, ev);
+                }
+                self.hosts[host].armed = Some(self.now);
+                self.queue.push(self.now, Ev::Timer { host });
+                None
             }
             Ev::Fault => {
                 self.mix(&[5]);
@@ -435,8 +498,11 @@ impl World {
                 self.trace(|| "settle: heal, restart, no loss".to_string());
                 self.phase = Phase::Settle;
                 self.faults = Faults::NONE;
-                self.partition = Partition::healed(self.cfg.nodes);
+                self.set_partition(Partition::healed(self.cfg.nodes));
                 for host in 0..self.cfg.nodes {
+                    if self.hosts[host].paused.is_some() {
+                        self.queue.push(self.now, Ev::Resume { host });
+                    }
                     if self.hosts[host].node.is_none() {
                         self.hosts[host] = self.fresh_host(host);
                         self.queue.push(self.now, Ev::Boot { host });
@@ -497,14 +563,15 @@ impl World {
     }
 
     fn schedule_view(&mut self, host: usize) {
-        let delay = Duration::from_millis(self.rng.random_range(20..MAX_DETECT_MS));
-        self.queue.push(self.now + delay, Ev::InstallView { host });
+        let delay = Duration::from_millis(self.rng.random_range(MIN_DETECT_MS..MAX_DETECT_MS));
+        self.queue.push(self.now + delay, Ev::InstallView { host, generation: self.generation });
     }
 
     fn topology_changed(&mut self) {
         if self.cfg.gossip {
             return; // membership finds out by itself
         }
+        self.generation += 1;
         for host in 0..self.cfg.nodes {
             if self.hosts[host].node.is_some() {
                 self.schedule_view(host);
@@ -517,26 +584,41 @@ impl World {
         let dead: Vec<usize> = (0..self.cfg.nodes).filter(|&h| self.hosts[h].node.is_none()).collect();
         let roll = self.rng.random_range(0..100);
         match roll {
-            0..35 if self.cfg.nodes > 1 => {
-                self.partition = if self.partition.is_healed() {
+            0..30 if self.cfg.nodes > 1 => {
+                let next = if self.partition.is_healed() {
                     Partition::split(&mut self.rng, self.cfg.nodes)
                 } else {
                     Partition::healed(self.cfg.nodes)
                 };
+                self.set_partition(next);
                 let sides = self.partition.sides();
                 self.trace(|| format!("partition {sides:?}"));
                 self.topology_changed();
             }
-            35..60 if alive.len() > 1 => {
+            30..50 if alive.len() > 1 => {
                 let host = alive[self.rng.random_range(0..alive.len())];
                 self.crash(host);
             }
-            60..85 if !dead.is_empty() => {
+            50..70 if !dead.is_empty() => {
                 let host = dead[self.rng.random_range(0..dead.len())];
                 self.hosts[host] = self.fresh_host(host);
+                self.outcome.restarts += 1;
                 self.queue.push(self.now, Ev::Boot { host });
                 self.trace(|| format!("restart h{host}"));
                 self.topology_changed();
+            }
+            70..85 => {
+                let running: Vec<usize> =
+                    alive.iter().copied().filter(|&h| self.hosts[h].paused.is_none()).collect();
+                if running.is_empty() {
+                    return;
+                }
+                let host = running[self.rng.random_range(0..running.len())];
+                let pause = Duration::from_millis(self.rng.random_range(50..=MAX_PAUSE_MS));
+                self.hosts[host].paused = Some(Vec::new());
+                self.outcome.pauses += 1;
+                self.queue.push(self.now + pause, Ev::Resume { host });
+                self.trace(|| format!("pause h{host} for {pause:?}"));
             }
             _ => {
                 self.faults = Faults::draw(&mut self.rng);
@@ -554,7 +636,9 @@ impl World {
             self.outcome.duplicates += node.stats().duplicates_resolved;
         }
         self.hosts[host].armed = None;
+        self.hosts[host].paused = None;
         self.checker.crashed(id);
+        self.ledger.crashed(host);
         self.topology_changed();
     }
 
@@ -575,6 +659,7 @@ impl World {
             0..45 if !held.is_empty() => {
                 let name = held[(roll as usize) % held.len()].clone();
                 node.unlock(now, client, &name);
+                self.let_go.push((host, client, Some(name.clone())));
                 format!("unlock {name}")
             }
             45..52 if !held.is_empty() => {
@@ -584,6 +669,7 @@ impl World {
             }
             52..54 => {
                 node.release_client(now, client);
+                self.let_go.push((host, client, None));
                 "disconnect".to_string()
             }
             54..75 => {
@@ -604,10 +690,6 @@ impl World {
         if let Some(host) = touched {
             self.drain(host)?;
         }
-        let live = self.lock_nodes();
-        if let Mode::Majority { .. } = self.cfg.mode {
-            check_exclusive(&live)?;
-        }
         for side in self.partition.sides() {
             self.check_component(&side)?;
         }
@@ -617,8 +699,13 @@ impl World {
     /// Invariant 1 on a component whose members all installed the same
     /// view and whose coordinator reconciled with all of them.
     fn check_component(&self, side: &[usize]) -> Result<(), Violation> {
-        let nodes: Vec<&LockNode> =
-            side.iter().filter_map(|&h| self.hosts[h].node.as_ref()).map(Engine::lock).collect();
+        // A paused host takes no part: its state is as old as its pause.
+        let nodes: Vec<&LockNode> = side
+            .iter()
+            .filter(|&&h| self.hosts[h].paused.is_none())
+            .filter_map(|&h| self.hosts[h].node.as_ref())
+            .map(Engine::lock)
+            .collect();
         let Some(first) = nodes.first() else { return Ok(()) };
         let Some(view) = first.view() else { return Ok(()) };
         let mut ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
@@ -692,13 +779,60 @@ impl World {
         // The coordinator's table first: a round's snapshot must not see the
         // grants this very step delivered.
         self.checker.observe_coordinator(self.hosts[host].node.as_ref().expect("alive").lock())?;
+        // Holds that ended in this step first, then the grants it made.
+        let lost: Vec<(ClientId, LockName)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Lost { client, name, .. } => Some((*client, name.clone())),
+                _ => None,
+            })
+            .collect();
+        let held: Vec<_> = {
+            let node = self.hosts[host].node.as_ref().expect("alive").lock();
+            node.held()
+                .into_iter()
+                .map(|h| (h.client, h.name.clone(), h.token, lease_of(node, h.client, &h.name)))
+                .collect()
+        };
+        let let_go = &self.let_go;
+        let ended = |client: ClientId, name: &LockName| {
+            lost.iter().any(|(c, n)| *c == client && n == name)
+                || let_go
+                    .iter()
+                    .any(|(h, c, n)| *h == host && *c == client && n.as_ref().is_none_or(|n| n == name))
+        };
+        let coordinator = {
+            let node = self.hosts[host].node.as_ref().expect("alive").lock();
+            node.coordinator().and_then(|c| self.hosts.iter().position(|h| h.id == c))
+        };
+        self.ledger.sync_host(self.now, host, coordinator, &held, &ended)?;
         for event in events {
             self.trace(|| format!("h{host} event {event:?}"));
-            if let Event::Acquired { token, .. } = &event {
-                self.mix(&[6, token.0]);
-            }
-            if let Event::TermStarted { term } = event {
-                self.hosts[host].persisted_term = term;
+            match &event {
+                Event::Acquired { token, client, name, holds: 1, .. } => {
+                    self.mix(&[6, token.0]);
+                    let node = self.hosts[host].node.as_ref().expect("alive").lock();
+                    let lease = lease_of(node, *client, name);
+                    let granter = node.coordinator().and_then(|c| self.hosts.iter().position(|h| h.id == c));
+                    let terms =
+                        self.hosts.iter().map(|h| h.node.as_ref().map(|n| n.lock().durable_term())).collect();
+                    let granter_view = granter
+                        .and_then(|g| self.hosts[g].node.as_ref())
+                        .and_then(|n| n.lock().view())
+                        .map(|v| {
+                            v.members
+                                .iter()
+                                .filter_map(|m| self.hosts.iter().position(|h| h.id == *m))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let net = NetView { partitions: &self.partitions, terms, granter_view, now: self.now };
+                    self.ledger.acquired(
+                        self.now, host, from, *client, name, *token, lease, available, granter, &net,
+                    )?;
+                }
+                Event::TermStarted { term } => self.hosts[host].persisted_term = *term,
+                _ => {}
             }
             self.checker.on_event(from, &event, available)?;
         }
@@ -717,6 +851,12 @@ impl World {
             self.queue.push(t.max(self.now), Ev::Timer { host });
         }
         Ok(())
+    }
+
+    /// Puts `partition` in force now.
+    fn set_partition(&mut self, partition: Partition) {
+        self.partitions.push((self.now, partition.clone()));
+        self.partition = partition;
     }
 
     fn lock_nodes(&self) -> Vec<&LockNode> {
@@ -797,6 +937,7 @@ impl World {
             let Some(node) = self.hosts[host].node.as_mut() else { continue };
             for client in 1..=self.cfg.clients {
                 node.release_client(now, ClientId(client));
+                self.let_go.push((host, ClientId(client), None));
             }
             self.drain(host)?;
         }
@@ -820,6 +961,43 @@ impl World {
             }
         }
         if report.is_empty() { Ok(()) } else { Err(Violation { invariant: 0, what: report, name: None }) }
+    }
+}
+
+/// The end of the lease on `name` held by `client`, if the node has one.
+fn lease_of(node: &LockNode, client: ClientId, name: &LockName) -> Option<Duration> {
+    node.held().into_iter().find(|h| h.client == client && h.name == *name).map(|h| h.safe_until)
+}
+
+/// The partitions of a run, as the ledger asks about them.
+struct NetView<'a> {
+    partitions: &'a [(Duration, Partition)],
+    /// The durable term of every live host (`None`: crashed).
+    terms: Vec<Option<u32>>,
+    /// The hosts in the view of the coordinator that granted.
+    granter_view: Vec<usize>,
+    now: Duration,
+}
+
+impl Network for NetView<'_> {
+    fn separated_during(&self, a: usize, b: usize, from: Duration, to: Duration) -> bool {
+        let to = to.min(self.now);
+        // The partition in force at `from`, and every one that began after.
+        let first = self.partitions.iter().rposition(|(at, _)| *at <= from).unwrap_or(0);
+        self.partitions[first..].iter().take_while(|(at, _)| *at <= to).any(|(_, p)| !p.connected(a, b))
+    }
+
+    fn term_known_outside(&self, term: u32) -> bool {
+        self.terms
+            .iter()
+            .enumerate()
+            .any(|(host, known)| !self.granter_view.contains(&host) && known.is_some_and(|t| t >= term))
+    }
+
+    fn term_known_across(&self, term: u32, granter: usize, since: Duration) -> bool {
+        self.terms.iter().enumerate().any(|(host, known)| {
+            known.is_some_and(|t| t >= term) && self.separated_during(host, granter, since, self.now)
+        })
     }
 }
 
