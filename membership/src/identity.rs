@@ -10,11 +10,12 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// foca's view of a member.
 ///
-/// `epoch` is fixed for the life of the process; `bump` grows each time foca
-/// learns this process was declared down and rejoins (auto-rejoin, which is
-/// what lets a healed partition come back together without an operator).
-/// Application state is keyed by [`Ident::key`] = `(epoch, addr)`, never by
-/// the whole identity, because every node of a healed side renews.
+/// `epoch` is fixed for the life of the process; `bump` grows each time this
+/// process renews its identity: when it rejoins after being declared down
+/// (which is what lets a healed partition come back together without an
+/// operator). Application state is keyed by
+/// [`Ident::key`] = `(epoch, addr)`, never by the whole identity, because
+/// every node of a healed side renews.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawIdent")]
 pub(crate) struct Ident {
@@ -69,8 +70,14 @@ impl Ident {
 impl foca::Identity for Ident {
     type Addr = SocketAddr;
 
+    /// Never renews inside foca: a node that learns it was declared down
+    /// goes `Defunct`, and [`Membership`](crate::Membership) renews it
+    /// itself, at a bounded rate and past every identity it has seen at its
+    /// address (see the crate docs, "One address, two identities"). foca's
+    /// own renewal answered every "you are down" at once with a new identity
+    /// and a gossip to three members, which a twin turned into a storm.
     fn renew(&self) -> Option<Self> {
-        Some(Ident { bump: self.bump.checked_add(1)?, ..self.clone() })
+        None
     }
 
     fn addr(&self) -> SocketAddr {
@@ -96,12 +103,13 @@ mod tests {
     }
 
     #[test]
-    fn renewal_wins_and_keeps_the_key() {
+    fn a_higher_bump_wins_and_keeps_the_key() {
         let a = id(5, 0);
-        let b = a.renew().unwrap();
+        let b = id(5, 1);
         assert!(b.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&b));
         assert_eq!(a.key(), b.key());
+        assert_eq!(a.renew(), None, "renewals are the membership layer's");
     }
 
     #[test]

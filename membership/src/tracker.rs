@@ -63,6 +63,13 @@ impl ViewTracker {
         &self.installed
     }
 
+    /// This node renewed its identity after being declared down: the next
+    /// view is a merge, installed once the renewal cascade has settled.
+    pub(crate) fn on_rejoin(&mut self, now: Duration) {
+        self.rejoined = true;
+        self.changed_at = now;
+    }
+
     /// Installs the first view (this node alone) and returns it.
     pub(crate) fn install_initial(&mut self) -> Event {
         let view = self.next_view(to_members(&self.live));
@@ -90,9 +97,9 @@ impl ViewTracker {
                 false
             }
             OwnedNotification::Rejoin(_) => {
-                // Our renewal starts a cascade on the others: let it settle.
-                self.rejoined = true;
-                self.changed_at = now;
+                // Not sent by foca any more (the membership layer renews,
+                // see `on_rejoin`); kept for completeness.
+                self.on_rejoin(now);
                 true
             }
             _ => false,
