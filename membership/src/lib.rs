@@ -27,8 +27,10 @@
 //!
 //! Members are keyed by [`NodeId`] = (start stamp, address); a restarted
 //! process is a new, younger member. Views list members oldest first, and
-//! the first is the coordinator. Internally foca gossips a renewable
-//! identity (key, a renewal counter and a name): when a node learns it was
+//! the first is the coordinator; each member also shows its display name
+//! and its node tag ([`Member::tag`], changed with
+//! [`Membership::set_tag`]). Internally foca gossips a renewable identity
+//! (key, a renewal counter, name and tag): when a node learns it was
 //! declared down, it renews and rejoins on its own (see below). Together
 //! with foca telling down members they are down, periodic announces to down
 //! members, down members remembered for 24 h, and this crate's own announce
@@ -333,7 +335,9 @@ impl fmt::Debug for Membership {
 impl Membership {
     /// Creates the state machine of node `me`.
     ///
-    /// `name` is shown to other members (at most [`MAX_NAME_LEN`] bytes).
+    /// `name` is shown to other members (at most [`MAX_NAME_LEN`] bytes),
+    /// and so is `tag`, the node tag its fencing tokens carry
+    /// ([`Member::tag`]).
     /// `seeds` are addresses to announce to until they are active members
     /// (our own address is ignored). `rng_seed` fixes every random choice.
     /// Fails on an invalid `config`, a too long `name` or `me.epoch == 0`
@@ -341,6 +345,7 @@ impl Membership {
     pub fn new(
         me: NodeId,
         name: String,
+        tag: u16,
         config: Config,
         seeds: Vec<SocketAddr>,
         rng_seed: u64,
@@ -359,7 +364,7 @@ impl Membership {
             }
         }
         let foca = Foca::new(
-            Ident::new(me, name.clone()),
+            Ident::new(me, name.clone(), tag),
             config.to_foca(),
             SmallRng::seed_from_u64(rng_seed),
             PostcardCodec,
@@ -372,7 +377,7 @@ impl Membership {
             phase: Phase::NotStarted,
             next_seed_announce: Duration::ZERO,
             next_down_burst: Duration::ZERO,
-            tracker: ViewTracker::new(me, name),
+            tracker: ViewTracker::new(me, name, tag),
             events: VecDeque::new(),
             renewal: Renewal::default(),
             rival: None,
@@ -440,6 +445,39 @@ impl Membership {
             self.announce_to_seeds(now);
         }
         self.settle(now);
+    }
+
+    /// Changes the node tag this node shows in its identity. The identity
+    /// is renewed (a higher bump, same key), so the new tag wins over the
+    /// old one everywhere; every other node then installs a plain view that
+    /// shows it. This node's own installed view shows it at once and no view
+    /// event follows here. A tag equal to the current one changes nothing.
+    pub fn set_tag(&mut self, now: Duration, tag: u16) {
+        let now = self.advance(now);
+        if tag == self.foca.identity().tag {
+            return;
+        }
+        self.tracker.set_my_tag(tag);
+        match self.phase {
+            Phase::Running => {
+                self.renew(now, tag);
+                self.settle(now);
+            }
+            Phase::NotStarted => {
+                // Nobody knows this identity yet; a higher bump all the same,
+                // so the old one can never outrank it.
+                let mine = self.foca.identity().clone();
+                let next = Ident { tag, bump: mine.bump + 1, ..mine };
+                let _ = self.foca.change_identity(next, &mut self.io);
+                self.io.transmits.clear();
+            }
+            Phase::Left | Phase::Superseded => {}
+        }
+    }
+
+    /// The node tag this node shows.
+    pub fn tag(&self) -> u16 {
+        self.foca.identity().tag
     }
 
     /// The newer process that took this node's address, if one did: this
@@ -613,11 +651,11 @@ impl Membership {
         self.renewal.due = false;
     }
 
-    /// Renews this node's identity: a bump above its own and above every
-    /// same-epoch identity seen at its address, so it wins every conflict at
-    /// once instead of one bump per round trip. The next renewal waits a gap
-    /// that doubles (see [`Renewal`]).
-    fn renew(&mut self, now: Duration) {
+    /// Renews this node's identity, showing `tag`: a bump above its own and
+    /// above every same-epoch identity seen at its address, so it wins every
+    /// conflict at once instead of one bump per round trip. The next renewal
+    /// waits a gap that doubles (see [`Renewal`]).
+    fn renew(&mut self, now: Duration, tag: u16) {
         let mine = self.foca.identity().clone();
         let top =
             self.strongest_rival().filter(|r| r.epoch == mine.epoch).map_or(0, |r| r.bump).max(mine.bump);
@@ -637,7 +675,7 @@ impl Membership {
         r.not_before = now + r.gap;
         // An encode error leaves the old identity; the next "you are down"
         // renews again.
-        let _ = self.foca.change_identity(Ident { bump, ..mine }, &mut self.io);
+        let _ = self.foca.change_identity(Ident { bump, tag, ..mine }, &mut self.io);
         if was_down {
             // A rejoin: the others will see this node come back.
             self.tracker.on_rejoin(now);
@@ -671,7 +709,8 @@ impl Membership {
             return;
         }
         if self.renewal.due && now >= self.renewal.not_before {
-            self.renew(now);
+            let tag = self.foca.identity().tag;
+            self.renew(now, tag);
             self.drain_notes(now);
         }
         self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
@@ -692,7 +731,8 @@ mod tests {
     #[test]
     fn start_emits_a_single_member_view_and_announces_to_seeds() {
         let seed = node(2).addr;
-        let mut m = Membership::new(node(1), "a".into(), Config::lan(), vec![seed, node(1).addr], 7).unwrap();
+        let mut m =
+            Membership::new(node(1), "a".into(), 1, Config::lan(), vec![seed, node(1).addr], 7).unwrap();
         assert_eq!(m.poll_timeout(), None);
         m.start(Duration::from_millis(5));
         let Some(Event::View(v)) = m.poll_event() else { panic!("expected a view") };
@@ -706,17 +746,17 @@ mod tests {
     #[test]
     fn rejects_bad_arguments_by_field() {
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        let e = Membership::new(node(1), long, Config::lan(), vec![], 1).unwrap_err();
+        let e = Membership::new(node(1), long, 1, Config::lan(), vec![], 1).unwrap_err();
         assert_eq!(e.field, "name");
         let mut zero = node(1);
         zero.epoch = 0;
-        let e = Membership::new(zero, "a".into(), Config::lan(), vec![], 1).unwrap_err();
+        let e = Membership::new(zero, "a".into(), 1, Config::lan(), vec![], 1).unwrap_err();
         assert_eq!(e.field, "me.epoch");
     }
 
     #[test]
     fn input_before_start_is_refused() {
-        let mut m = Membership::new(node(1), "a".into(), Config::lan(), vec![], 1).unwrap();
+        let mut m = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![], 1).unwrap();
         assert!(matches!(
             m.handle_datagram(Duration::ZERO, node(2).addr, b"x"),
             Err(MembershipError::NotRunning)

@@ -38,6 +38,7 @@ struct WireIdent {
     epoch: u64,
     bump: u64,
     name: String,
+    tag: u16,
 }
 
 impl foca::Identity for WireIdent {
@@ -54,7 +55,7 @@ impl foca::Identity for WireIdent {
 }
 
 fn ident(i: usize, epoch: u64, bump: u64) -> WireIdent {
-    WireIdent { addr: addr(i), epoch, bump, name: format!("node-{i}") }
+    WireIdent { addr: addr(i), epoch, bump, name: format!("node-{i}"), tag: common::tag(i) }
 }
 
 /// The identity node `i` starts with.

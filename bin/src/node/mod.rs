@@ -137,7 +137,8 @@ impl Node {
             .lock
             .validate()
             .map_err(|e| NodeError { field: format!("lock.{}", e.field), reason: e.reason.to_string() })?;
-        let membership = Membership::new(me, config.name, config.membership, config.seeds, rng_seed)
+        let tag = config.lock.tag;
+        let membership = Membership::new(me, config.name, tag, config.membership, config.seeds, rng_seed)
             .map_err(|e| {
                 // Arguments of `Membership::new` keep their own name.
                 let field = match e.field {

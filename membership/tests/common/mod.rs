@@ -28,6 +28,11 @@ pub fn node_id(i: usize) -> NodeId {
     NodeId { epoch: 1_000 + i as u64, addr: addr(i) }
 }
 
+/// The tag node `i` starts with.
+pub fn tag(i: usize) -> u16 {
+    100 + i as u16
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Up,
@@ -88,6 +93,7 @@ impl Sim {
                 m: Membership::new(
                     node_id(i),
                     format!("node-{i}"),
+                    tag(i),
                     config.clone(),
                     vec![addr(0)],
                     seed.wrapping_mul(1_000).wrapping_add(i as u64),
@@ -167,8 +173,8 @@ impl Sim {
     /// epoch (a restart), and starts it.
     pub fn restart(&mut self, i: usize, epoch: u64, config: Config) {
         let id = NodeId { epoch, addr: addr(i) };
-        let mut m =
-            Membership::new(id, format!("node-{i}"), config, vec![addr(0)], epoch).expect("valid config");
+        let mut m = Membership::new(id, format!("node-{i}"), tag(i), config, vec![addr(0)], epoch)
+            .expect("valid config");
         m.start(self.now);
         self.nodes[i] = SimNode { m, addr: addr(i), state: State::Up, inbox: VecDeque::new(), sent: 0 };
         self.flush(i);
@@ -180,7 +186,7 @@ impl Sim {
     /// every datagram sent to the address while it runs. Returns its index.
     pub fn twin(&mut self, i: usize, epoch: u64) -> usize {
         let id = NodeId { epoch, addr: addr(i) };
-        let mut m = Membership::new(id, format!("twin-{i}"), Config::lan(), vec![addr(0)], epoch)
+        let mut m = Membership::new(id, format!("twin-{i}"), tag(i), Config::lan(), vec![addr(0)], epoch)
             .expect("valid config");
         m.start(self.now);
         self.nodes.push(SimNode { m, addr: addr(i), state: State::Up, inbox: VecDeque::new(), sent: 0 });
@@ -194,6 +200,13 @@ impl Sim {
     pub fn inject(&mut self, i: usize, from: SocketAddr, bytes: &[u8]) {
         let now = self.now;
         let _ = self.nodes[i].m.handle_datagram(now, from, bytes);
+        self.flush(i);
+    }
+
+    /// Node `i` changes its tag now.
+    pub fn set_tag(&mut self, i: usize, tag: u16) {
+        let now = self.now;
+        self.nodes[i].m.set_tag(now, tag);
         self.flush(i);
     }
 
