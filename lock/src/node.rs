@@ -507,4 +507,10 @@ impl LockNode {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Sets this node's tag: the terms it starts coordinating from now on
+    /// carry it (a round already running keeps the tag it started with).
+    pub fn set_tag(&mut self, tag: u16) {
+        self.config.tag = tag;
+    }
 }

@@ -64,6 +64,10 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Lock protocol settings (mode, node tag, timings, lock-delay).
     pub lock: swimlock_lock::Config,
+    /// Whether `lock.tag` was configured (`--node-tag`, `node_tag`). Either
+    /// way, a tag an older member has is changed at run time (see
+    /// [`crate::node::tags`]); a configured one with a WARN.
+    pub node_tag_configured: bool,
     /// Membership timings.
     pub membership: swimlock_membership::Config,
     /// Directory where the node keeps the last coordinator term it
@@ -98,6 +102,7 @@ impl AgentConfig {
             unix_socket: None,
             metrics: None,
             lock: swimlock_lock::Config::lan(node_tag(bind)),
+            node_tag_configured: false,
             membership: swimlock_membership::Config::lan(),
             state_dir: None,
             epoch: None,
@@ -170,7 +175,8 @@ fn default_name(bind: SocketAddr) -> String {
 }
 
 /// Default node tag: a hash (FNV-1a folded to 16 bits) of the advertised
-/// address. Set it by hand when two members' tags could collide.
+/// address. Two members' tags may collide; the younger then takes another
+/// one by itself (see [`crate::node::tags`]).
 pub fn node_tag(advertise: SocketAddr) -> u16 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in advertise.to_string().bytes() {
@@ -223,8 +229,9 @@ pub struct AgentArgs {
     /// Address of the Prometheus endpoint, or `off` [default: 127.0.0.1:9950].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
-    /// Coordinator part of fencing tokens; unique per member
-    /// [default: a hash of the advertised address].
+    /// Coordinator part of fencing tokens; a tag an older member has is
+    /// changed at run time, with a WARN [default: a hash of the advertised
+    /// address].
     #[arg(long, value_name = "U16")]
     pub node_tag: Option<u16>,
     /// Wait this long before granting again a lock whose holder left [default: 0s].
@@ -328,6 +335,7 @@ impl AgentArgs {
         c.metrics =
             optional_addr("metrics", self.metrics.as_ref().or(file.metrics.as_ref()), DEFAULT_METRICS)?;
         c.lock.tag = self.node_tag.or(file.node_tag).unwrap_or_else(|| node_tag(c.advertise));
+        c.node_tag_configured = self.node_tag.or(file.node_tag).is_some();
         let members = self.members.or(file.members);
         c.lock.mode = match self.mode.as_ref().or(file.mode.as_ref()).map(String::as_str) {
             None | Some("available") => Mode::Available,

@@ -74,6 +74,9 @@ pub(crate) struct NodeTask {
     woke_local: bool,
     /// See [`AgentConfig::busy_poll`].
     busy_poll: Duration,
+    /// This node's tag, and whether it was configured (a change then warns).
+    tag: u16,
+    tag_configured: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -111,6 +114,8 @@ impl NodeTask {
             terms,
             woke_local: false,
             busy_poll: config.busy_poll,
+            tag: config.lock.tag,
+            tag_configured: config.node_tag_configured,
             _stopped: stopped,
         })
     }
@@ -384,6 +389,16 @@ impl NodeTask {
                 self.on_lost(client, name, token, reason)
             }
             NodeEvent::Lock(Event::TermStarted { term }) => info!(term, "coordinator term started"),
+            NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
+        }
+    }
+
+    /// An older member had this node's tag; the node took `tag`.
+    fn on_tag_changed(&mut self, tag: u16) {
+        let old = std::mem::replace(&mut self.tag, tag);
+        // The node logged the change; a configured tag is worth a warning.
+        if self.tag_configured {
+            warn!(configured = old, tag, "the configured node tag is taken by an older member; changed it");
         }
     }
 
