@@ -64,9 +64,10 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Lock protocol settings (mode, node tag, timings, lock-delay).
     pub lock: swimlock_lock::Config,
-    /// Whether `lock.tag` was configured (`--node-tag`, `node_tag`). Either
-    /// way, a tag an older member has is changed at run time (see
-    /// [`crate::node::tags`]); a configured one with a WARN.
+    /// Whether `lock.tag` was configured (`--node-tag`, `node_tag`). If not,
+    /// a tag saved in `state_dir` after a collision replaces the default
+    /// hash at start. Either way, a tag an older member has is changed at
+    /// run time (see [`crate::node::tags`]); a configured one with a WARN.
     pub node_tag_configured: bool,
     /// Membership timings.
     pub membership: swimlock_membership::Config,
@@ -142,6 +143,14 @@ impl AgentConfig {
     /// The mode as `status` shows it.
     pub fn mode_name(&self) -> String {
         mode_name(self.lock.mode)
+    }
+
+    /// Takes the tag `saved` in the state directory by an earlier life,
+    /// unless a tag was configured.
+    pub(crate) fn use_saved_tag(&mut self, saved: Option<u16>) {
+        if let Some(tag) = saved.filter(|_| !self.node_tag_configured) {
+            self.lock.tag = tag;
+        }
     }
 }
 
@@ -230,8 +239,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     /// Coordinator part of fencing tokens; a tag an older member has is
-    /// changed at run time, with a WARN [default: a hash of the advertised
-    /// address].
+    /// changed at run time, with a WARN [default: the tag saved in
+    /// --state-dir after a collision, else a hash of the advertised address].
     #[arg(long, value_name = "U16")]
     pub node_tag: Option<u16>,
     /// Wait this long before granting again a lock whose holder left [default: 0s].
@@ -468,6 +477,20 @@ mod tests {
         assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert_eq!(c.lock.tag, node_tag(c.advertise));
         assert_eq!(c.mode_name(), "available");
+    }
+
+    #[test]
+    fn a_saved_tag_replaces_the_default_but_not_a_configured_one() {
+        let mut c = AgentArgs::default().resolve().unwrap();
+        assert!(!c.node_tag_configured);
+        c.use_saved_tag(None);
+        assert_eq!(c.lock.tag, node_tag(c.advertise));
+        c.use_saved_tag(Some(4321));
+        assert_eq!(c.lock.tag, 4321);
+        let mut c = args(|a| a.node_tag = Some(17)).resolve().unwrap();
+        assert!(c.node_tag_configured);
+        c.use_saved_tag(Some(4321));
+        assert_eq!(c.lock.tag, 17);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::{AgentConfig, ConfigError};
-use super::state::TermStore;
+use super::state::{TagStore, TermStore};
 use crate::client::Session;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeConfig, NodeEvent};
@@ -74,8 +74,10 @@ pub(crate) struct NodeTask {
     woke_local: bool,
     /// See [`AgentConfig::busy_poll`].
     busy_poll: Duration,
-    /// This node's tag, and whether it was configured (a change then warns).
+    /// This node's tag, where a changed one is saved, and whether it was
+    /// configured (a change then warns).
     tag: u16,
+    tags: Option<TagStore>,
     tag_configured: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
@@ -115,9 +117,16 @@ impl NodeTask {
             woke_local: false,
             busy_poll: config.busy_poll,
             tag: config.lock.tag,
+            tags: None,
             tag_configured: config.node_tag_configured,
             _stopped: stopped,
         })
+    }
+
+    /// Saves every tag the node changes to in `tags` (the state directory).
+    pub fn with_tag_store(mut self, tags: Option<TagStore>) -> NodeTask {
+        self.tags = tags;
+        self
     }
 
     pub fn metrics_handle(&self) -> PrometheusHandle {
@@ -393,12 +402,18 @@ impl NodeTask {
         }
     }
 
-    /// An older member had this node's tag; the node took `tag`.
+    /// An older member had this node's tag; the node took `tag`. Saved so
+    /// that the next start uses it.
     fn on_tag_changed(&mut self, tag: u16) {
         let old = std::mem::replace(&mut self.tag, tag);
         // The node logged the change; a configured tag is worth a warning.
         if self.tag_configured {
             warn!(configured = old, tag, "the configured node tag is taken by an older member; changed it");
+        }
+        if let Some(store) = &self.tags
+            && let Err(e) = store.save(tag)
+        {
+            error!(tag, error = %e, "cannot save the node tag; the next start may collide again");
         }
     }
 
