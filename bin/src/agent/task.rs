@@ -79,6 +79,8 @@ pub(crate) struct NodeTask {
     tag: u16,
     tags: Option<TagStore>,
     tag_configured: bool,
+    /// A newer process took this node's address: the task stops.
+    superseded: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -119,6 +121,7 @@ impl NodeTask {
             tag: config.lock.tag,
             tags: None,
             tag_configured: config.node_tag_configured,
+            superseded: false,
             _stopped: stopped,
         })
     }
@@ -179,7 +182,7 @@ impl NodeTask {
                     }
                 }
             }
-            if self.batch(&mut commands, &mut buf).await {
+            if self.batch(&mut commands, &mut buf).await || self.superseded {
                 break;
             }
         }
@@ -399,6 +402,13 @@ impl NodeTask {
             }
             NodeEvent::Lock(Event::TermStarted { term }) => info!(term, "coordinator term started"),
             NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
+            NodeEvent::Superseded { by } => {
+                error!(
+                    newer = %by,
+                    "a newer process took this node's address (a second agent on it?); this node stops"
+                );
+                self.superseded = true;
+            }
         }
     }
 

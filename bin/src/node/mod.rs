@@ -71,6 +71,13 @@ pub enum NodeEvent {
         /// The new tag.
         tag: u16,
     },
+    /// A newer process took this node's address (see
+    /// [`Membership::superseded_by`]): membership stopped for good. The
+    /// driver should stop the node and say so loudly.
+    Superseded {
+        /// The newer process.
+        by: NodeId,
+    },
 }
 
 /// Datagram counters, monotonic since the node was created.
@@ -123,6 +130,8 @@ pub struct Node {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
     counters: NodeCounters,
+    /// [`NodeEvent::Superseded`] was emitted.
+    superseded: bool,
 }
 
 impl Node {
@@ -164,6 +173,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NodeCounters::default(),
+            superseded: false,
         })
     }
 
@@ -318,6 +328,11 @@ impl Node {
             self.events.push_back(NodeEvent::View { view, merge });
             self.lock.handle_view(now, lock_view);
             self.drain_lock_events();
+        }
+        if let Some(by) = self.membership.superseded_by()
+            && !std::mem::replace(&mut self.superseded, true)
+        {
+            self.events.push_back(NodeEvent::Superseded { by });
         }
         while let Some((to, payload)) = self.membership.poll_transmit() {
             // Membership keeps payloads below its packet size, far under the

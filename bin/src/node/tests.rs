@@ -70,26 +70,47 @@ impl Net {
         self.flush(i);
     }
 
+    /// Adds and starts a node with identity `me`, which may share another
+    /// node's address (then, as the socket bound last, it gets every
+    /// datagram sent there while it runs).
+    fn add(&mut self, me: NodeId, config: NodeConfig) -> usize {
+        self.nodes.push(Node::new(me, config, me.epoch).unwrap());
+        self.events.push(Vec::new());
+        let i = self.nodes.len() - 1;
+        self.start(i);
+        i
+    }
+
     fn flush(&mut self, i: usize) {
         while let Some((to, datagram)) = self.nodes[i].poll_transmit() {
             self.seq += 1;
-            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (addr(i), to, datagram));
+            let from = self.nodes[i].id().addr;
+            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (from, to, datagram));
         }
         while let Some(event) = self.nodes[i].poll_event() {
             self.events[i].push(event);
         }
     }
 
-    /// Advances to the next datagram or timer and handles it.
-    fn step(&mut self) {
+    /// When the next datagram arrives or timer fires.
+    fn next_at(&self) -> Option<Duration> {
         let live = |i: &usize| !self.crashed.contains(i);
         let timer = (0..self.nodes.len()).filter(live).filter_map(|i| self.nodes[i].poll_timeout()).min();
         let next = self.flight.keys().next().map(|k| k.0);
-        let at = [timer, next].into_iter().flatten().min().expect("something to do");
+        [timer, next].into_iter().flatten().min()
+    }
+
+    /// Advances to the next datagram or timer and handles it.
+    fn step(&mut self) {
+        let next = self.flight.keys().next().map(|k| k.0);
+        let at = self.next_at().expect("something to do");
         self.now = self.now.max(at);
         if next == Some(at) {
             let (_, (from, to, datagram)) = self.flight.pop_first().unwrap();
-            if let Some(i) = (0..self.nodes.len()).find(|&i| addr(i) == to && !self.crashed.contains(&i)) {
+            let receiver = (0..self.nodes.len())
+                .rev()
+                .find(|&i| self.nodes[i].id().addr == to && !self.crashed.contains(&i));
+            if let Some(i) = receiver {
                 self.nodes[i].handle_datagram(self.now, from, &datagram);
                 self.flush(i);
             }
@@ -101,6 +122,14 @@ impl Net {
                 }
             }
         }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.next_at().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = end;
     }
 
     fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) {
@@ -321,4 +350,24 @@ fn the_younger_of_two_nodes_with_one_tag_changes_it_within_one_view() {
     net.flush(1);
     net.run_until(Duration::from_secs(2), |n| n.acquired(1, req).is_some());
     assert_eq!(net.acquired(1, req).unwrap().tag(), new, "alone again, under its new tag");
+}
+
+/// A second process on node 1's address with a newer start stamp, for a
+/// second, then it crashes: node 1 hears the cluster again, finds its
+/// address taken and reports it once.
+#[test]
+fn a_node_whose_address_a_newer_process_took_reports_it() {
+    let mut net = Net::new(2);
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    let newer = NodeId { epoch: 9_000, addr: addr(1) };
+    let twin = net.add(newer, config(1));
+    net.run_for(Duration::from_secs(1));
+    net.crashed.insert(twin);
+    let superseded =
+        |n: &Net| n.events[1].iter().filter(|e| matches!(e, NodeEvent::Superseded { .. })).count();
+    net.run_until(Duration::from_secs(5), |n| superseded(n) > 0);
+    assert!(net.events[1].contains(&NodeEvent::Superseded { by: newer }));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(superseded(&net), 1, "reported once");
+    assert_eq!(net.nodes[1].membership().superseded_by(), Some(newer));
 }

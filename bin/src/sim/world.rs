@@ -664,6 +664,7 @@ impl World {
                             views.push(format!("h{host} view {} {members:?} merge={merge}", view.id));
                         }
                         NodeEvent::TagChanged { tag } => views.push(format!("h{host} tag {tag}")),
+                        NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
                     }
                 }
             }
