@@ -480,6 +480,20 @@ impl Membership {
         self.foca.identity().tag
     }
 
+    /// Reports that a datagram for `id` reached this node's address: for a
+    /// driver that drops datagrams addressed to another identity before
+    /// membership sees them (an envelope bound to its destination), which
+    /// would hide the newer process from [`Membership::handle_datagram`].
+    /// If `id` is at this node's address with a larger start stamp, a newer
+    /// process holds or held the address and this node stands down (see
+    /// [`Membership::superseded_by`]); otherwise nothing happens.
+    pub fn note_claim(&mut self, now: Duration, id: NodeId) {
+        self.advance(now);
+        if self.phase == Phase::Running && id.addr == self.me.addr && id.epoch > self.me.epoch {
+            self.stand_down(id);
+        }
+    }
+
     /// The newer process that took this node's address, if one did: this
     /// node then stopped for good (see the crate docs, "One address, two
     /// identities"). The driver should stop the node and say so loudly.
@@ -752,6 +766,23 @@ mod tests {
         zero.epoch = 0;
         let e = Membership::new(zero, "a".into(), 1, Config::lan(), vec![], 1).unwrap_err();
         assert_eq!(e.field, "me.epoch");
+    }
+
+    #[test]
+    fn a_claim_by_a_newer_process_at_our_address_stops_the_node() {
+        let mut m = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![node(2).addr], 1).unwrap();
+        m.start(Duration::ZERO);
+        while m.poll_transmit().is_some() {}
+        let older = NodeId { epoch: 0, ..node(1) };
+        m.note_claim(Duration::ZERO, older);
+        m.note_claim(Duration::ZERO, NodeId { epoch: 5, ..node(2) });
+        assert_eq!((m.superseded_by(), m.poll_timeout().is_some()), (None, true));
+        let newer = NodeId { epoch: 5, ..node(1) };
+        m.note_claim(Duration::ZERO, newer);
+        assert_eq!(m.superseded_by(), Some(newer));
+        assert_eq!(m.poll_timeout(), None);
+        m.handle_timeout(Duration::from_secs(5));
+        assert_eq!(m.poll_transmit(), None, "silent for good");
     }
 
     #[test]
