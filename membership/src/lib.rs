@@ -27,14 +27,80 @@
 //!
 //! Members are keyed by [`NodeId`] = (start stamp, address); a restarted
 //! process is a new, younger member. Views list members oldest first, and
-//! the first is the coordinator. Internally foca gossips a renewable
-//! identity (key plus a renewal counter): when a node learns it was declared
-//! down, it renews and rejoins on its own. Together with foca telling down
-//! members they are down, periodic announces to down members, down members
-//! remembered for 24 h, and this crate's own announce loop to configured
-//! seeds that are not active members (every second), the sides of a healed
-//! partition find each other again with no operator action, and a node that
-//! starts or is left alone keeps looking for its seeds.
+//! the first is the coordinator; each member also shows its display name
+//! and its node tag ([`Member::tag`], changed with
+//! [`Membership::set_tag`]). Internally foca gossips a renewable identity
+//! (key, a renewal counter, name and tag): when a node learns it was
+//! declared down, it renews and rejoins on its own (see below). Together
+//! with foca telling down members they are down, periodic announces to down
+//! members, down members remembered for 24 h, and this crate's own announce
+//! loop to configured seeds that are not active members (every second), the
+//! sides of a healed partition find each other again with no operator
+//! action, and a node that starts or is left alone keeps looking for its
+//! seeds.
+//!
+//! # One address, two identities
+//!
+//! foca keeps one member per address; of two identities at one address the
+//! one with the larger start stamp wins, then the larger renewal counter.
+//! Two processes can claim one address: a second agent started on a port
+//! in use (SO_REUSEADDR), two hosts advertising the same address, or a
+//! forged identity update. What this crate does about it:
+//!
+//! - **A newer process wins, and the older one stands down.** A node that
+//!   sees an identity with a larger start stamp at its own address (in a
+//!   gossip update, or as the sender or destination of a datagram it
+//!   receives) can never win its address back, so it stops for good: it
+//!   sends nothing more, asks for no timer and installs no view, and
+//!   [`Membership::superseded_by`] names the newer process. Every other
+//!   node already prefers the newer identity, so all of them agree: the
+//!   address belongs to the newer process, or to nobody once that one has
+//!   gone. In the test harness (`tests/twins.rs`, 5 nodes, 200 seeds) the
+//!   older process stood down and every node agreed within 251 ms of a twin
+//!   leaving and 1.06 s of a twin crashing (its failure detection).
+//! - **A renewal outranks what it lost to, in one step.** foca's own
+//!   renewal (`Identity::renew`) is turned off: a node declared down goes
+//!   `Defunct` in foca and this crate renews it, with a renewal counter
+//!   above its own and above every same-stamp identity seen at its address.
+//!   A forged "node n renewed to 1000" is outranked by n's next renewal; foca
+//!   alone climbed one counter per round trip, a thousand round trips.
+//!
+//! The storm this replaces: a process that lost its address to a newer one
+//! was told "you are down" (foca's `TurnUndead`) for every datagram it
+//! sent; foca answered each with a new identity and a gossip to three
+//! members, each of which answered "you are down" again. A loop paced only
+//! by round trips: 385 datagrams per node per second in the harness (1–3 ms
+//! delays, 20 at idle), 20–50k over loopback, and a merge view every
+//! [`Config::view_max_delay`] on the looping node, for ever.
+//!
+//! # Bounded traffic
+//!
+//! Whatever the cause, no exchange of datagrams feeds itself any more:
+//!
+//! - every datagram this crate sends is either driven by a timer (probes,
+//!   periodic gossip and announces, seed announces, merge bursts, and
+//!   renewals), or is the single answer foca gives to one received
+//!   datagram (an ack, a feed, one hop of an indirect probe, a "you are
+//!   down"; a suspicion of this node in a received update is refuted with
+//!   one gossip to 3 members);
+//! - answers are not answered, except by "you are down", and this crate lets
+//!   at most one "you are down" go to an address per probe period;
+//! - renewals, the only answer that fanned out, happen at once the first
+//!   time, then after a gap that doubles from one probe period up to 5 s
+//!   (back to immediate after 30 s without one).
+//!
+//! So every chain of datagrams starts at a timer and is at most four long
+//! (the indirect probe), and a node's traffic is bounded by its timers plus
+//! one answer per datagram it receives, whatever twins or forgeries do. In
+//! the harness no node sent more than 70 datagrams in any second (3.5
+//! times the idle rate, as much as an ordinary join) through twins that
+//! come and go and forged identities; the tests assert 5 times.
+//!
+//! Limits: two live processes with the same start stamp at one address
+//! (only possible with a configured epoch) keep outranking each other,
+//! one renewal per gap at most: bounded, but they never settle. Before
+//! datagrams are authenticated, a forged or corrupted datagram naming a
+//! newer identity at a node's address makes that node stand down.
 //!
 //! # Merge rule
 //!
@@ -95,12 +161,15 @@ mod timers;
 mod tracker;
 mod view;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foca::{Foca, NoCustomBroadcast, Notification, OwnedNotification, PostcardCodec, Runtime, Timer};
+use foca::{
+    Codec, Foca, Header, Message, NoCustomBroadcast, Notification, OwnedNotification, PostcardCodec, Runtime,
+    Timer,
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use swimlock_wire::NodeId;
@@ -150,6 +219,8 @@ enum Phase {
     NotStarted,
     Running,
     Left,
+    /// A newer process holds this node's address: silent for good.
+    Superseded,
 }
 
 /// What foca asks of its runtime, collected for the poll functions.
@@ -161,6 +232,23 @@ struct Io {
     timers: TimerQueue,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     notes: Vec<OwnedNotification<Ident>>,
+    /// When a "you are down" (foca's `TurnUndead`) last went to each
+    /// address; at most one per address per `turn_undead_gap`.
+    turn_undead_sent: BTreeMap<SocketAddr, Duration>,
+    turn_undead_gap: Duration,
+}
+
+impl Io {
+    /// Whether a `TurnUndead` to `to` may go now (and records it if so).
+    fn turn_undead_allowed(&mut self, to: SocketAddr) -> bool {
+        let (now, gap) = (self.now, self.turn_undead_gap);
+        if self.turn_undead_sent.get(&to).is_some_and(|&at| now < at + gap) {
+            return false;
+        }
+        self.turn_undead_sent.retain(|_, at| now < *at + gap);
+        self.turn_undead_sent.insert(to, now);
+        true
+    }
 }
 
 impl Runtime<Ident> for Io {
@@ -169,6 +257,13 @@ impl Runtime<Ident> for Io {
     }
 
     fn send_to(&mut self, to: Ident, data: &[u8]) {
+        // foca answers every datagram from a member it holds down with a
+        // TurnUndead, and two nodes that each hold the other down would
+        // bounce them at network speed; one per address per gap is enough
+        // to tell it (see the crate docs, "Bounded traffic").
+        if is_turn_undead(data) && !self.turn_undead_allowed(to.addr) {
+            return;
+        }
         self.transmits.push_back((to.addr, data.to_vec()));
     }
 
@@ -176,6 +271,33 @@ impl Runtime<Ident> for Io {
         self.timers.push(self.now + after, event);
     }
 }
+
+/// Whether `data` (a payload foca encoded) is a `TurnUndead`.
+fn is_turn_undead(data: &[u8]) -> bool {
+    let header: Result<Header<Ident>, _> = PostcardCodec.decode_header(data);
+    header.is_ok_and(|h| h.message == Message::TurnUndead)
+}
+
+/// When this node renews its identity after foca declared it down.
+#[derive(Debug, Default)]
+struct Renewal {
+    /// foca holds this identity down (`Defunct`) and it has not renewed.
+    due: bool,
+    /// Earliest time of the next renewal.
+    not_before: Duration,
+    /// Wait after the last renewal before the next: one probe period after
+    /// the first in a while, doubling with each renewal up to
+    /// [`RENEWAL_GAP_MAX`].
+    gap: Duration,
+    /// When this node last renewed.
+    last: Option<Duration>,
+}
+
+/// Longest wait between two renewals of a node that keeps being declared
+/// down.
+const RENEWAL_GAP_MAX: Duration = Duration::from_secs(5);
+/// A renewal this long after the previous one is immediate again.
+const RENEWAL_QUIET: Duration = Duration::from_secs(30);
 
 /// The membership state machine of one node. See the crate docs for the
 /// calling convention. Not thread-safe by design: one task owns it.
@@ -192,6 +314,12 @@ pub struct Membership {
     next_down_burst: Duration,
     tracker: ViewTracker,
     events: VecDeque<Event>,
+    renewal: Renewal,
+    /// The newest other identity seen in datagram headers at this node's
+    /// address (foca keeps those of gossip updates in its member list).
+    rival: Option<Ident>,
+    /// The newer process that holds this node's address, once seen.
+    superseded_by: Option<NodeId>,
 }
 
 impl fmt::Debug for Membership {
@@ -207,7 +335,9 @@ impl fmt::Debug for Membership {
 impl Membership {
     /// Creates the state machine of node `me`.
     ///
-    /// `name` is shown to other members (at most [`MAX_NAME_LEN`] bytes).
+    /// `name` is shown to other members (at most [`MAX_NAME_LEN`] bytes),
+    /// and so is `tag`, the node tag its fencing tokens carry
+    /// ([`Member::tag`]).
     /// `seeds` are addresses to announce to until they are active members
     /// (our own address is ignored). `rng_seed` fixes every random choice.
     /// Fails on an invalid `config`, a too long `name` or `me.epoch == 0`
@@ -215,6 +345,7 @@ impl Membership {
     pub fn new(
         me: NodeId,
         name: String,
+        tag: u16,
         config: Config,
         seeds: Vec<SocketAddr>,
         rng_seed: u64,
@@ -233,7 +364,7 @@ impl Membership {
             }
         }
         let foca = Foca::new(
-            Ident::new(me, name.clone()),
+            Ident::new(me, name.clone(), tag),
             config.to_foca(),
             SmallRng::seed_from_u64(rng_seed),
             PostcardCodec,
@@ -242,12 +373,15 @@ impl Membership {
             me,
             seeds: unique,
             foca,
-            io: Io::default(),
+            io: Io { turn_undead_gap: config.probe_period, ..Io::default() },
             phase: Phase::NotStarted,
             next_seed_announce: Duration::ZERO,
             next_down_burst: Duration::ZERO,
-            tracker: ViewTracker::new(me, name),
+            tracker: ViewTracker::new(me, name, tag),
             events: VecDeque::new(),
+            renewal: Renewal::default(),
+            rival: None,
+            superseded_by: None,
             config,
         })
     }
@@ -284,6 +418,7 @@ impl Membership {
         if self.phase != Phase::Running {
             return Err(MembershipError::NotRunning);
         }
+        self.watch_header(payload);
         let result = self.foca.handle_data(payload, &mut self.io);
         // foca may have applied part of a payload before failing on the
         // rest, so what it reported is processed either way.
@@ -310,6 +445,62 @@ impl Membership {
             self.announce_to_seeds(now);
         }
         self.settle(now);
+    }
+
+    /// Changes the node tag this node shows in its identity. The identity
+    /// is renewed (a higher bump, same key), so the new tag wins over the
+    /// old one everywhere; every other node then installs a plain view that
+    /// shows it. This node's own installed view shows it at once and no view
+    /// event follows here. A tag equal to the current one changes nothing.
+    pub fn set_tag(&mut self, now: Duration, tag: u16) {
+        let now = self.advance(now);
+        if tag == self.foca.identity().tag {
+            return;
+        }
+        self.tracker.set_my_tag(tag);
+        match self.phase {
+            Phase::Running => {
+                self.renew(now, tag);
+                self.settle(now);
+            }
+            Phase::NotStarted => {
+                // Nobody knows this identity yet; a higher bump all the same,
+                // so the old one can never outrank it.
+                let mine = self.foca.identity().clone();
+                let next = Ident { tag, bump: mine.bump + 1, ..mine };
+                let _ = self.foca.change_identity(next, &mut self.io);
+                self.io.transmits.clear();
+            }
+            Phase::Left | Phase::Superseded => {}
+        }
+    }
+
+    /// The node tag this node shows.
+    pub fn tag(&self) -> u16 {
+        self.foca.identity().tag
+    }
+
+    /// Reports that a datagram for `id` reached this node's address: for a
+    /// driver that drops datagrams addressed to another identity before
+    /// membership sees them (an envelope bound to its destination), which
+    /// would hide the newer process from [`Membership::handle_datagram`].
+    /// If `id` is at this node's address with a larger start stamp, a newer
+    /// process holds or held the address and this node stands down (see
+    /// [`Membership::superseded_by`]); otherwise nothing happens.
+    pub fn note_claim(&mut self, now: Duration, id: NodeId) {
+        self.advance(now);
+        if self.phase == Phase::Running && id.addr == self.me.addr && id.epoch > self.me.epoch {
+            self.stand_down(id);
+        }
+    }
+
+    /// The newer process that took this node's address, if one did: this
+    /// node then stopped for good (see the crate docs, "One address, two
+    /// identities"). The driver should stop the node and say so loudly.
+    /// This node's own key when what holds the address is a renewal of it
+    /// that it cannot outrank (a forged renewal counter at its maximum).
+    pub fn superseded_by(&self) -> Option<NodeId> {
+        self.superseded_by
     }
 
     /// Leaves the cluster gracefully: tells a few members this node is down
@@ -354,7 +545,8 @@ impl Membership {
         }
         let foca = self.io.timers.next_deadline();
         let view = self.tracker.deadline(self.config.view_settle, self.config.view_max_delay);
-        [foca, view, Some(self.next_seed_announce)].into_iter().flatten().min()
+        let renewal = self.renewal.due.then_some(self.renewal.not_before);
+        [foca, view, renewal, Some(self.next_seed_announce)].into_iter().flatten().min()
     }
 
     /// The view installed last (id 0, this node alone, before `start`).
@@ -378,8 +570,13 @@ impl Membership {
     }
 
     /// Announces to every seed whose address is not an active member, and
-    /// schedules the next round.
+    /// schedules the next round. Not while foca holds this identity down:
+    /// the answer would only be "you are down" again.
     fn announce_to_seeds(&mut self, now: Duration) {
+        self.next_seed_announce = now + self.config.seed_announce_interval;
+        if self.renewal.due {
+            return;
+        }
         for &seed in &self.seeds {
             let active = self.foca.iter_members().any(|m| m.id().addr == seed);
             if !active {
@@ -389,16 +586,114 @@ impl Membership {
             }
         }
         self.drain_notes(now);
-        self.next_seed_announce = now + self.config.seed_announce_interval;
     }
 
     fn drain_notes(&mut self, now: Duration) {
         let mut merging = false;
-        for note in self.io.notes.drain(..) {
+        for note in std::mem::take(&mut self.io.notes) {
+            if let OwnedNotification::Defunct = note {
+                // foca learnt this identity is held down; see `renew`.
+                self.renewal.due = true;
+            }
             merging |= self.tracker.on_notification(now, &note);
         }
-        if merging && now >= self.next_down_burst {
+        if merging {
+            self.merge_burst(now);
+        }
+    }
+
+    /// A merge has started (see `announce_to_down`), at most once per probe
+    /// period.
+    fn merge_burst(&mut self, now: Duration) {
+        if now >= self.next_down_burst {
             self.announce_to_down(now);
+        }
+    }
+
+    /// Notes every other identity at this node's address that a datagram
+    /// names (sender or destination): a newer process there (see
+    /// `supersede_if_newer`), or a renewal of ours this node never made
+    /// (forged, or a twin with the same start stamp), which the next
+    /// renewal must outrank. Undecodable payloads are foca's to reject.
+    fn watch_header(&mut self, payload: &[u8]) {
+        let Ok(header): Result<Header<Ident>, _> = PostcardCodec.decode_header(payload) else { return };
+        let Header { src, dst, .. } = header;
+        for id in [src, dst] {
+            let mine = self.foca.identity();
+            if id.addr == mine.addr
+                && id != *mine
+                && self.rival.as_ref().is_none_or(|r| foca::Identity::win_addr_conflict(&id, r))
+                && (id.epoch, id.bump) > (mine.epoch, mine.bump)
+            {
+                self.rival = Some(id);
+            }
+        }
+    }
+
+    /// The highest-ranked identity other than ours known at our address:
+    /// from foca's member list (foca records them there, held down) and
+    /// from datagram headers.
+    fn strongest_rival(&self) -> Option<&Ident> {
+        let mine = self.foca.identity();
+        self.foca
+            .iter_membership_state()
+            .map(|m| m.id())
+            .filter(|id| id.addr == mine.addr && *id != mine)
+            .chain(self.rival.as_ref())
+            .max_by(|a, b| a.epoch.cmp(&b.epoch).then(a.bump.cmp(&b.bump)))
+    }
+
+    /// Stops for good if a newer process (a larger start stamp) holds or
+    /// held this node's address: it wins every conflict, so every renewal of
+    /// ours would be refused, and fighting it is what made the storm.
+    fn supersede_if_newer(&mut self) -> bool {
+        let Some(newer) = self.strongest_rival().filter(|r| r.epoch > self.me.epoch).map(Ident::key) else {
+            return false;
+        };
+        self.stand_down(newer);
+        true
+    }
+
+    /// Stops for good: `by` holds this node's address.
+    fn stand_down(&mut self, by: NodeId) {
+        self.superseded_by = Some(by);
+        self.phase = Phase::Superseded;
+        // Whatever this input queued would only contest the winner.
+        self.io.transmits.clear();
+        self.io.timers.clear();
+        self.io.notes.clear();
+        self.renewal.due = false;
+    }
+
+    /// Renews this node's identity, showing `tag`: a bump above its own and
+    /// above every same-epoch identity seen at its address, so it wins every
+    /// conflict at once instead of one bump per round trip. The next renewal
+    /// waits a gap that doubles (see [`Renewal`]).
+    fn renew(&mut self, now: Duration, tag: u16) {
+        let mine = self.foca.identity().clone();
+        let top =
+            self.strongest_rival().filter(|r| r.epoch == mine.epoch).map_or(0, |r| r.bump).max(mine.bump);
+        let Some(bump) = top.checked_add(1) else {
+            // Cannot outrank it: a forged bump at the very top. Stand down
+            // rather than contest it for ever.
+            self.stand_down(mine.key());
+            return;
+        };
+        let was_down = std::mem::take(&mut self.renewal.due);
+        let r = &mut self.renewal;
+        if r.last.is_some_and(|last| now >= last + RENEWAL_QUIET) {
+            r.gap = Duration::ZERO;
+        }
+        r.gap = if r.gap.is_zero() { self.config.probe_period } else { (r.gap * 2).min(RENEWAL_GAP_MAX) };
+        r.last = Some(now);
+        r.not_before = now + r.gap;
+        // An encode error leaves the old identity; the next "you are down"
+        // renews again.
+        let _ = self.foca.change_identity(Ident { bump, tag, ..mine }, &mut self.io);
+        if was_down {
+            // A rejoin: the others will see this node come back.
+            self.tracker.on_rejoin(now);
+            self.merge_burst(now);
         }
     }
 
@@ -419,9 +714,19 @@ impl Membership {
         }
     }
 
-    /// Brings the view tracker up to date and installs a due view.
+    /// Brings the view tracker up to date and installs a due view; renews
+    /// this node's identity when that is due, or stops if a newer process
+    /// took its address.
     fn settle(&mut self, now: Duration) {
         self.drain_notes(now);
+        if self.phase != Phase::Running || self.supersede_if_newer() {
+            return;
+        }
+        if self.renewal.due && now >= self.renewal.not_before {
+            let tag = self.foca.identity().tag;
+            self.renew(now, tag);
+            self.drain_notes(now);
+        }
         self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
         if let Some(event) = self.tracker.poll(now, self.config.view_settle, self.config.view_max_delay) {
             self.events.push_back(event);
@@ -440,7 +745,8 @@ mod tests {
     #[test]
     fn start_emits_a_single_member_view_and_announces_to_seeds() {
         let seed = node(2).addr;
-        let mut m = Membership::new(node(1), "a".into(), Config::lan(), vec![seed, node(1).addr], 7).unwrap();
+        let mut m =
+            Membership::new(node(1), "a".into(), 1, Config::lan(), vec![seed, node(1).addr], 7).unwrap();
         assert_eq!(m.poll_timeout(), None);
         m.start(Duration::from_millis(5));
         let Some(Event::View(v)) = m.poll_event() else { panic!("expected a view") };
@@ -454,17 +760,34 @@ mod tests {
     #[test]
     fn rejects_bad_arguments_by_field() {
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        let e = Membership::new(node(1), long, Config::lan(), vec![], 1).unwrap_err();
+        let e = Membership::new(node(1), long, 1, Config::lan(), vec![], 1).unwrap_err();
         assert_eq!(e.field, "name");
         let mut zero = node(1);
         zero.epoch = 0;
-        let e = Membership::new(zero, "a".into(), Config::lan(), vec![], 1).unwrap_err();
+        let e = Membership::new(zero, "a".into(), 1, Config::lan(), vec![], 1).unwrap_err();
         assert_eq!(e.field, "me.epoch");
     }
 
     #[test]
+    fn a_claim_by_a_newer_process_at_our_address_stops_the_node() {
+        let mut m = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![node(2).addr], 1).unwrap();
+        m.start(Duration::ZERO);
+        while m.poll_transmit().is_some() {}
+        let older = NodeId { epoch: 0, ..node(1) };
+        m.note_claim(Duration::ZERO, older);
+        m.note_claim(Duration::ZERO, NodeId { epoch: 5, ..node(2) });
+        assert_eq!((m.superseded_by(), m.poll_timeout().is_some()), (None, true));
+        let newer = NodeId { epoch: 5, ..node(1) };
+        m.note_claim(Duration::ZERO, newer);
+        assert_eq!(m.superseded_by(), Some(newer));
+        assert_eq!(m.poll_timeout(), None);
+        m.handle_timeout(Duration::from_secs(5));
+        assert_eq!(m.poll_transmit(), None, "silent for good");
+    }
+
+    #[test]
     fn input_before_start_is_refused() {
-        let mut m = Membership::new(node(1), "a".into(), Config::lan(), vec![], 1).unwrap();
+        let mut m = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![], 1).unwrap();
         assert!(matches!(
             m.handle_datagram(Duration::ZERO, node(2).addr, b"x"),
             Err(MembershipError::NotRunning)

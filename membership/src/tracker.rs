@@ -4,8 +4,9 @@
 //! Rule: a `MemberUp` of a key this node saw go down, or this node's own
 //! `Rejoin`, makes the next installed view a merge. An unknown key is a join
 //! (a restarted process has a new epoch, hence a new key). A rename that
-//! keeps the key changes nothing. A view is installed once the live set has
-//! been unchanged for `view_settle` (or has been changing for
+//! keeps the key changes nothing, unless it changes the member's tag: then
+//! a plain view with the new tag is installed. A view is installed once the
+//! live set has been unchanged for `view_settle` (or has been changing for
 //! `view_max_delay`), so a heal cascade yields one merge view.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,14 +23,17 @@ use crate::view::{Event, Member, View};
 /// guard against unbounded growth from address churn.
 const MAX_DOWN_SEEN: usize = 4096;
 
+/// What a view shows of a member besides its key: name and tag.
+type Shown = (String, u16);
+
 #[derive(Debug)]
 pub(crate) struct ViewTracker {
     me: NodeId,
-    my_name: String,
+    mine: Shown,
     installed: View,
     next_view_id: u64,
     /// Latest live set (including this node), as foca reports it.
-    live: BTreeMap<NodeId, String>,
+    live: BTreeMap<NodeId, Shown>,
     /// When `live` last changed.
     changed_at: Duration,
     /// Since when `live` has differed from `installed` (or a rejoin waits).
@@ -43,12 +47,13 @@ pub(crate) struct ViewTracker {
 }
 
 impl ViewTracker {
-    pub(crate) fn new(me: NodeId, my_name: String) -> ViewTracker {
-        let alone = BTreeMap::from([(me, my_name.clone())]);
+    pub(crate) fn new(me: NodeId, my_name: String, my_tag: u16) -> ViewTracker {
+        let mine = (my_name, my_tag);
+        let alone = BTreeMap::from([(me, mine.clone())]);
         ViewTracker {
             me,
             installed: View { id: 0, members: to_members(&alone) },
-            my_name,
+            mine,
             next_view_id: 1,
             live: alone,
             changed_at: Duration::ZERO,
@@ -61,6 +66,23 @@ impl ViewTracker {
 
     pub(crate) fn installed(&self) -> &View {
         &self.installed
+    }
+
+    /// This node's tag changed: shown at once in the installed view (the
+    /// caller acted on it already), so it does not make a new view here.
+    pub(crate) fn set_my_tag(&mut self, tag: u16) {
+        self.mine.1 = tag;
+        self.live.insert(self.me, self.mine.clone());
+        for m in self.installed.members.iter_mut().filter(|m| m.id == self.me) {
+            m.tag = tag;
+        }
+    }
+
+    /// This node renewed its identity after being declared down: the next
+    /// view is a merge, installed once the renewal cascade has settled.
+    pub(crate) fn on_rejoin(&mut self, now: Duration) {
+        self.rejoined = true;
+        self.changed_at = now;
     }
 
     /// Installs the first view (this node alone) and returns it.
@@ -90,9 +112,9 @@ impl ViewTracker {
                 false
             }
             OwnedNotification::Rejoin(_) => {
-                // Our renewal starts a cascade on the others: let it settle.
-                self.rejoined = true;
-                self.changed_at = now;
+                // Not sent by foca any more (the membership layer renews,
+                // see `on_rejoin`); kept for completeness.
+                self.on_rejoin(now);
                 true
             }
             _ => false,
@@ -101,13 +123,14 @@ impl ViewTracker {
 
     /// Feeds the current live set (without this node).
     pub(crate) fn observe<'a>(&mut self, now: Duration, others: impl Iterator<Item = &'a Ident>) {
-        let mut live: BTreeMap<NodeId, String> = others.map(|i| (i.key(), i.name.clone())).collect();
-        live.insert(self.me, self.my_name.clone());
-        if !same_keys(&live, &self.live) {
+        let mut live: BTreeMap<NodeId, Shown> = others.map(|i| (i.key(), (i.name.clone(), i.tag))).collect();
+        live.insert(self.me, self.mine.clone());
+        if !same_keys_and_tags(&live, &self.live) {
             self.changed_at = now;
         }
         self.live = live;
-        let differs = !self.live.keys().copied().eq(self.installed.ids()) || self.rejoined;
+        let tags_differ = !self.live.values().map(|s| s.1).eq(self.installed.members.iter().map(|m| m.tag));
+        let differs = !self.live.keys().copied().eq(self.installed.ids()) || tags_differ || self.rejoined;
         self.unsettled_since = match (differs, self.unsettled_since) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
@@ -169,10 +192,10 @@ impl ViewTracker {
     }
 }
 
-fn same_keys(a: &BTreeMap<NodeId, String>, b: &BTreeMap<NodeId, String>) -> bool {
-    a.keys().eq(b.keys())
+fn same_keys_and_tags(a: &BTreeMap<NodeId, Shown>, b: &BTreeMap<NodeId, Shown>) -> bool {
+    a.iter().map(|(k, s)| (k, s.1)).eq(b.iter().map(|(k, s)| (k, s.1)))
 }
 
-fn to_members(live: &BTreeMap<NodeId, String>) -> Vec<Member> {
-    live.iter().map(|(id, name)| Member { id: *id, name: name.clone() }).collect()
+fn to_members(live: &BTreeMap<NodeId, Shown>) -> Vec<Member> {
+    live.iter().map(|(id, (name, tag))| Member { id: *id, name: name.clone(), tag: *tag }).collect()
 }

@@ -12,6 +12,11 @@ pub struct Member {
     pub id: NodeId,
     /// Display name the member chose (at most 64 bytes).
     pub name: String,
+    /// The member's node tag, the coordinator part of the fencing tokens
+    /// it grants. Gossiped with its identity; a change (see
+    /// [`Membership::set_tag`](crate::Membership::set_tag)) installs a new
+    /// view on every node.
+    pub tag: u16,
 }
 
 /// An installed view: the live members as this node sees them.
@@ -38,7 +43,7 @@ impl View {
     ///
     /// Per member it hashes the epoch (8 bytes little endian), an address
     /// family byte (4 or 6), the IP octets and the port (2 bytes little
-    /// endian). Names are not hashed.
+    /// endian). Names and tags are not hashed.
     pub fn digest(&self) -> u64 {
         let mut h = Fnv1a::new();
         for m in &self.members {
@@ -129,6 +134,7 @@ mod tests {
         Member {
             id: NodeId { epoch, addr: SocketAddr::from(([10, 0, 0, 1], port)) },
             name: format!("n{port}"),
+            tag: port,
         }
     }
 
@@ -138,6 +144,7 @@ mod tests {
         let mut b = a.clone();
         b.id = 9;
         b.members[0].name = "other".into();
+        b.members[0].tag = 99;
         assert_eq!(a.digest(), b.digest());
         let c = View { id: 1, members: vec![member(1, 1), member(3, 2)] };
         assert_ne!(a.digest(), c.digest());

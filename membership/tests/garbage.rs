@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use swimlock_membership::{Config, Membership};
 
 fn started() -> Membership {
-    let mut m = Membership::new(node_id(0), "n0".into(), Config::lan(), vec![], 1).unwrap();
+    let mut m = Membership::new(node_id(0), "n0".into(), 1, Config::lan(), vec![], 1).unwrap();
     m.start(ms(0));
     m
 }

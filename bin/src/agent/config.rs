@@ -64,6 +64,11 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Lock protocol settings (mode, node tag, timings, lock-delay).
     pub lock: swimlock_lock::Config,
+    /// Whether `lock.tag` was configured (`--node-tag`, `node_tag`). If not,
+    /// a tag saved in `state_dir` after a collision replaces the default
+    /// hash at start. Either way, a tag an older member has is changed at
+    /// run time (see [`crate::node::tags`]); a configured one with a WARN.
+    pub node_tag_configured: bool,
     /// Membership timings.
     pub membership: swimlock_membership::Config,
     /// Directory where the node keeps the last coordinator term it
@@ -98,6 +103,7 @@ impl AgentConfig {
             unix_socket: None,
             metrics: None,
             lock: swimlock_lock::Config::lan(node_tag(bind)),
+            node_tag_configured: false,
             membership: swimlock_membership::Config::lan(),
             state_dir: None,
             epoch: None,
@@ -138,6 +144,14 @@ impl AgentConfig {
     pub fn mode_name(&self) -> String {
         mode_name(self.lock.mode)
     }
+
+    /// Takes the tag `saved` in the state directory by an earlier life,
+    /// unless a tag was configured.
+    pub(crate) fn use_saved_tag(&mut self, saved: Option<u16>) {
+        if let Some(tag) = saved.filter(|_| !self.node_tag_configured) {
+            self.lock.tag = tag;
+        }
+    }
 }
 
 /// `available` or `majority/N`.
@@ -170,7 +184,8 @@ fn default_name(bind: SocketAddr) -> String {
 }
 
 /// Default node tag: a hash (FNV-1a folded to 16 bits) of the advertised
-/// address. Set it by hand when two members' tags could collide.
+/// address. Two members' tags may collide; the younger then takes another
+/// one by itself (see [`crate::node::tags`]).
 pub fn node_tag(advertise: SocketAddr) -> u16 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in advertise.to_string().bytes() {
@@ -223,8 +238,9 @@ pub struct AgentArgs {
     /// Address of the Prometheus endpoint, or `off` [default: 127.0.0.1:9950].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
-    /// Coordinator part of fencing tokens; unique per member
-    /// [default: a hash of the advertised address].
+    /// Coordinator part of fencing tokens; a tag an older member has is
+    /// changed at run time, with a WARN [default: the tag saved in
+    /// --state-dir after a collision, else a hash of the advertised address].
     #[arg(long, value_name = "U16")]
     pub node_tag: Option<u16>,
     /// Wait this long before granting again a lock whose holder left [default: 0s].
@@ -328,6 +344,7 @@ impl AgentArgs {
         c.metrics =
             optional_addr("metrics", self.metrics.as_ref().or(file.metrics.as_ref()), DEFAULT_METRICS)?;
         c.lock.tag = self.node_tag.or(file.node_tag).unwrap_or_else(|| node_tag(c.advertise));
+        c.node_tag_configured = self.node_tag.or(file.node_tag).is_some();
         let members = self.members.or(file.members);
         c.lock.mode = match self.mode.as_ref().or(file.mode.as_ref()).map(String::as_str) {
             None | Some("available") => Mode::Available,
@@ -460,6 +477,20 @@ mod tests {
         assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert_eq!(c.lock.tag, node_tag(c.advertise));
         assert_eq!(c.mode_name(), "available");
+    }
+
+    #[test]
+    fn a_saved_tag_replaces_the_default_but_not_a_configured_one() {
+        let mut c = AgentArgs::default().resolve().unwrap();
+        assert!(!c.node_tag_configured);
+        c.use_saved_tag(None);
+        assert_eq!(c.lock.tag, node_tag(c.advertise));
+        c.use_saved_tag(Some(4321));
+        assert_eq!(c.lock.tag, 4321);
+        let mut c = args(|a| a.node_tag = Some(17)).resolve().unwrap();
+        assert!(c.node_tag_configured);
+        c.use_saved_tag(Some(4321));
+        assert_eq!(c.lock.tag, 17);
     }
 
     #[test]

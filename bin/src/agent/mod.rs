@@ -117,7 +117,7 @@ impl Handle {
 ///
 /// # Panics
 /// When called outside a tokio runtime.
-pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
+pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     config.validate()?;
     // The only wall clock the node reads: its identity's start stamp.
     let epoch = config.epoch.unwrap_or_else(|| {
@@ -151,7 +151,17 @@ pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
         }
         None => (None, 0),
     };
-    let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?;
+    let tag_store = match &config.state_dir {
+        Some(dir) => {
+            let (store, saved) = state::TagStore::open(dir)
+                .map_err(|source| AgentError::State { path: dir.display().to_string(), source })?;
+            config.use_saved_tag(saved);
+            Some(store)
+        }
+        None => None,
+    };
+    let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?
+        .with_tag_store(tag_store);
     let metrics_handle = agent.metrics_handle();
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::{AgentConfig, ConfigError};
-use super::state::TermStore;
+use super::state::{TagStore, TermStore};
 use crate::client::Session;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeConfig, NodeEvent};
@@ -74,6 +74,13 @@ pub(crate) struct NodeTask {
     woke_local: bool,
     /// See [`AgentConfig::busy_poll`].
     busy_poll: Duration,
+    /// This node's tag, where a changed one is saved, and whether it was
+    /// configured (a change then warns).
+    tag: u16,
+    tags: Option<TagStore>,
+    tag_configured: bool,
+    /// A newer process took this node's address: the task stops.
+    superseded: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -111,8 +118,18 @@ impl NodeTask {
             terms,
             woke_local: false,
             busy_poll: config.busy_poll,
+            tag: config.lock.tag,
+            tags: None,
+            tag_configured: config.node_tag_configured,
+            superseded: false,
             _stopped: stopped,
         })
+    }
+
+    /// Saves every tag the node changes to in `tags` (the state directory).
+    pub fn with_tag_store(mut self, tags: Option<TagStore>) -> NodeTask {
+        self.tags = tags;
+        self
     }
 
     pub fn metrics_handle(&self) -> PrometheusHandle {
@@ -165,7 +182,7 @@ impl NodeTask {
                     }
                 }
             }
-            if self.batch(&mut commands, &mut buf).await {
+            if self.batch(&mut commands, &mut buf).await || self.superseded {
                 break;
             }
         }
@@ -385,6 +402,29 @@ impl NodeTask {
             }
             NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
             NodeEvent::Lock(Event::Alert(alert)) => on_alert(alert),
+            NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
+            NodeEvent::Superseded { by } => {
+                error!(
+                    newer = %by,
+                    "a newer process took this node's address (a second agent on it?); this node stops"
+                );
+                self.superseded = true;
+            }
+        }
+    }
+
+    /// An older member had this node's tag; the node took `tag`. Saved so
+    /// that the next start uses it.
+    fn on_tag_changed(&mut self, tag: u16) {
+        let old = std::mem::replace(&mut self.tag, tag);
+        // The node logged the change; a configured tag is worth a warning.
+        if self.tag_configured {
+            warn!(configured = old, tag, "the configured node tag is taken by an older member; changed it");
+        }
+        if let Some(store) = &self.tags
+            && let Err(e) = store.save(tag)
+        {
+            error!(tag, error = %e, "cannot save the node tag; the next start may collide again");
         }
     }
 

@@ -28,6 +28,7 @@ use swimlock_wire::frame::{self, ClusterId, Kind};
 use swimlock_wire::lock::LockFrame;
 use swimlock_wire::{ClientId, LockName, NodeId, ReqId, WireError};
 
+pub mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -61,6 +62,21 @@ pub enum NodeEvent {
         view: swimlock_membership::View,
         /// Whether it is a merge view.
         merge: bool,
+    },
+    /// An older member of a view had this node's tag, so the node took
+    /// another free one (see [`tags`]), already applied to membership and to
+    /// the lock machine before that view reached it. Persist it and use it
+    /// at the next start.
+    TagChanged {
+        /// The new tag.
+        tag: u16,
+    },
+    /// A newer process took this node's address (see
+    /// [`Membership::superseded_by`]): membership stopped for good. The
+    /// driver should stop the node and say so loudly.
+    Superseded {
+        /// The newer process.
+        by: NodeId,
     },
 }
 
@@ -114,6 +130,8 @@ pub struct Node {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
     counters: NodeCounters,
+    /// [`NodeEvent::Superseded`] was emitted.
+    superseded: bool,
 }
 
 impl Node {
@@ -137,7 +155,8 @@ impl Node {
             .lock
             .validate()
             .map_err(|e| NodeError { field: format!("lock.{}", e.field), reason: e.reason.to_string() })?;
-        let membership = Membership::new(me, config.name, config.membership, config.seeds, rng_seed)
+        let tag = config.lock.tag;
+        let membership = Membership::new(me, config.name, tag, config.membership, config.seeds, rng_seed)
             .map_err(|e| {
                 // Arguments of `Membership::new` keep their own name.
                 let field = match e.field {
@@ -154,6 +173,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NodeCounters::default(),
+            superseded: false,
         })
     }
 
@@ -291,21 +311,28 @@ impl Node {
     }
 
     /// Moves what one input produced to the outputs: views go to the lock
-    /// machine (so it always acts on the latest view), events are queued in
-    /// the order they happened, and lock messages are batched per peer.
+    /// machine (so it always acts on the latest view, with a tag no older
+    /// member of it has), events are queued in the order they happened, and
+    /// lock messages are batched per peer.
     fn after_input(&mut self, now: Duration) {
         self.drain_lock_events();
         while let Some(event) = self.membership.poll_event() {
             let merge = event.is_merge();
-            let view = match event {
+            let mut view = match event {
                 swimlock_membership::Event::View(view) | swimlock_membership::Event::Merge { view, .. } => {
                     view
                 }
             };
+            self.keep_tag_unique(now, &mut view);
             let lock_view = swimlock_lock::View { id: view.id, members: view.ids().collect(), merge };
             self.events.push_back(NodeEvent::View { view, merge });
             self.lock.handle_view(now, lock_view);
             self.drain_lock_events();
+        }
+        if let Some(by) = self.membership.superseded_by()
+            && !std::mem::replace(&mut self.superseded, true)
+        {
+            self.events.push_back(NodeEvent::Superseded { by });
         }
         while let Some((to, payload)) = self.membership.poll_transmit() {
             // Membership keeps payloads below its packet size, far under the
@@ -315,6 +342,22 @@ impl Node {
             }
         }
         self.batch_lock_transmits();
+    }
+
+    /// Before `view` reaches the lock machine: if an older member has this
+    /// node's tag, take a free one (see [`tags`]) everywhere it is used.
+    fn keep_tag_unique(&mut self, now: Duration, view: &mut swimlock_membership::View) {
+        let old = self.membership.tag();
+        let Some(tag) = tags::replacement(self.me, old, view) else { return };
+        if let Some(older) = view.members.iter().find(|m| m.id < self.me && m.tag == old) {
+            tracing::info!(old, tag, older = %older.name, "node tag taken by an older member; changed");
+        }
+        self.membership.set_tag(now, tag);
+        self.lock.set_tag(tag);
+        for m in view.members.iter_mut().filter(|m| m.id == self.me) {
+            m.tag = tag;
+        }
+        self.events.push_back(NodeEvent::TagChanged { tag });
     }
 
     fn drain_lock_events(&mut self) {

@@ -35,54 +35,101 @@ struct Net {
     events: Vec<Vec<NodeEvent>>,
     flight: BTreeMap<(Duration, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
     seq: u64,
+    /// Nodes that stopped for good: no timers, datagrams to them are lost.
+    crashed: std::collections::BTreeSet<usize>,
 }
 
 impl Net {
     fn new(n: usize) -> Net {
-        let mut net = Net {
+        let mut net = Net::unstarted((0..n).map(config).collect());
+        for i in 0..n {
+            net.start(i);
+        }
+        net
+    }
+
+    /// Node `i` gets `configs[i]`; none is started.
+    fn unstarted(configs: Vec<NodeConfig>) -> Net {
+        let n = configs.len();
+        Net {
             now: Duration::ZERO,
-            nodes: (0..n).map(|i| Node::new(id(i), config(i), i as u64).unwrap()).collect(),
+            nodes: configs
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Node::new(id(i), c, i as u64).unwrap())
+                .collect(),
             events: vec![Vec::new(); n],
             flight: BTreeMap::new(),
             seq: 0,
-        };
-        for i in 0..n {
-            net.nodes[i].start(net.now);
-            net.flush(i);
+            crashed: Default::default(),
         }
-        net
+    }
+
+    fn start(&mut self, i: usize) {
+        self.nodes[i].start(self.now);
+        self.flush(i);
+    }
+
+    /// Adds and starts a node with identity `me`, which may share another
+    /// node's address (then, as the socket bound last, it gets every
+    /// datagram sent there while it runs).
+    fn add(&mut self, me: NodeId, config: NodeConfig) -> usize {
+        self.nodes.push(Node::new(me, config, me.epoch).unwrap());
+        self.events.push(Vec::new());
+        let i = self.nodes.len() - 1;
+        self.start(i);
+        i
     }
 
     fn flush(&mut self, i: usize) {
         while let Some((to, datagram)) = self.nodes[i].poll_transmit() {
             self.seq += 1;
-            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (addr(i), to, datagram));
+            let from = self.nodes[i].id().addr;
+            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (from, to, datagram));
         }
         while let Some(event) = self.nodes[i].poll_event() {
             self.events[i].push(event);
         }
     }
 
+    /// When the next datagram arrives or timer fires.
+    fn next_at(&self) -> Option<Duration> {
+        let live = |i: &usize| !self.crashed.contains(i);
+        let timer = (0..self.nodes.len()).filter(live).filter_map(|i| self.nodes[i].poll_timeout()).min();
+        let next = self.flight.keys().next().map(|k| k.0);
+        [timer, next].into_iter().flatten().min()
+    }
+
     /// Advances to the next datagram or timer and handles it.
     fn step(&mut self) {
-        let timer = self.nodes.iter().filter_map(Node::poll_timeout).min();
         let next = self.flight.keys().next().map(|k| k.0);
-        let at = [timer, next].into_iter().flatten().min().expect("something to do");
+        let at = self.next_at().expect("something to do");
         self.now = self.now.max(at);
         if next == Some(at) {
             let (_, (from, to, datagram)) = self.flight.pop_first().unwrap();
-            if let Some(i) = (0..self.nodes.len()).find(|&i| addr(i) == to) {
+            let receiver = (0..self.nodes.len())
+                .rev()
+                .find(|&i| self.nodes[i].id().addr == to && !self.crashed.contains(&i));
+            if let Some(i) = receiver {
                 self.nodes[i].handle_datagram(self.now, from, &datagram);
                 self.flush(i);
             }
         } else {
             for i in 0..self.nodes.len() {
-                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                if !self.crashed.contains(&i) && self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
                     self.nodes[i].handle_timeout(self.now);
                     self.flush(i);
                 }
             }
         }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.next_at().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = end;
     }
 
     fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) {
@@ -230,4 +277,97 @@ fn bad_settings_are_refused_by_field() {
     let e = Node::new(id(0), c, 1).unwrap_err();
     assert_eq!(e.field, "name");
     assert!(e.to_string().contains("`name`"));
+}
+
+/// The lock machine's tag is never one an older member of the view it acts
+/// on has.
+fn assert_no_older_twin(net: &Net) {
+    for node in &net.nodes {
+        let tag = node.lock_node().config().tag;
+        assert_eq!(tag, node.membership().tag());
+        let view = node.membership().view();
+        let older = view.members.iter().find(|m| m.id < node.id() && m.tag == tag);
+        assert!(older.is_none(), "{} acts under tag {tag} of older member {older:?}", node.id());
+    }
+}
+
+fn tag_changes(net: &Net, i: usize) -> Vec<u16> {
+    net.events[i]
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::TagChanged { tag } => Some(*tag),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two nodes configured with one tag. The younger (node 1) starts first
+/// and coordinates alone under it; when the older one arrives, the younger
+/// takes another tag in the same view install that names the older one, so
+/// it never coordinates, nor holds its tag, beside it. After the older
+/// crashes, the younger coordinates again under its new tag.
+#[test]
+fn the_younger_of_two_nodes_with_one_tag_changes_it_within_one_view() {
+    let mut configs: Vec<NodeConfig> = (0..2).map(config).collect();
+    for c in &mut configs {
+        c.lock.tag = 5;
+    }
+    let mut net = Net::unstarted(configs);
+    net.start(1);
+    let now = net.now;
+    let req = net.nodes[1].lock(now, ClientId(1), name("early"), Duration::from_secs(2));
+    net.flush(1);
+    net.run_until(Duration::from_secs(2), |n| n.acquired(1, req).is_some());
+    assert_eq!(net.acquired(1, req).unwrap().tag(), 5, "alone, node 1 grants under tag 5");
+
+    net.start(0);
+    let deadline = net.now + Duration::from_secs(5);
+    while !net.one_view() {
+        assert!(net.now < deadline, "no common view");
+        net.step();
+        assert_no_older_twin(&net);
+    }
+    let changed = tag_changes(&net, 1);
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let new = changed[0];
+    assert_ne!(new, 5);
+    assert!(tag_changes(&net, 0).is_empty(), "the older node keeps its tag");
+    // The change came with the first view that named node 0, before it.
+    let first_pair = net.events[1]
+        .iter()
+        .position(|e| matches!(e, NodeEvent::View { view, .. } if view.contains(id(0))))
+        .unwrap();
+    assert!(matches!(net.events[1][first_pair - 1], NodeEvent::TagChanged { tag } if tag == new));
+    let NodeEvent::View { view, .. } = &net.events[1][first_pair] else { unreachable!() };
+    assert_eq!(view.members.iter().map(|m| m.tag).collect::<Vec<_>>(), vec![5, new]);
+    // Node 0 sees the new tag too.
+    net.run_until(Duration::from_secs(2), |n| n.nodes[0].membership().view().members[1].tag == new);
+
+    net.crashed.insert(0);
+    net.run_until(Duration::from_secs(3), |n| n.nodes[1].lock_node().is_serving());
+    let now = net.now;
+    let req = net.nodes[1].lock(now, ClientId(1), name("late"), Duration::from_secs(2));
+    net.flush(1);
+    net.run_until(Duration::from_secs(2), |n| n.acquired(1, req).is_some());
+    assert_eq!(net.acquired(1, req).unwrap().tag(), new, "alone again, under its new tag");
+}
+
+/// A second process on node 1's address with a newer start stamp, for a
+/// second, then it crashes: node 1 hears the cluster again, finds its
+/// address taken and reports it once.
+#[test]
+fn a_node_whose_address_a_newer_process_took_reports_it() {
+    let mut net = Net::new(2);
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    let newer = NodeId { epoch: 9_000, addr: addr(1) };
+    let twin = net.add(newer, config(1));
+    net.run_for(Duration::from_secs(1));
+    net.crashed.insert(twin);
+    let superseded =
+        |n: &Net| n.events[1].iter().filter(|e| matches!(e, NodeEvent::Superseded { .. })).count();
+    net.run_until(Duration::from_secs(5), |n| superseded(n) > 0);
+    assert!(net.events[1].contains(&NodeEvent::Superseded { by: newer }));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(superseded(&net), 1, "reported once");
+    assert_eq!(net.nodes[1].membership().superseded_by(), Some(newer));
 }

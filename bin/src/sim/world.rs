@@ -750,6 +750,8 @@ impl World {
                             let members: Vec<String> = view.members.iter().map(|m| m.name.clone()).collect();
                             views.push(format!("h{host} view {} {members:?} merge={merge}", view.id));
                         }
+                        NodeEvent::TagChanged { tag } => views.push(format!("h{host} tag {tag}")),
+                        NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! A tiny deterministic network for `Membership` instances: one event queue
 //! in simulated time, 1–3 ms delays and optional loss from a seeded RNG,
-//! partitions as a set of cut pairs, crash and pause verbs. No wall clock.
+//! partitions as a set of cut pairs, crash and pause verbs, twins (a second
+//! process on an address in use) and injected datagrams. No wall clock.
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
@@ -27,6 +28,11 @@ pub fn node_id(i: usize) -> NodeId {
     NodeId { epoch: 1_000 + i as u64, addr: addr(i) }
 }
 
+/// The tag node `i` starts with.
+pub fn tag(i: usize) -> u16 {
+    100 + i as u16
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Up,
@@ -36,14 +42,20 @@ enum State {
 
 struct SimNode {
     m: Membership,
+    addr: SocketAddr,
     state: State,
     /// Datagrams that arrived while paused (the socket buffer).
     inbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagrams this process sent.
+    sent: u64,
 }
 
 struct Delivery {
-    to: usize,
-    from: SocketAddr,
+    /// The destination address; which process gets it is decided on
+    /// arrival (see [`Sim::receiver`]).
+    to: SocketAddr,
+    /// The sending process.
+    from: usize,
     bytes: Vec<u8>,
 }
 
@@ -54,7 +66,6 @@ pub struct Sim {
     pub now: Duration,
     rng: SmallRng,
     nodes: Vec<SimNode>,
-    index: BTreeMap<SocketAddr, usize>,
     queue: BTreeMap<(Duration, u64), Delivery>,
     seq: u64,
     cuts: BTreeSet<(usize, usize)>,
@@ -82,20 +93,22 @@ impl Sim {
                 m: Membership::new(
                     node_id(i),
                     format!("node-{i}"),
+                    tag(i),
                     config.clone(),
                     vec![addr(0)],
                     seed.wrapping_mul(1_000).wrapping_add(i as u64),
                 )
                 .expect("valid config"),
+                addr: addr(i),
                 state: State::Up,
                 inbox: VecDeque::new(),
+                sent: 0,
             })
             .collect();
         Sim {
             now: Duration::ZERO,
             rng: SmallRng::seed_from_u64(seed),
             nodes,
-            index: (0..n).map(|i| (addr(i), i)).collect(),
             queue: BTreeMap::new(),
             seq: 0,
             cuts: BTreeSet::new(),
@@ -160,11 +173,54 @@ impl Sim {
     /// epoch (a restart), and starts it.
     pub fn restart(&mut self, i: usize, epoch: u64, config: Config) {
         let id = NodeId { epoch, addr: addr(i) };
-        let mut m =
-            Membership::new(id, format!("node-{i}"), config, vec![addr(0)], epoch).expect("valid config");
+        let mut m = Membership::new(id, format!("node-{i}"), tag(i), config, vec![addr(0)], epoch)
+            .expect("valid config");
         m.start(self.now);
-        self.nodes[i] = SimNode { m, state: State::Up, inbox: VecDeque::new() };
+        self.nodes[i] = SimNode { m, addr: addr(i), state: State::Up, inbox: VecDeque::new(), sent: 0 };
         self.flush(i);
+    }
+
+    /// Starts a second process at node `i`'s address (as a second agent on
+    /// a port bound with SO_REUSEADDR) with start stamp `epoch`, while node
+    /// `i` keeps running. As on Linux, the process that bound last gets
+    /// every datagram sent to the address while it runs. Returns its index.
+    pub fn twin(&mut self, i: usize, epoch: u64) -> usize {
+        let id = NodeId { epoch, addr: addr(i) };
+        let mut m = Membership::new(id, format!("twin-{i}"), tag(i), Config::lan(), vec![addr(0)], epoch)
+            .expect("valid config");
+        m.start(self.now);
+        self.nodes.push(SimNode { m, addr: addr(i), state: State::Up, inbox: VecDeque::new(), sent: 0 });
+        let t = self.nodes.len() - 1;
+        self.flush(t);
+        t
+    }
+
+    /// Delivers `bytes` to node `i` now, as if sent from `from` (a forged
+    /// or replayed datagram); what it answers is sent as usual.
+    pub fn inject(&mut self, i: usize, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        let _ = self.nodes[i].m.handle_datagram(now, from, bytes);
+        self.flush(i);
+    }
+
+    /// Node `i` changes its tag now.
+    pub fn set_tag(&mut self, i: usize, tag: u16) {
+        let now = self.now;
+        self.nodes[i].m.set_tag(now, tag);
+        self.flush(i);
+    }
+
+    /// Datagrams sent by node `i` so far.
+    pub fn sent_by(&self, i: usize) -> u64 {
+        self.nodes[i].sent
+    }
+
+    /// The process that gets a datagram sent to `to`: the one that started
+    /// last among those at that address that have not crashed or left.
+    fn receiver(&self, to: SocketAddr) -> Option<usize> {
+        (0..self.nodes.len())
+            .rev()
+            .find(|&j| self.nodes[j].addr == to && self.nodes[j].state != State::Crashed)
     }
 
     /// Starts node `i` only (for staggered or late starts).
@@ -203,19 +259,20 @@ impl Sim {
     fn flush(&mut self, i: usize) {
         while let Some((to, bytes)) = self.nodes[i].m.poll_transmit() {
             self.sent += 1;
+            self.nodes[i].sent += 1;
             self.largest_payload = self.largest_payload.max(bytes.len());
             if self.capture {
                 self.captured.push(bytes.clone());
             }
-            let Some(&j) = self.index.get(&to) else {
+            if !self.nodes.iter().any(|n| n.addr == to) {
                 continue;
-            };
+            }
             if self.loss > 0.0 && self.rng.random_bool(self.loss) {
                 continue;
             }
             let at = self.now + Duration::from_micros(self.rng.random_range(1_000..=3_000));
             self.seq += 1;
-            self.queue.insert((at, self.seq), Delivery { to: j, from: addr(i), bytes });
+            self.queue.insert((at, self.seq), Delivery { to, from: i, bytes });
         }
         while let Some(event) = self.nodes[i].m.poll_event() {
             self.trace.push((self.now, i, event));
@@ -255,18 +312,20 @@ impl Sim {
             }
             None => {
                 let (_, d) = self.queue.pop_first().expect("queue head exists");
-                let j = d.to;
-                let from_idx = self.index[&d.from];
-                if self.cut(from_idx, j) {
+                let Some(j) = self.receiver(d.to) else {
+                    return true;
+                };
+                if self.cut(d.from, j) {
                     return true;
                 }
+                let from = self.nodes[d.from].addr;
                 match self.nodes[j].state {
                     State::Crashed => {}
-                    State::Paused => self.nodes[j].inbox.push_back((d.from, d.bytes)),
+                    State::Paused => self.nodes[j].inbox.push_back((from, d.bytes)),
                     State::Up => {
                         // Errors (e.g. from a node that left) are dropped, as
                         // the driver would.
-                        let _ = self.nodes[j].m.handle_datagram(at, d.from, &d.bytes);
+                        let _ = self.nodes[j].m.handle_datagram(at, from, &d.bytes);
                         self.flush(j);
                     }
                 }
