@@ -347,9 +347,10 @@ impl Coordinator {
     /// lose their locks, members that joined are asked for theirs.
     pub fn on_view(&mut self, now: Duration, members: &[NodeId], out: &mut Outbox) {
         let departed: Vec<NodeId> = self.members.iter().filter(|m| !members.contains(m)).copied().collect();
-        for node in &departed {
-            self.awaiting.remove(node);
-        }
+        // A member that left before it answered may hold locks the table
+        // does not list: nothing new is granted until its leases are over.
+        let unknown: Vec<NodeId> =
+            departed.iter().filter(|n| self.awaiting.remove(n).is_some()).copied().collect();
         for node in members {
             if !self.members.contains(node) {
                 self.awaiting.insert(*node, Assembly::new(now, &self.config, 0));
@@ -373,6 +374,9 @@ impl Coordinator {
             }
             Phase::Serving(s) => {
                 for (node, until) in departures {
+                    if unknown.contains(&node) {
+                        s.extend_grace(until);
+                    }
                     s.purge_node(now, term, node, until, out);
                 }
             }

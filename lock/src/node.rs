@@ -279,6 +279,13 @@ pub struct LockNode {
     departed: BTreeMap<NodeId, Departure>,
     /// The latest `now` seen.
     now: Duration,
+    /// The time of the last input, to notice that the node did not run.
+    last_input: Option<Duration>,
+    /// After a gap longer than failure detection (the process was paused or
+    /// starved), others may have replaced this node: as coordinator it
+    /// grants and renews nothing until a view installed since shows what it
+    /// is, or until this time passes with none.
+    stale_until: Option<Duration>,
     out: Outbox,
 }
 
@@ -307,6 +314,8 @@ impl LockNode {
             accepted_term: 0,
             departed: BTreeMap::new(),
             now: Duration::ZERO,
+            last_input: None,
+            stale_until: None,
             out: Outbox {
                 me,
                 transmits: VecDeque::new(),
@@ -327,8 +336,21 @@ impl LockNode {
     /// was paused must not act on a lock it no longer holds).
     fn begin(&mut self, now: Duration) -> Duration {
         self.now = self.now.max(now);
-        self.client.expire(self.now, &mut self.out);
-        self.now
+        let now = self.now;
+        if self.last_input.is_some_and(|t| now - t >= self.config.detection_min) {
+            self.stale_until = Some(now + self.config.detection_min);
+        }
+        self.last_input = Some(now);
+        if self.stale_until.is_some_and(|t| t <= now) {
+            self.stale_until = None;
+        }
+        self.client.expire(now, &mut self.out);
+        now
+    }
+
+    /// Whether the coordinator role must hold still (see `stale_until`).
+    fn stale(&self) -> bool {
+        self.stale_until.is_some()
     }
 
     /// Ends an input: messages to itself delivered, a higher term
@@ -362,6 +384,8 @@ impl LockNode {
         }
         self.client.on_view(now, &view, quorum, &mut self.out);
         self.view = Some(view);
+        // A view installed after the gap says what this node is now.
+        self.stale_until = None;
         self.end();
     }
 
@@ -423,6 +447,12 @@ impl LockNode {
     }
 
     fn dispatch(&mut self, now: Duration, from: NodeId, msg: LockMsg) {
+        if self.stale_until.is_some() && self.coord.is_some() && is_for_coordinator(&msg) {
+            // Not knowing yet whether it still coordinates: the sender
+            // repeats it.
+            self.out.stats.dropped += 1;
+            return;
+        }
         let out = &mut self.out;
         match (msg, &mut self.coord) {
             (LockMsg::Lock(req), Some(c)) => c.handle_lock(now, from, req, out),
@@ -470,7 +500,9 @@ impl LockNode {
     /// reconciliation round.
     pub fn handle_timeout(&mut self, now: Duration) {
         let now = self.begin(now);
-        if let Some(c) = &mut self.coord {
+        if !self.stale()
+            && let Some(c) = &mut self.coord
+        {
             c.handle_timeout(now, &mut self.out);
         }
         self.client.handle_timeout(now, &mut self.out);
@@ -545,8 +577,14 @@ impl LockNode {
     /// When [`LockNode::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let coord = self.coord.as_ref().and_then(|c| c.poll_timeout(self.now));
-        coord.into_iter().chain(self.client.poll_timeout()).min()
+        let coord = match self.stale_until {
+            Some(until) => Some(until),
+            None => self.coord.as_ref().and_then(|c| c.poll_timeout(self.now)),
+        };
+        // A coordinator runs at least this often, so a longer gap between
+        // inputs means the process did not run (see `stale_until`).
+        let tick = self.coord.as_ref().and(self.last_input).map(|t| t + self.config.detection_min / 2);
+        coord.into_iter().chain(tick).chain(self.client.poll_timeout()).min()
     }
 
     /// The current view.
@@ -586,9 +624,9 @@ impl LockNode {
     }
 
     /// Whether this node, as coordinator, may make new grants at `now`
-    /// (serving, no grace, no hold).
+    /// (serving, no grace, no hold, not just back from a gap).
     pub fn grants_open(&self, now: Duration) -> bool {
-        self.coord.as_ref().is_some_and(|c| c.grants_open(now))
+        !self.stale() && self.coord.as_ref().is_some_and(|c| c.grants_open(now))
     }
 
     /// The highest term this node has announced as durable.
@@ -659,4 +697,18 @@ impl LockNode {
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// Whether `msg` is for the coordinator role.
+fn is_for_coordinator(msg: &LockMsg) -> bool {
+    matches!(
+        msg,
+        LockMsg::Lock(_)
+            | LockMsg::Unlock(_)
+            | LockMsg::Cancel(_)
+            | LockMsg::LockInfoRsp(_)
+            | LockMsg::DuplicateAck(_)
+            | LockMsg::Hello(_)
+            | LockMsg::Renew(_)
+    )
 }

@@ -302,6 +302,11 @@ impl Serving {
         !self.dups.is_empty() && self.dups.keys().any(|(_, _, n, _)| n == name)
     }
 
+    /// Grants nothing new before `until` (see `grace_until`).
+    pub fn extend_grace(&mut self, until: Duration) {
+        self.grace_until = self.grace_until.max(Some(until));
+    }
+
     /// Pauses or resumes new grants; resuming grants every free queue.
     pub fn set_hold(&mut self, now: Duration, term: u32, hold: bool, out: &mut Outbox) {
         let resumed = self.hold && !hold;

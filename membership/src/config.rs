@@ -138,6 +138,13 @@ impl Config {
         Ok(())
     }
 
+    /// The least time from a member's last message to the install of a
+    /// view without it: the suspicion timeout plus the view settle time.
+    /// The lock layer's leases rely on it (`swimlock_lock::Config::detection_min`).
+    pub fn detection_min(&self) -> Duration {
+        self.suspect_to_down_after + self.view_settle
+    }
+
     /// The foca configuration these tunables map to.
     pub(crate) fn to_foca(&self) -> foca::Config {
         let mut c = foca::Config::simple();

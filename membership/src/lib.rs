@@ -549,6 +549,12 @@ impl Membership {
         [foca, view, renewal, Some(self.next_seed_announce)].into_iter().flatten().min()
     }
 
+    /// Whether gossip knows another active member now, installed in a view
+    /// or not yet (a join under way).
+    pub fn has_peers(&self) -> bool {
+        self.foca.iter_members().next().is_some()
+    }
+
     /// The view installed last (id 0, this node alone, before `start`).
     pub fn view(&self) -> &View {
         self.tracker.installed()

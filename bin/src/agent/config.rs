@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// awake instead of paying a wake-up, at the price of a CPU kept busy
     /// that long after traffic; see [`MAX_BUSY_POLL`].
     pub busy_poll: Duration,
+    /// With seeds, wait this long for one to answer before forming a group
+    /// alone (see [`NodeConfig::join_timeout`](crate::node::NodeConfig)).
+    pub join_timeout: Duration,
 }
 
 /// The longest busy-poll allowed: it spins a CPU.
@@ -108,6 +111,7 @@ impl AgentConfig {
             state_dir: None,
             epoch: None,
             busy_poll: Duration::ZERO,
+            join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
         }
     }
 
@@ -243,7 +247,9 @@ pub struct AgentArgs {
     /// --state-dir after a collision, else a hash of the advertised address].
     #[arg(long, value_name = "U16")]
     pub node_tag: Option<u16>,
-    /// Wait this long before granting again a lock whose holder left [default: 0s].
+    /// Wait this long before granting again a lock whose holder left; at
+    /// least lease x (1 + clock margin) - detection [default: that bound
+    /// (1.5s with the LAN defaults), 3s in majority mode].
     #[arg(long, value_name = "DURATION")]
     pub lock_delay: Option<String>,
     /// SWIM probe period [default: 100ms].
@@ -261,6 +267,14 @@ pub struct AgentArgs {
     /// How long a new coordinator waits for members' lock reports [default: 300ms].
     #[arg(long, value_name = "DURATION")]
     pub reconcile_timeout: Option<String>,
+    /// How long a held lock stays valid without a renewal from the
+    /// coordinator [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// With seeds, how long to wait for one to answer before forming a
+    /// group alone [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub join_timeout: Option<String>,
     /// After traffic from peers, keep polling the socket this long before
     /// sleeping (at most 1ms): lower latency on virtual machines whose idle
     /// CPUs are slow to wake, for a CPU kept busy [default: 0s, off].
@@ -287,6 +301,7 @@ struct FileConfig {
     node_tag: Option<u16>,
     lock_delay: Option<String>,
     busy_poll: Option<String>,
+    join_timeout: Option<String>,
     #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
@@ -309,6 +324,9 @@ struct MembershipFile {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct LockFile {
+    lease: Option<String>,
+    own_lease: Option<String>,
+    clock_margin_pct: Option<u32>,
     retransmit_initial: Option<String>,
     retransmit_max: Option<String>,
     queued_keepalive: Option<String>,
@@ -389,11 +407,18 @@ impl AgentArgs {
 
         let l = &mut c.lock;
         let lf = &file.lock;
-        if let Mode::Majority { .. } = l.mode {
-            // A cut-off holder drops its locks within failure detection;
-            // the majority must not grant them again before that.
-            l.lock_delay = MAJORITY_LOCK_DELAY;
+        l.detection_min = c.membership.detection_min();
+        set(&mut l.lease, "lock.lease", self.lease.as_ref().or(lf.lease.as_ref()))?;
+        set(&mut l.own_lease, "lock.own_lease", lf.own_lease.as_ref())?;
+        if let Some(pct) = lf.clock_margin_pct {
+            l.clock_margin_pct = pct;
         }
+        // The least lock-delay the lease allows; in majority mode also time
+        // for a cut-off side to notice it lost the majority.
+        l.lock_delay = match l.mode {
+            Mode::Majority { .. } => l.min_lock_delay().max(MAJORITY_LOCK_DELAY),
+            Mode::Available => l.min_lock_delay(),
+        };
         set(&mut l.lock_delay, "lock_delay", self.lock_delay.as_ref().or(file.lock_delay.as_ref()))?;
         set(&mut l.retransmit_initial, "lock.retransmit_initial", lf.retransmit_initial.as_ref())?;
         set(&mut l.retransmit_max, "lock.retransmit_max", lf.retransmit_max.as_ref())?;
@@ -402,15 +427,18 @@ impl AgentArgs {
         set(&mut l.reconcile_timeout, "lock.reconcile_timeout", reconcile)?;
         set(&mut l.try_lock_timeout, "lock.try_lock_timeout", lf.try_lock_timeout.as_ref())?;
         set(&mut c.busy_poll, "busy_poll", self.busy_poll.as_ref().or(file.busy_poll.as_ref()))?;
+        let join = self.join_timeout.as_ref().or(file.join_timeout.as_ref());
+        set(&mut c.join_timeout, "join_timeout", join)?;
 
         c.validate()?;
         Ok(c)
     }
 }
 
-/// Default lock-delay in mode `majority`: above the failure-detection bound
-/// of the LAN membership defaults (about one second).
-pub const MAJORITY_LOCK_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Default lock-delay in mode `majority`: after a new coordinator starts, a
+/// side cut off from the majority has until then, minus a lease, to notice
+/// (1.5 s with the LAN defaults).
+pub const MAJORITY_LOCK_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)

@@ -100,6 +100,7 @@ impl NodeTask {
             seeds: config.seeds.clone(),
             lock: config.lock.clone(),
             membership: config.membership.clone(),
+            join_timeout: config.join_timeout,
         };
         // The seed only spreads probe targets; the start stamp differs per process.
         let node = Node::with_term_floor(me, node_config, epoch ^ u64::from(config.lock.tag), term_floor)?;
@@ -403,6 +404,10 @@ impl NodeTask {
             NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
             NodeEvent::Lock(Event::Alert(alert)) => on_alert(alert),
             NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
+            NodeEvent::JoinTimedOut => warn!(
+                "no seed answered within the join timeout; forming a group of this node alone \
+                 (if the seeds are up but unreachable, this is a split brain)"
+            ),
             NodeEvent::Superseded { by } => {
                 error!(
                     newer = %by,

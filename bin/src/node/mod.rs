@@ -45,6 +45,17 @@ pub struct NodeConfig {
     pub lock: swimlock_lock::Config,
     /// Membership timings.
     pub membership: swimlock_membership::Config,
+    /// With seeds other than itself, the node neither coordinates nor
+    /// grants until it has joined a group through one; if none answers
+    /// within this time, it forms a group of its own (and says so). About
+    /// twice the failure detection time; see [`NodeConfig::JOIN_TIMEOUT`].
+    pub join_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Default join timeout: about twice the time LAN membership takes to
+    /// detect a failure (about one second).
+    pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 /// What the node reports to its driver.
@@ -78,6 +89,10 @@ pub enum NodeEvent {
         /// The newer process.
         by: NodeId,
     },
+    /// No seed answered within the join timeout: the node formed a group of
+    /// its own and may grant in it (worth a warning: if the seeds were up
+    /// but unreachable, this is a split brain).
+    JoinTimedOut,
 }
 
 /// Datagram counters, monotonic since the node was created.
@@ -129,6 +144,10 @@ pub struct Node {
     lock: LockNode,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
+    /// While joining: until when to wait for a seed, and the view the lock
+    /// machine will get if none answers.
+    joining: Option<(Duration, Option<swimlock_lock::View>)>,
+    join_timeout: Duration,
     counters: NodeCounters,
     /// [`NodeEvent::Superseded`] was emitted.
     superseded: bool,
@@ -151,11 +170,15 @@ impl Node {
         rng_seed: u64,
         term_floor: u32,
     ) -> Result<Node, NodeError> {
+        let mut config = config;
+        config.lock.detection_min = config.membership.detection_min();
         config
             .lock
             .validate()
             .map_err(|e| NodeError { field: format!("lock.{}", e.field), reason: e.reason.to_string() })?;
         let tag = config.lock.tag;
+        let has_seeds = config.seeds.iter().any(|s| *s != me.addr);
+        let join_timeout = config.join_timeout;
         let membership = Membership::new(me, config.name, tag, config.membership, config.seeds, rng_seed)
             .map_err(|e| {
                 // Arguments of `Membership::new` keep their own name.
@@ -172,6 +195,8 @@ impl Node {
             lock: LockNode::with_term_floor(me, config.lock, term_floor),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            joining: has_seeds.then_some((Duration::MAX, None)),
+            join_timeout,
             counters: NodeCounters::default(),
             superseded: false,
         })
@@ -180,8 +205,17 @@ impl Node {
     /// Starts membership: the first view (this node alone) is installed and
     /// the seeds are announced to. Later calls do nothing.
     pub fn start(&mut self, now: Duration) {
+        if let Some((deadline, _)) = &mut self.joining {
+            *deadline = now.saturating_add(self.join_timeout);
+        }
         self.membership.start(now);
         self.after_input(now);
+    }
+
+    /// Whether the node still waits for a seed before it takes part in
+    /// locking (see [`NodeConfig::join_timeout`]).
+    pub fn is_joining(&self) -> bool {
+        self.joining.is_some()
     }
 
     /// One datagram received from `from`. Anything that does not decode, is
@@ -231,6 +265,20 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.membership.handle_timeout(now);
         self.lock.handle_timeout(now);
+        if let Some((deadline, _)) = &mut self.joining
+            && *deadline <= now
+            && self.membership.has_peers()
+        {
+            // A seed answered and the join is under way: its view follows.
+            *deadline = now + self.membership.config().view_max_delay;
+        }
+        if let Some((_, view)) = self.joining.take_if(|(deadline, _)| *deadline <= now) {
+            self.events.push_back(NodeEvent::JoinTimedOut);
+            if let Some(view) = view {
+                self.lock.handle_view(now, view);
+                self.drain_lock_events();
+            }
+        }
         self.after_input(now);
     }
 
@@ -287,7 +335,8 @@ impl Node {
     /// machines' deadlines, on the `now` clock. Re-read after every input.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Duration> {
-        [self.membership.poll_timeout(), self.lock.poll_timeout()].into_iter().flatten().min()
+        let join = self.joining.as_ref().map(|(deadline, _)| *deadline);
+        [self.membership.poll_timeout(), self.lock.poll_timeout(), join].into_iter().flatten().min()
     }
 
     /// This node's identity.
@@ -326,6 +375,15 @@ impl Node {
             self.keep_tag_unique(now, &mut view);
             let lock_view = swimlock_lock::View { id: view.id, members: view.ids().collect(), merge };
             self.events.push_back(NodeEvent::View { view, merge });
+            if let Some((_, held)) = &mut self.joining {
+                if lock_view.members.len() < 2 {
+                    // Alone: not a group to grant in until a seed answers or
+                    // the join timeout passes.
+                    *held = Some(lock_view);
+                    continue;
+                }
+                self.joining = None;
+            }
             self.lock.handle_view(now, lock_view);
             self.drain_lock_events();
         }

@@ -25,6 +25,7 @@ fn config(i: usize) -> NodeConfig {
         seeds: vec![addr(0)],
         lock: swimlock_lock::Config::lan(i as u16 + 1),
         membership: swimlock_membership::Config::lan(),
+        join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
     }
 }
 

@@ -81,6 +81,7 @@ impl Cluster {
             seeds: if i == 0 { Vec::new() } else { vec![addr(0)] },
             lock: Config::lan(i as u16 + 1),
             membership: swimlock_membership::Config::lan(),
+            join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
         };
         let mut node = Node::new(id, config, self.rng.random()).expect("valid settings");
         node.start(self.now);

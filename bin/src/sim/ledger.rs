@@ -61,6 +61,14 @@ pub trait Network {
     /// granted this (its members either told it their terms, or learned
     /// its own) knows `term`.
     fn term_known_outside(&self, term: u32) -> bool;
+    /// Whether coordinator `other`, which granted or renewed a hold at
+    /// `at`, and the coordinator that granted this are apart because lost
+    /// messages made one declare the other down (SWIM's failure detector
+    /// does that to a live member, and each side then coordinates): `other`
+    /// is alive, was not paused shortly before `at` (a pause is no network
+    /// fault), one of the two views lacks the other, and the network lost a
+    /// message between them since `since`.
+    fn falsely_suspected(&self, other: usize, at: Duration, since: Duration) -> bool;
 }
 
 /// Every hold and every grant of a run.
@@ -105,7 +113,9 @@ impl Ledger {
         };
         for other in holds.iter().filter(|h| (h.node, h.client) != (node, client)) {
             let holders_apart = available && net.separated_during(other.host, host, recent, now);
-            if holders_apart || other.granters.iter().any(|g| split_brain(Some(*g), recent)) {
+            let suspected =
+                available && other.granters.iter().any(|g| net.falsely_suspected(*g, other.start, recent));
+            if holders_apart || suspected || other.granters.iter().any(|g| split_brain(Some(*g), recent)) {
                 self.allowed_overlaps += 1;
                 continue;
             }
@@ -137,8 +147,9 @@ impl Ledger {
             let known_elsewhere = available
                 && (granter.is_some_and(|b| net.term_known_across(g.token.term(), b, recent))
                     || !net.term_known_outside(g.token.term()));
+            let suspected = available && g.granter.is_some_and(|o| net.falsely_suspected(o, g.at, recent));
             if g.token != token
-                && (split_brain(g.granter, g.at.saturating_sub(MERGE_BOUND)) || known_elsewhere)
+                && (split_brain(g.granter, g.at.saturating_sub(MERGE_BOUND)) || known_elsewhere || suspected)
             {
                 continue;
             }

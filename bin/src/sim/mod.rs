@@ -77,6 +77,8 @@ pub struct Summary {
     pub pauses: u64,
     /// Hosts restarted.
     pub restarts: u64,
+    /// Hosts that formed a group alone after the join timeout.
+    pub alone: u64,
     /// Holders of one lock on two sides of a partition (available mode).
     pub split_holds: u64,
     /// Runs with a broken invariant.
@@ -93,6 +95,7 @@ impl Summary {
         self.duplicates += o.duplicates;
         self.pauses += o.pauses;
         self.restarts += o.restarts;
+        self.alone += o.alone;
         self.split_holds += o.split_holds;
         if o.violation.is_some() {
             self.failures.push(o);
@@ -102,7 +105,7 @@ impl Summary {
     /// The one-line summary `swimlock sim` prints.
     pub fn line(&self) -> String {
         format!(
-            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} pauses {} split holds {} violations {}",
+            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} pauses {} split holds {} violations {}",
             self.seeds,
             self.steps,
             self.grants,
@@ -110,6 +113,7 @@ impl Summary {
             self.merges,
             self.duplicates,
             self.restarts,
+            self.alone,
             self.pauses,
             self.split_holds,
             self.failures.len()

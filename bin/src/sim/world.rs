@@ -9,6 +9,7 @@
 //! *Drain*: every client goes away; every lock must be released and every
 //! request answered.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -87,6 +88,8 @@ pub struct Outcome {
     pub pauses: u64,
     /// Hosts restarted.
     pub restarts: u64,
+    /// Hosts that formed a group alone after the join timeout.
+    pub alone: u64,
     /// Two holders of one lock on two sides of a partition (allowed in
     /// `available` mode only).
     pub split_holds: u64,
@@ -226,6 +229,8 @@ struct Host {
     /// While paused: the input that reached the host, handled when it
     /// resumes (its clock then jumps).
     paused: Option<Vec<Ev>>,
+    /// The last pause: from, until.
+    last_pause: Option<(Duration, Duration)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +257,9 @@ pub struct World {
     /// Counts topology changes: a view scheduled before the latest one is
     /// dropped, so no view shows a change sooner than detection allows.
     generation: u64,
+    /// When the network last lost a message between two hosts (lower
+    /// host first).
+    lost: BTreeMap<(usize, usize), Duration>,
     /// Clients that let go of locks in the step being handled (`None`:
     /// all of the client's locks).
     let_go: Vec<(usize, ClientId, Option<LockName>)>,
@@ -280,6 +288,7 @@ impl World {
             ledger: Ledger::default(),
             partitions: vec![(Duration::ZERO, Partition::healed(cfg.nodes))],
             generation: 0,
+            lost: BTreeMap::new(),
             let_go: Vec::new(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
             takeovers: 0,
@@ -326,6 +335,7 @@ impl World {
                 seeds: (0..self.cfg.nodes).filter(|&o| o != host).map(addr).collect(),
                 lock: self.lock_config(host),
                 membership: swimlock_membership::Config::lan(),
+                join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
             };
             let rng_seed = self.rng.random();
             let mut node =
@@ -347,6 +357,7 @@ impl World {
             started_at: self.now,
             was_coordinator: false,
             paused: None,
+            last_pause: None,
         }
     }
 
@@ -616,6 +627,7 @@ impl World {
                 let host = running[self.rng.random_range(0..running.len())];
                 let pause = Duration::from_millis(self.rng.random_range(50..=MAX_PAUSE_MS));
                 self.hosts[host].paused = Some(Vec::new());
+                self.hosts[host].last_pause = Some((self.now, self.now + pause));
                 self.outcome.pauses += 1;
                 self.queue.push(self.now + pause, Ev::Resume { host });
                 self.trace(|| format!("pause h{host} for {pause:?}"));
@@ -752,6 +764,10 @@ impl World {
                         }
                         NodeEvent::TagChanged { tag } => views.push(format!("h{host} tag {tag}")),
                         NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
+                        NodeEvent::JoinTimedOut => {
+                            self.outcome.alone += 1;
+                            views.push(format!("h{host} join timed out: a group of its own"));
+                        }
                     }
                 }
             }
@@ -765,7 +781,11 @@ impl World {
             if !self.partition.connected(host, to_host) {
                 continue;
             }
-            for at in delivery_times(&mut self.rng, self.now, self.faults) {
+            let times = delivery_times(&mut self.rng, self.now, self.faults);
+            if times.is_empty() {
+                self.lost.insert((host.min(to_host), host.max(to_host)), self.now);
+            }
+            for at in times {
                 self.queue.push(at, Ev::Datagram { host: to_host, from: host, bytes: bytes.clone() });
             }
         }
@@ -774,7 +794,11 @@ impl World {
             if !self.partition.connected(host, to_host) {
                 continue;
             }
-            for at in delivery_times(&mut self.rng, self.now, self.faults) {
+            let times = delivery_times(&mut self.rng, self.now, self.faults);
+            if times.is_empty() {
+                self.lost.insert((host.min(to_host), host.max(to_host)), self.now);
+            }
+            for at in times {
                 self.queue.push(at, Ev::Deliver { host: to_host, from, to: t.to, msg: t.msg.clone() });
             }
         }
@@ -796,12 +820,11 @@ impl World {
                 .map(|h| (h.client, h.name.clone(), h.token, lease_of(node, h.client, &h.name)))
                 .collect()
         };
-        let let_go = &self.let_go;
+        let let_go: Vec<(ClientId, Option<LockName>)> =
+            self.let_go.iter().filter(|(h, ..)| *h == host).map(|(_, c, n)| (*c, n.clone())).collect();
         let ended = |client: ClientId, name: &LockName| {
             lost.iter().any(|(c, n)| *c == client && n == name)
-                || let_go
-                    .iter()
-                    .any(|(h, c, n)| *h == host && *c == client && n.as_ref().is_none_or(|n| n == name))
+                || let_go.iter().any(|(c, n)| *c == client && n.as_ref().is_none_or(|n| n == name))
         };
         let coordinator = {
             let node = self.hosts[host].node.as_ref().expect("alive").lock();
@@ -828,10 +851,23 @@ impl World {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let net = NetView { partitions: &self.partitions, terms, granter_view, now: self.now };
+                    let paused = self.hosts.iter().map(|h| h.last_pause).collect();
+                    let views = (0..self.hosts.len()).map(|h| self.view_hosts(h)).collect();
+                    let net = NetView {
+                        partitions: &self.partitions,
+                        terms,
+                        granter_view,
+                        views,
+                        granter,
+                        lost: &self.lost,
+                        paused,
+                        now: self.now,
+                    };
                     self.ledger.acquired(
                         self.now, host, from, *client, name, *token, lease, available, granter, &net,
                     )?;
+                    // Granted and let go within this step: over already.
+                    self.ledger.sync_host(self.now, host, coordinator, &held, &ended)?;
                 }
                 Event::TermStarted { term } => self.hosts[host].persisted_term = *term,
                 _ => {}
@@ -853,6 +889,13 @@ impl World {
             self.queue.push(t.max(self.now), Ev::Timer { host });
         }
         Ok(())
+    }
+
+    /// The hosts in `host`'s view.
+    fn view_hosts(&self, host: usize) -> Vec<usize> {
+        let view = self.hosts[host].node.as_ref().and_then(|n| n.lock().view());
+        view.map(|v| v.members.iter().filter_map(|m| self.hosts.iter().position(|h| h.id == *m)).collect())
+            .unwrap_or_default()
     }
 
     /// Puts `partition` in force now.
@@ -978,6 +1021,14 @@ struct NetView<'a> {
     terms: Vec<Option<u32>>,
     /// The hosts in the view of the coordinator that granted.
     granter_view: Vec<usize>,
+    /// Every host's view, as hosts.
+    views: Vec<Vec<usize>>,
+    /// The coordinator that granted.
+    granter: Option<usize>,
+    /// When the network last lost a message between two hosts.
+    lost: &'a BTreeMap<(usize, usize), Duration>,
+    /// When each host was last paused (from, until), if ever.
+    paused: Vec<Option<(Duration, Duration)>>,
     now: Duration,
 }
 
@@ -987,6 +1038,17 @@ impl Network for NetView<'_> {
         // The partition in force at `from`, and every one that began after.
         let first = self.partitions.iter().rposition(|(at, _)| *at <= from).unwrap_or(0);
         self.partitions[first..].iter().take_while(|(at, _)| *at <= to).any(|(_, p)| !p.connected(a, b))
+    }
+
+    fn falsely_suspected(&self, other: usize, at: Duration, since: Duration) -> bool {
+        let Some(granter) = self.granter.filter(|g| *g != other) else { return false };
+        let alive = self.terms[other].is_some();
+        let detection = Duration::from_millis(MAX_DETECT_MS);
+        let paused = self.paused[other].is_some_and(|(from, until)| from <= at && until + detection >= at);
+        let pair = (granter.min(other), granter.max(other));
+        let lossy = self.lost.get(&pair).is_some_and(|t| *t >= since);
+        let apart = !self.granter_view.contains(&other) || !self.views[other].contains(&granter);
+        alive && !paused && lossy && apart
     }
 
     fn term_known_outside(&self, term: u32) -> bool {
