@@ -252,7 +252,8 @@ impl Outbox {
 struct Departure {
     /// When its view dropped the member.
     at: Duration,
-    /// Whether it coordinated that view.
+    /// Whether it coordinated that view, long enough that its own clients'
+    /// leases were all its own (short) ones.
     coordinated: bool,
 }
 
@@ -277,6 +278,8 @@ pub struct LockNode {
     /// Members that left this node's view recently: a successor must not
     /// grant what they may still hold under a lease nobody reports.
     departed: BTreeMap<NodeId, Departure>,
+    /// The coordinator of the current view, and since when it has been.
+    coordinator_since: Option<(NodeId, Duration)>,
     /// The latest `now` seen.
     now: Duration,
     /// The time of the last input, to notice that the node did not run.
@@ -313,6 +316,7 @@ impl LockNode {
             durable_term: term_floor,
             accepted_term: 0,
             departed: BTreeMap::new(),
+            coordinator_since: None,
             now: Duration::ZERO,
             last_input: None,
             stale_until: None,
@@ -392,10 +396,20 @@ impl LockNode {
     /// Remembers who left the view (and who came back), for as long as a
     /// lease of theirs could matter.
     fn note_departures(&mut self, now: Duration, previous: &[NodeId], members: &[NodeId]) {
-        for (i, node) in previous.iter().enumerate() {
+        // A member that just became coordinator may still have clients under
+        // leases its predecessor renewed.
+        let settled = self.config.stretched(self.config.lease) + self.config.detection_min;
+        let long_coordinator =
+            self.coordinator_since.filter(|(_, since)| *since + settled <= now).map(|(c, _)| c);
+        for node in previous {
             if !members.contains(node) && *node != self.me {
-                self.departed.insert(*node, Departure { at: now, coordinated: i == 0 });
+                self.departed
+                    .insert(*node, Departure { at: now, coordinated: long_coordinator == Some(*node) });
             }
+        }
+        let coordinator = members.first().copied();
+        if self.coordinator_since.map(|(c, _)| c) != coordinator {
+            self.coordinator_since = coordinator.map(|c| (c, now));
         }
         let keep = self.config.lock_delay.max(self.config.stretched(self.config.lease));
         self.departed.retain(|node, d| !members.contains(node) && d.at + keep > now);
