@@ -25,9 +25,11 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use config::{
-    AgentArgs, AgentConfig, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT, DEFAULT_CLUSTER, DEFAULT_METRICS,
-    mode_name, node_tag, parse_duration,
+    AgentArgs, AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
+    DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
+    DEFAULT_STOP_GRACE, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
+pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub(crate) use task::Command;
 
 use crate::client::{Client, ClientError};
@@ -93,9 +95,14 @@ impl Handle {
         self.metrics
     }
 
-    /// Graceful stop: releases the locks of every client (waiting briefly
-    /// for the coordinator to confirm), leaves the cluster and ends the
-    /// node task.
+    /// Graceful stop. Clients without locks are closed; every client
+    /// holding a lock is told the node is stopping
+    /// ([`LostCause::AgentStopping`](crate::client::LostCause::AgentStopping))
+    /// and has [`AgentConfig::stop_grace`] to unlock or disconnect. Locks let
+    /// go in time are released (waiting briefly for the coordinator to
+    /// confirm); then the node leaves the cluster without releasing the
+    /// others, which the cluster treats as held by a departed member, and
+    /// the node task ends.
     pub async fn shutdown(self) {
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.task.await;
@@ -153,13 +160,14 @@ pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
     };
     let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?;
     let metrics_handle = agent.metrics_handle();
+    let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
         mode = %config.mode_name(), node_tag = config.lock.tag, epoch, term_floor,
         "agent starting"
     );
     let task = tokio::spawn(agent.run(rx));
-    let mut aux = endpoint::spawn_listeners(listeners, commands.clone());
+    let mut aux = endpoint::spawn_listeners(listeners, endpoint);
     let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
     // The listeners live as long as the node task.
     let unix_socket = config.unix_socket.clone();
