@@ -109,6 +109,12 @@ impl Handle {
         let _ = self.cleanup.await;
     }
 
+    /// A handle that can end the stop grace early, for use while
+    /// [`Handle::shutdown`] runs.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { commands: self.commands.clone() }
+    }
+
     /// Crash stop, as a process killed with SIGKILL would: the node task is
     /// aborted without releasing locks or leaving, its socket closes, and
     /// the other members find out by failure detection only.
@@ -116,6 +122,21 @@ impl Handle {
         self.task.abort();
         let _ = self.task.await;
         let _ = self.cleanup.await;
+    }
+}
+
+/// Ends the stop grace of a stopping agent (see [`Handle::stopper`]).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Stopper {
+    /// While a stop waits for clients to let go: stop waiting, and leave
+    /// the cluster now without releasing the locks still held. (Before any
+    /// stop began, this starts one, as [`Handle::shutdown`] does.)
+    pub fn stop_now(&self) {
+        let _ = self.commands.send(Command::Shutdown);
     }
 }
 
