@@ -272,7 +272,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         tokio::select! {
             _ = upkeep.tick() => handle.run_upkeep(),
             accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else {
+                    // At the open-file limit `accept` fails at once, again and again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 let body = handle.render();
                 tokio::spawn(async move {
                     // Read the request head (bounded) before answering, so the
