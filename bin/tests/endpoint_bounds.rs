@@ -229,3 +229,50 @@ fn abusive_clients_are_bounded_counted_and_the_agent_keeps_serving() {
 fn count_lines(agent: &Agent, needle: &str) -> usize {
     std::fs::read_to_string(&agent.log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }
+
+/// A TCP endpoint with `client_token`: a client must give it first (the CLI
+/// reads SWIMLOCK_CLIENT_TOKEN); a missing or wrong one is refused and
+/// counted. The Unix socket needs none (its file mode protects it). A
+/// non-loopback TCP endpoint without a token is refused at start.
+#[test]
+fn client_token_is_required_on_tcp() {
+    let _serial = serial();
+    let dir = TempDir::new("auth");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "client_token = \"s3cret\"\n").unwrap();
+    let sock = dir.path().join("client.sock");
+    let extra = ["--config", config.to_str().unwrap(), "--unix-socket", sock.to_str().unwrap()];
+    let agent = Agent::start(dir.path(), "auth-1", None, &extra);
+    let unix = format!("unix:{}", sock.display());
+    wait_until(Duration::from_secs(15), "the agent to serve", || {
+        swimlock(&["status", "--client", &unix]).status.success()
+    });
+    let run = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env_remove("SWIMLOCK_CLIENT_TOKEN");
+        if let Some(t) = token {
+            cmd.env("SWIMLOCK_CLIENT_TOKEN", t);
+        }
+        cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let tcp = agent.client_arg();
+    let lock = ["lock", "auth", "--timeout", "5s", "--client", &tcp, "--", "true"];
+
+    let none = run(None, &lock);
+    assert_eq!(none.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("requires a client token"), "{none:?}");
+    let wrong = run(Some("guess"), &lock);
+    assert_eq!(wrong.status.code(), Some(77), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong client token"), "{wrong:?}");
+    let right = run(Some("s3cret"), &lock);
+    assert!(right.status.success(), "{right:?}");
+    assert!(run(Some("s3cret"), &["status", "--client", &tcp]).status.success());
+    let over_unix = run(None, &["lock", "auth", "--timeout", "5s", "--client", &unix, "--", "true"]);
+    assert!(over_unix.status.success(), "{over_unix:?}");
+    wait_until(Duration::from_secs(5), "both refusals counted", || rejected(&agent, "unauthorized") >= 2.0);
+
+    let port = free_port().to_string();
+    let open = swimlock(&["agent", "--client", &format!("0.0.0.0:{port}"), "--metrics", "off"]);
+    assert_eq!(open.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&open.stderr).contains("client_token"), "{open:?}");
+}
