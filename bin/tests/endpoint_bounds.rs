@@ -88,6 +88,8 @@ fn abusive_clients_are_bounded_counted_and_the_agent_keeps_serving() {
     let agent = Agent::start(dir.path(), "bounds-1", None, &extra);
     wait_until(Duration::from_secs(15), "the agent to serve", || agent.status().is_some());
     let pid = agent.proc.pid();
+    let open_fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let idle_fds = open_fds();
     let mut peak = rss_kib(pid);
     let mut measure = |phase: &str| {
         let rss = rss_kib(pid);
@@ -193,8 +195,10 @@ fn abusive_clients_are_bounded_counted_and_the_agent_keeps_serving() {
 
     // The open-file limit: accept fails with EMFILE; the loop backs off and
     // logs once, instead of spinning.
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    let limit = fds + 10;
+    wait_until(Duration::from_secs(10), "the agent to close the connections of earlier phases", || {
+        open_fds() <= idle_fds + 2
+    });
+    let limit = open_fds() + 10;
     let lowered =
         Command::new("prlimit").args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")]).status();
     assert!(lowered.unwrap().success(), "prlimit failed");
