@@ -24,6 +24,7 @@ const LATENCY_BUCKETS: &[f64] =
 pub struct Metrics {
     recorder: PrometheusRecorder,
     m: Instruments,
+    client: ClientCounters,
     last_stats: Stats,
     last_counters: NodeCounters,
 }
@@ -100,7 +101,13 @@ impl Metrics {
                 decode_misaddressed: decode("misaddressed"),
             }
         });
-        Metrics { recorder, m, last_stats: Stats::default(), last_counters: NodeCounters::default() }
+        let client = metrics::with_local_recorder(&recorder, ClientCounters::register);
+        Metrics { recorder, m, client, last_stats: Stats::default(), last_counters: NodeCounters::default() }
+    }
+
+    /// The client endpoint's counters, for its tasks.
+    pub fn client_counters(&self) -> ClientCounters {
+        self.client.clone()
     }
 
     /// A handle that renders the current figures.
@@ -147,6 +154,83 @@ impl Metrics {
     }
 }
 
+/// Why the client endpoint closed or refused a connection (a bound bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRejection {
+    /// Too much unread output.
+    SlowReader,
+    /// A request frame announced more than the endpoint accepts.
+    FrameTooLarge,
+    /// A request frame did not complete in time.
+    FrameTimeout,
+    /// The connection limit was reached.
+    TooManyConnections,
+    /// A request frame did not decode.
+    Malformed,
+    /// A missing or wrong client token.
+    Unauthorized,
+    /// `accept` failed (for example at the open-file limit).
+    AcceptError,
+}
+
+impl ClientRejection {
+    const ALL: [ClientRejection; 7] = [
+        ClientRejection::SlowReader,
+        ClientRejection::FrameTooLarge,
+        ClientRejection::FrameTimeout,
+        ClientRejection::TooManyConnections,
+        ClientRejection::Malformed,
+        ClientRejection::Unauthorized,
+        ClientRejection::AcceptError,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientRejection::SlowReader => "slow_reader",
+            ClientRejection::FrameTooLarge => "frame_too_large",
+            ClientRejection::FrameTimeout => "frame_timeout",
+            ClientRejection::TooManyConnections => "too_many_connections",
+            ClientRejection::Malformed => "malformed",
+            ClientRejection::Unauthorized => "unauthorized",
+            ClientRejection::AcceptError => "accept_error",
+        }
+    }
+}
+
+/// `swimlock_client_rejected_total{reason}`, one handle per reason; cheap to
+/// clone and to bump from any task.
+#[derive(Clone)]
+pub struct ClientCounters {
+    counters: [Counter; 7],
+}
+
+impl std::fmt::Debug for ClientCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCounters").finish_non_exhaustive()
+    }
+}
+
+impl ClientCounters {
+    fn register() -> ClientCounters {
+        metrics::describe_counter!(
+            "swimlock_client_rejected_total",
+            "Client connections closed or refused because a bound of the client endpoint bit, by reason."
+        );
+        ClientCounters {
+            counters: ClientRejection::ALL
+                .map(|r| metrics::counter!("swimlock_client_rejected_total", "reason" => r.label())),
+        }
+    }
+
+    /// Counts one rejection.
+    pub fn count(&self, reason: ClientRejection) {
+        if let Some(i) = ClientRejection::ALL.iter().position(|r| *r == reason) {
+            self.counters[i].increment(1);
+        }
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("swimlock_view_members", "Members in this node's installed view.");
@@ -188,7 +272,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         tokio::select! {
             _ = upkeep.tick() => handle.run_upkeep(),
             accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else {
+                    // At the open-file limit `accept` fails at once, again and again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 let body = handle.render();
                 tokio::spawn(async move {
                     // Read the request head (bounded) before answering, so the

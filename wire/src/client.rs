@@ -23,6 +23,12 @@ use crate::ids::{ClientId, LockName, NodeId, Token};
 pub const MAX_CLIENT_FRAME: usize = 1 << 20;
 /// Length of the frame prefix.
 pub const PREFIX_LEN: usize = 4;
+/// Largest request frame body a node's client endpoint accepts, in bytes:
+/// every request fits (a lock name is at most 255 bytes, an `Auth` token at
+/// most [`MAX_AUTH_TOKEN`]); a prefix announcing more closes the connection.
+pub const MAX_REQUEST_FRAME: usize = 4096;
+/// Longest `Auth` token, in bytes.
+pub const MAX_AUTH_TOKEN: usize = 1024;
 
 /// A request and the id its reply will carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +61,14 @@ pub enum Request {
     },
     /// The node's view and locks.
     Status,
+    /// The password of a client endpoint that requires one (`client_token`):
+    /// the first request on such a connection. Answered with
+    /// [`Reply::Authenticated`], or with [`Reply::Error`] and the connection
+    /// closed. Also accepted where no password is required.
+    Auth {
+        /// The endpoint's password.
+        token: String,
+    },
 }
 
 /// A frame from the node.
@@ -76,6 +90,50 @@ pub enum ServerMessage {
         /// Why it was lost.
         reason: LostReason,
     },
+    /// The node is stopping. Sent to every connection that holds a lock
+    /// (again for a lock granted afterwards): stop using the locks and
+    /// unlock them, or disconnect, within `grace_ms`. Locks let go in time
+    /// are released at once; when the grace ends the node leaves the
+    /// cluster without releasing the others, which the cluster then treats
+    /// as locks of a departed member.
+    Stopping {
+        /// How long the node waits, in milliseconds.
+        grace_ms: u64,
+    },
+    /// The node is closing this connection for the reason given (it broke a
+    /// bound of the client endpoint). Sent when it can be, then the
+    /// connection closes and its locks are released.
+    Closing {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why the node closed a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// The client left too much output unread.
+    SlowReader,
+    /// A request frame announced more than the endpoint accepts.
+    FrameTooLarge,
+    /// A request frame did not complete in time.
+    FrameTimeout,
+    /// The endpoint has as many connections as it accepts.
+    TooManyConnections,
+    /// A request frame did not decode.
+    Malformed,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::SlowReader => "the client left too much output unread",
+            CloseReason::FrameTooLarge => "a request frame was larger than the endpoint accepts",
+            CloseReason::FrameTimeout => "a request frame did not complete in time",
+            CloseReason::TooManyConnections => "the endpoint has as many connections as it accepts",
+            CloseReason::Malformed => "a request frame did not decode",
+        })
+    }
 }
 
 /// The answer to one request.
@@ -106,6 +164,8 @@ pub enum Reply {
         /// A message for a person.
         message: String,
     },
+    /// `Auth` accepted.
+    Authenticated,
 }
 
 /// Why a lock request failed.
@@ -306,6 +366,7 @@ mod tests {
             name().prop_map(|name| Request::TryLock { name }),
             name().prop_map(|name| Request::Unlock { name }),
             Just(Request::Status),
+            ".{0,40}".prop_map(|token| Request::Auth { token }),
         ];
         (any::<u64>(), request).prop_map(|(id, request)| ClientRequest { id, request })
     }
@@ -354,6 +415,7 @@ mod tests {
             Just(Reply::NotHeld),
             status().prop_map(|s| Reply::Status(Box::new(s))),
             ".{0,30}".prop_map(|message| Reply::Error { message }),
+            Just(Reply::Authenticated),
         ];
         let lost = prop_oneof![Just(LostReason::Duplicate), Just(LostReason::QuorumLost)];
         prop_oneof![
@@ -363,6 +425,18 @@ mod tests {
                 token: Token(t),
                 reason
             }),
+            any::<u64>().prop_map(|grace_ms| ServerMessage::Stopping { grace_ms }),
+            close().prop_map(|reason| ServerMessage::Closing { reason }),
+        ]
+    }
+
+    fn close() -> impl Strategy<Value = CloseReason> {
+        prop_oneof![
+            Just(CloseReason::SlowReader),
+            Just(CloseReason::FrameTooLarge),
+            Just(CloseReason::FrameTimeout),
+            Just(CloseReason::TooManyConnections),
+            Just(CloseReason::Malformed),
         ]
     }
 

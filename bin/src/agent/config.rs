@@ -20,6 +20,17 @@ pub const DEFAULT_CLIENT: &str = "127.0.0.1:7950";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9950";
 /// Default cluster name.
 pub const DEFAULT_CLUSTER: &str = "swimlock";
+/// Environment variable with the client endpoint's password: the agent
+/// takes it as `client_token`, `swimlock lock` and `status` send it.
+pub const CLIENT_TOKEN_ENV: &str = "SWIMLOCK_CLIENT_TOKEN";
+/// Default [`AgentConfig::stop_grace`].
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// Longest [`AgentConfig::stop_grace`].
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
+/// Default [`AgentConfig::max_client_connections`].
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Default [`AgentConfig::client_frame_timeout`].
+pub const DEFAULT_CLIENT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A setting that was refused, with the field it came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +98,26 @@ pub struct AgentConfig {
     /// With seeds, wait this long for one to answer before forming a group
     /// alone (see [`NodeConfig::join_timeout`](crate::node::NodeConfig)).
     pub join_timeout: Duration,
+    /// On stop, how long the node waits for clients that hold locks to let
+    /// go of them after telling them it is stopping; then it leaves the
+    /// cluster without releasing the rest. Must exceed the `--kill-grace`
+    /// of the `swimlock lock` wrappers using the node.
+    pub stop_grace: Duration,
+    /// Client connections (TCP and Unix socket together) served at once;
+    /// more are closed as soon as accepted.
+    pub max_client_connections: usize,
+    /// A request frame that does not complete within this time closes its
+    /// connection.
+    pub client_frame_timeout: Duration,
+    /// Password the TCP client endpoint requires (`Auth` as first request);
+    /// `None`: none. The Unix socket is protected by its file mode instead.
+    pub client_token: Option<String>,
+    /// Serve a TCP client endpoint on a non-loopback address without a
+    /// `client_token` (refused otherwise).
+    pub client_allow_unauthenticated: bool,
+    /// Group (name or numeric id) given access to the Unix socket (mode
+    /// 0660); `None`: mode 0600, the agent's user only.
+    pub unix_socket_group: Option<String>,
 }
 
 /// The longest busy-poll allowed: it spins a CPU.
@@ -112,6 +143,12 @@ impl AgentConfig {
             epoch: None,
             busy_poll: Duration::ZERO,
             join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
+            stop_grace: DEFAULT_STOP_GRACE,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            client_frame_timeout: DEFAULT_CLIENT_FRAME_TIMEOUT,
+            client_token: None,
+            client_allow_unauthenticated: false,
+            unix_socket_group: None,
         }
     }
 
@@ -139,8 +176,44 @@ impl AgentConfig {
                 format!("{:?} is over the {MAX_BUSY_POLL:?} allowed (it keeps a CPU busy)", self.busy_poll),
             ));
         }
+        self.validate_client_endpoint()?;
         self.lock.validate().map_err(|e| ConfigError::new(lock_field(e.field), e.reason))?;
         self.membership.validate().map_err(|e| ConfigError::new(membership_field(e.field), e.reason))?;
+        Ok(())
+    }
+
+    fn validate_client_endpoint(&self) -> Result<(), ConfigError> {
+        if self.stop_grace > MAX_STOP_GRACE {
+            return Err(ConfigError::new(
+                "stop_grace",
+                format!("{:?} is over the {MAX_STOP_GRACE:?} allowed", self.stop_grace),
+            ));
+        }
+        if self.max_client_connections == 0 {
+            return Err(ConfigError::new("max_client_connections", "must be at least 1"));
+        }
+        if self.client_frame_timeout.is_zero() {
+            return Err(ConfigError::new("client_frame_timeout", "must be above zero"));
+        }
+        let max = swimlock_wire::client::MAX_AUTH_TOKEN;
+        if let Some(token) = &self.client_token
+            && (token.is_empty() || token.len() > max)
+        {
+            return Err(ConfigError::new("client_token", format!("must be 1 to {max} bytes")));
+        }
+        if let Some(addr) = self.client
+            && !addr.ip().is_loopback()
+            && self.client_token.is_none()
+            && !self.client_allow_unauthenticated
+        {
+            return Err(ConfigError::new(
+                "client_token",
+                format!(
+                    "the client endpoint {addr} is reachable from other hosts: set client_token \
+                     (or {CLIENT_TOKEN_ENV}), or client_allow_unauthenticated = true"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -232,9 +305,23 @@ pub struct AgentArgs {
     /// TCP address of the client endpoint, or `off` [default: 127.0.0.1:7950].
     #[arg(long, value_name = "ADDR")]
     pub client: Option<String>,
-    /// Also serve clients on this Unix socket.
+    /// Also serve clients on this Unix socket (mode 0600).
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
+    /// Give this group (name or id) access to the Unix socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub unix_socket_group: Option<String>,
+    /// On SIGTERM, how long to wait for clients holding locks to let go
+    /// (must exceed the --kill-grace of `swimlock lock`) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub stop_grace: Option<String>,
+    /// Client connections served at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_client_connections: Option<usize>,
+    /// Serve the TCP client endpoint on a non-loopback address without a
+    /// client_token.
+    #[arg(long)]
+    pub client_allow_unauthenticated: bool,
     /// Directory for the node's durable state (the last coordinator term,
     /// so tokens never repeat across restarts) [default: none].
     #[arg(long, value_name = "DIR")]
@@ -302,6 +389,12 @@ struct FileConfig {
     lock_delay: Option<String>,
     busy_poll: Option<String>,
     join_timeout: Option<String>,
+    stop_grace: Option<String>,
+    max_client_connections: Option<usize>,
+    client_frame_timeout: Option<String>,
+    client_token: Option<String>,
+    client_allow_unauthenticated: Option<bool>,
+    unix_socket_group: Option<String>,
     #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
@@ -429,6 +522,15 @@ impl AgentArgs {
         set(&mut c.busy_poll, "busy_poll", self.busy_poll.as_ref().or(file.busy_poll.as_ref()))?;
         let join = self.join_timeout.as_ref().or(file.join_timeout.as_ref());
         set(&mut c.join_timeout, "join_timeout", join)?;
+        set(&mut c.stop_grace, "stop_grace", self.stop_grace.as_ref().or(file.stop_grace.as_ref()))?;
+        set(&mut c.client_frame_timeout, "client_frame_timeout", file.client_frame_timeout.as_ref())?;
+        if let Some(n) = self.max_client_connections.or(file.max_client_connections) {
+            c.max_client_connections = n;
+        }
+        c.client_token = std::env::var(CLIENT_TOKEN_ENV).ok().or(file.client_token);
+        c.client_allow_unauthenticated =
+            self.client_allow_unauthenticated || file.client_allow_unauthenticated.unwrap_or(false);
+        c.unix_socket_group = self.unix_socket_group.clone().or(file.unix_socket_group);
 
         c.validate()?;
         Ok(c)
@@ -552,6 +654,43 @@ mod tests {
         assert_eq!(c.membership.probe_period, Duration::from_millis(200));
         assert_eq!(c.lock.reconcile_timeout, Duration::from_secs(1));
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(c.stop_grace, DEFAULT_STOP_GRACE);
+        assert_eq!(c.max_client_connections, DEFAULT_MAX_CLIENT_CONNECTIONS);
+    }
+
+    #[test]
+    fn client_endpoint_settings() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            client = "127.0.0.1:7000"
+            stop_grace = "30s"
+            max_client_connections = 10
+            client_frame_timeout = "2s"
+            client_token = "s3cret"
+            unix_socket_group = "adm"
+            "#,
+        )
+        .unwrap();
+        let c = AgentArgs::default().resolve_with(file).unwrap();
+        assert_eq!(c.stop_grace, Duration::from_secs(30));
+        assert_eq!(c.max_client_connections, 10);
+        assert_eq!(c.client_frame_timeout, Duration::from_secs(2));
+        assert_eq!(c.client_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.unix_socket_group.as_deref(), Some("adm"));
+
+        let field = |a: AgentArgs, f: &str| {
+            let file: FileConfig = toml::from_str(f).unwrap();
+            a.resolve_with(file).unwrap_err().field
+        };
+        let open = "client = \"0.0.0.0:7950\"";
+        assert_eq!(field(AgentArgs::default(), open), "client_token");
+        let allowed = args(|a| a.client_allow_unauthenticated = true);
+        assert!(allowed.resolve_with(toml::from_str(open).unwrap()).is_ok());
+        let with_token = format!("{open}\nclient_token = \"x\"");
+        assert!(AgentArgs::default().resolve_with(toml::from_str(&with_token).unwrap()).is_ok());
+        assert_eq!(field(args(|a| a.max_client_connections = Some(0)), ""), "max_client_connections");
+        assert_eq!(field(args(|a| a.stop_grace = Some("2h".into())), ""), "stop_grace");
+        assert_eq!(field(AgentArgs::default(), "client_token = \"\""), "client_token");
     }
 
     #[test]

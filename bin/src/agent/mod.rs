@@ -25,9 +25,11 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use config::{
-    AgentArgs, AgentConfig, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT, DEFAULT_CLUSTER, DEFAULT_METRICS,
-    mode_name, node_tag, parse_duration,
+    AgentArgs, AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
+    DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
+    DEFAULT_STOP_GRACE, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
+pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub(crate) use task::Command;
 
 use crate::client::{Client, ClientError};
@@ -93,13 +95,24 @@ impl Handle {
         self.metrics
     }
 
-    /// Graceful stop: releases the locks of every client (waiting briefly
-    /// for the coordinator to confirm), leaves the cluster and ends the
-    /// node task.
+    /// Graceful stop. Clients without locks are closed; every client
+    /// holding a lock is told the node is stopping
+    /// ([`LostCause::AgentStopping`](crate::client::LostCause::AgentStopping))
+    /// and has [`AgentConfig::stop_grace`] to unlock or disconnect. Locks let
+    /// go in time are released (waiting briefly for the coordinator to
+    /// confirm); then the node leaves the cluster without releasing the
+    /// others, which the cluster treats as held by a departed member, and
+    /// the node task ends.
     pub async fn shutdown(self) {
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.task.await;
         let _ = self.cleanup.await;
+    }
+
+    /// A handle that can end the stop grace early, for use while
+    /// [`Handle::shutdown`] runs.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { commands: self.commands.clone() }
     }
 
     /// Crash stop, as a process killed with SIGKILL would: the node task is
@@ -109,6 +122,21 @@ impl Handle {
         self.task.abort();
         let _ = self.task.await;
         let _ = self.cleanup.await;
+    }
+}
+
+/// Ends the stop grace of a stopping agent (see [`Handle::stopper`]).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Stopper {
+    /// While a stop waits for clients to let go: stop waiting, and leave
+    /// the cluster now without releasing the locks still held. (Before any
+    /// stop began, this starts one, as [`Handle::shutdown`] does.)
+    pub fn stop_now(&self) {
+        let _ = self.commands.send(Command::Shutdown);
     }
 }
 
@@ -163,13 +191,14 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?
         .with_tag_store(tag_store);
     let metrics_handle = agent.metrics_handle();
+    let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
         mode = %config.mode_name(), node_tag = config.lock.tag, epoch, term_floor,
         "agent starting"
     );
     let task = tokio::spawn(agent.run(rx));
-    let mut aux = endpoint::spawn_listeners(listeners, commands.clone());
+    let mut aux = endpoint::spawn_listeners(listeners, endpoint);
     let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
     // The listeners live as long as the node task.
     let unix_socket = config.unix_socket.clone();

@@ -1,6 +1,6 @@
 //! The node task: the only owner of the [`Node`] core.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,8 +44,17 @@ pub(crate) enum Command {
     Request { client: ClientId, request: ClientRequest },
     /// The client went away: release its locks.
     Disconnect { client: ClientId },
-    /// Release every client's locks, leave the cluster, stop.
+    /// Stop: ask the clients holding locks to let go (up to the stop
+    /// grace), release what was let go, leave the cluster. A second one
+    /// ends the grace at once.
     Shutdown,
+}
+
+/// The node is stopping: it waits for the clients it told to let go.
+#[derive(Debug)]
+struct Stopping {
+    /// When the node leaves, whatever is still held.
+    deadline: Instant,
 }
 
 /// A lock request waiting for its outcome.
@@ -81,6 +90,12 @@ pub(crate) struct NodeTask {
     tag_configured: bool,
     /// A newer process took this node's address: the task stops.
     superseded: bool,
+    /// See [`AgentConfig::stop_grace`].
+    stop_grace: Duration,
+    /// Set once asked to stop.
+    stopping: Option<Stopping>,
+    /// The command channel closed: nobody can ask anything any more.
+    commands_closed: bool,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -123,6 +138,9 @@ impl NodeTask {
             tags: None,
             tag_configured: config.node_tag_configured,
             superseded: false,
+            stop_grace: config.stop_grace,
+            stopping: None,
+            commands_closed: false,
             _stopped: stopped,
         })
     }
@@ -135,6 +153,10 @@ impl NodeTask {
 
     pub fn metrics_handle(&self) -> PrometheusHandle {
         self.metrics.handle()
+    }
+
+    pub fn client_counters(&self) -> crate::metrics::ClientCounters {
+        self.metrics.client_counters()
     }
 
     fn now(&self) -> Duration {
@@ -165,10 +187,14 @@ impl NodeTask {
             if std::mem::take(&mut from_peer) && self.poll_busily(&commands, &mut buf, armed).await {
                 from_peer = true;
             } else {
+                let stop_deadline = self.stopping.as_ref().map(|s| s.deadline);
                 tokio::select! {
-                    command = commands.recv() => match command {
-                        Some(Command::Shutdown) | None => break,
+                    command = commands.recv(), if !self.commands_closed => match command {
                         Some(command) => self.on_command(command),
+                        None => {
+                            self.commands_closed = true;
+                            self.begin_stop();
+                        }
                     },
                     received = self.socket.recv_from(&mut buf) => match received {
                         Ok((len, from)) => {
@@ -181,9 +207,12 @@ impl NodeTask {
                         armed = None;
                         self.node.handle_timeout(self.now());
                     }
+                    () = sleep_until(stop_deadline), if stop_deadline.is_some() => {}
                 }
             }
-            if self.batch(&mut commands, &mut buf).await || self.superseded {
+            self.batch(&mut commands, &mut buf).await;
+            // A node whose address a newer process took can do nothing more.
+            if self.superseded || self.stop_due() {
                 break;
             }
         }
@@ -223,10 +252,9 @@ impl NodeTask {
     /// answered run (an application's next request usually follows at once)
     /// and takes what is ready by then, for as long as that brings new input
     /// (at most [`MAX_BATCH`] inputs); only then sends, so that what goes to
-    /// one peer leaves in one datagram. True on shutdown.
-    async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) -> bool {
+    /// one peer leaves in one datagram.
+    async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) {
         let mut taken = 0;
-        let mut shutdown = false;
         'rounds: while taken < MAX_BATCH {
             self.deliver_events();
             if std::mem::take(&mut self.woke_local) {
@@ -235,8 +263,11 @@ impl NodeTask {
             let before = taken;
             while taken < MAX_BATCH {
                 match commands.try_recv() {
-                    Ok(Command::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
-                        shutdown = true;
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if !self.commands_closed {
+                            self.commands_closed = true;
+                            self.begin_stop();
+                        }
                         break 'rounds;
                     }
                     Ok(command) => self.on_command(command),
@@ -252,22 +283,81 @@ impl NodeTask {
             }
         }
         self.drain().await;
-        shutdown
     }
 
-    /// Releases every client's locks, waits (briefly) until the coordinator
-    /// has confirmed, then leaves.
-    async fn stop(&mut self, buf: &mut [u8]) {
-        let clients: Vec<ClientId> = self.sessions.keys().copied().collect();
+    /// The stop begins: clients without locks are closed (their waiting
+    /// requests withdrawn); every client holding a lock is told
+    /// [`ServerMessage::Stopping`] and has [`AgentConfig::stop_grace`] to
+    /// unlock or disconnect, while the node keeps serving unlocks (new lock
+    /// requests are refused). Asked again, the grace ends now.
+    fn begin_stop(&mut self) {
+        if let Some(stopping) = &mut self.stopping {
+            stopping.deadline = Instant::now();
+            return;
+        }
         let now = self.now();
+        let holders: BTreeSet<ClientId> = self.node.lock_node().held().iter().map(|h| h.client).collect();
+        let idle: Vec<ClientId> = self.sessions.keys().filter(|c| !holders.contains(c)).copied().collect();
+        for client in idle {
+            self.sessions.remove(&client);
+            self.ops.retain(|_, op| op.client != client);
+            self.node.release_client(now, client);
+        }
+        let grace_ms = u64::try_from(self.stop_grace.as_millis()).unwrap_or(u64::MAX);
+        for client in &holders {
+            self.notify_stopping(*client, grace_ms);
+        }
+        info!(
+            clients = holders.len(),
+            locks = self.node.lock_node().held_count(),
+            grace = ?self.stop_grace,
+            "stopping: asked the clients holding locks to let go of them"
+        );
+        self.stopping = Some(Stopping { deadline: Instant::now() + self.stop_grace });
+    }
+
+    fn notify_stopping(&mut self, client: ClientId, grace_ms: u64) {
+        if let Some(session) = self.sessions.get(&client) {
+            session.send(ServerMessage::Stopping { grace_ms });
+            self.woke_local |= session.is_local();
+        }
+    }
+
+    /// Whether the stop grace is over: every lock was let go, or time is up.
+    fn stop_due(&self) -> bool {
+        self.stopping
+            .as_ref()
+            .is_some_and(|s| self.node.lock_node().held_count() == 0 || Instant::now() >= s.deadline)
+    }
+
+    /// After the stop grace: withdraws what is still waiting, waits (briefly)
+    /// until the coordinator has confirmed the releases, then leaves. Locks
+    /// still held are not released: they are logged, and the cluster treats
+    /// them as held by a departed member (lock-delay), so that no waiter is
+    /// granted one while its holder may still be using it.
+    async fn stop(&mut self, buf: &mut [u8]) {
+        let now = self.now();
+        let left = self.node.lock_node().held();
+        if !left.is_empty() {
+            let locks: Vec<String> = left
+                .iter()
+                .map(|h| format!("{} (token {}, client {})", h.name, h.token, h.client.0))
+                .collect();
+            warn!(
+                ?locks,
+                "stop grace over: leaving the cluster without releasing these locks; \
+                 they are granted again only after the departed-holder delay"
+            );
+        }
+        let holders: BTreeSet<ClientId> = left.iter().map(|h| h.client).collect();
+        let clients: Vec<ClientId> = self.sessions.keys().filter(|c| !holders.contains(c)).copied().collect();
         for client in clients {
             self.node.release_client(now, client);
         }
-        self.sessions.clear();
         self.ops.clear();
         self.drain().await;
         let give_up = Instant::now() + RELEASE_GRACE;
-        while self.node.lock_node().pending_ops() > 0 && Instant::now() < give_up {
+        while self.node.lock_node().pending_releases() > 0 && Instant::now() < give_up {
             let deadline = self.node.poll_timeout().map(|d| (self.origin + d).min(give_up)).or(Some(give_up));
             tokio::select! {
                 received = self.socket.recv_from(buf) => if let Ok((len, from)) = received {
@@ -279,6 +369,8 @@ impl NodeTask {
         }
         self.node.leave(self.now());
         self.drain().await;
+        // Only now do the clients see their connections close.
+        self.sessions.clear();
         info!(name = %self.name, "left the cluster");
     }
 
@@ -321,6 +413,8 @@ impl NodeTask {
     fn on_command(&mut self, command: Command) {
         let now = self.now();
         match command {
+            // A stopping node takes no new clients (the caller sees a close).
+            Command::Connect { .. } if self.stopping.is_some() => {}
             Command::Connect { session, reply } => {
                 let client = ClientId(self.next_client);
                 self.next_client += 1;
@@ -337,7 +431,7 @@ impl NodeTask {
                     self.node.release_client(now, client);
                 }
             }
-            Command::Shutdown => {}
+            Command::Shutdown => self.begin_stop(),
         }
     }
 
@@ -346,6 +440,13 @@ impl NodeTask {
             return;
         }
         let id = request.id;
+        if self.stopping.is_some()
+            && matches!(request.request, Request::Lock { .. } | Request::TryLock { .. })
+        {
+            let message = "the agent is stopping".to_string();
+            self.reply(client, id, Reply::Error { message });
+            return;
+        }
         match request.request {
             Request::Lock { name, timeout_ms } => {
                 let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
@@ -367,6 +468,8 @@ impl NodeTask {
                 let status = self.status();
                 self.reply(client, id, Reply::Status(Box::new(status)));
             }
+            // The endpoint checks passwords itself; in-process clients need none.
+            Request::Auth { .. } => self.reply(client, id, Reply::Authenticated),
         }
     }
 
@@ -385,6 +488,11 @@ impl NodeTask {
                 if let Some(op) = self.ops.remove(&req) {
                     self.metrics.record_acquire_latency(op.started.elapsed());
                     self.reply(op.client, op.id, Reply::Acquired { token, holds });
+                    // Granted while stopping (asked before): let go of it too.
+                    if let Some(stopping) = &self.stopping {
+                        let left = stopping.deadline.saturating_duration_since(Instant::now());
+                        self.notify_stopping(op.client, left.as_millis() as u64);
+                    }
                 }
             }
             NodeEvent::Lock(Event::Failed { req, client, name, reason }) => {

@@ -1,6 +1,7 @@
 //! The `swimlock` command line.
 
 mod demo;
+mod guardian;
 mod lock;
 mod status;
 
@@ -19,6 +20,14 @@ pub const EXIT_LOST: u8 = 76;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code: the configuration was refused.
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit code: the agent refused the client token (`SWIMLOCK_CLIENT_TOKEN`).
+pub const EXIT_NOPERM: u8 = 77;
+/// Exit code: `swimlock lock` could not start its guardian process (the
+/// command was not run) or duplicate its agent connection.
+pub const EXIT_OSERR: u8 = 71;
+/// Exit code: the agent was stopping; the command's process group was
+/// stopped and the lock released.
+pub const EXIT_AGENT_STOPPING: u8 = 79;
 
 /// swimlock: a distributed lock node (SWIM membership, CENTRAL_LOCK2 locks
 /// with fencing tokens).
@@ -32,7 +41,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Run a lock node on this host (stops gracefully on SIGTERM/Ctrl-C:
-    /// releases its clients' locks and leaves the cluster).
+    /// asks the clients holding locks to let go within --stop-grace,
+    /// releases what they let go and leaves the cluster; a second signal
+    /// ends the grace).
     Agent(Box<AgentArgs>),
     /// Hold a lock while a command runs: `swimlock lock NAME -- CMD [ARGS...]`.
     ///
@@ -40,7 +51,12 @@ enum Commands {
     /// SWIMLOCK_TOKEN (the fencing token) set; the lock is released when it
     /// exits, and swimlock exits with its code. Exit 75: not acquired within
     /// --timeout. Exit 76: the lock was lost, and the command's whole process
-    /// group was stopped (SIGTERM, then SIGKILL after --kill-grace).
+    /// group was stopped (SIGTERM, then SIGKILL after --kill-grace). Exit 79:
+    /// the agent is stopping; the group was stopped the same way, then the
+    /// lock released. Exit 69: the agent could not be reached; 77: it refused
+    /// the client token; 71: no guardian process could be started. If
+    /// swimlock itself is killed, a guardian process kills the command's
+    /// group before the agent can release the lock.
     Lock(lock::LockArgs),
     /// Show the local node's view, coordinator and locks.
     Status(status::StatusArgs),
@@ -51,6 +67,9 @@ enum Commands {
     /// Measure a 3-node loopback cluster (latency, throughput, contention,
     /// failover) against the raw UDP round trip; table, JSON, SVG plot.
     Bench(crate::bench::BenchArgs),
+    /// Internal: the guardian process of `swimlock lock`.
+    #[command(name = guardian::GUARDIAN_ARG, hide = true)]
+    Guardian,
 }
 
 /// Runs the command line; the process exits with the returned code.
@@ -63,6 +82,7 @@ pub fn main() -> ExitCode {
         Commands::Demo(args) => runtime().block_on(demo::run(args)),
         Commands::Sim(args) => crate::sim::main(args),
         Commands::Bench(args) => crate::bench::main(args),
+        Commands::Guardian => guardian::main(),
     }
 }
 
@@ -106,8 +126,18 @@ fn agent(args: AgentArgs) -> ExitCode {
             }
         };
         wait_for_stop_signal().await;
-        tracing::info!("stopping: releasing client locks and leaving the cluster");
-        handle.shutdown().await;
+        tracing::info!("stopping: asking clients to let go of their locks, then leaving the cluster");
+        let stopper = handle.stopper();
+        let shutdown = handle.shutdown();
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = wait_for_stop_signal() => {
+                tracing::warn!("asked again: ending the stop grace now");
+                stopper.stop_now();
+                shutdown.await;
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -13,7 +13,8 @@ use crate::client::Client;
 /// Options of `swimlock status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Client endpoint of the agent: HOST:PORT or unix:PATH.
+    /// Client endpoint of the agent: HOST:PORT or unix:PATH (password, if
+    /// needed, from SWIMLOCK_CLIENT_TOKEN).
     #[arg(long, default_value = DEFAULT_CLIENT, value_name = "ADDR")]
     pub client: String,
     /// Print one JSON object instead of text.
@@ -23,7 +24,8 @@ pub struct StatusArgs {
 
 /// Asks the agent and prints.
 pub async fn run(args: StatusArgs) -> ExitCode {
-    let status = match Client::connect(&args.client).await {
+    let token = std::env::var(crate::agent::CLIENT_TOKEN_ENV).ok();
+    let status = match Client::connect_with_token(&args.client, token.as_deref()).await {
         Ok(client) => client.status().await,
         Err(e) => Err(e),
     };

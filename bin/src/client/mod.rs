@@ -25,9 +25,15 @@
 //!
 //! In-process nodes ([`crate::agent::spawn`]) hand out clients with
 //! [`crate::agent::Handle::client`]; the API is the same.
+//!
+//! A stopping node first asks its clients to let go of their locks:
+//! [`LockGuard::lost`] then resolves with [`LostCause::AgentStopping`] while
+//! the lock is still held, and the application should stop the work the
+//! lock protects and unlock (or drop the guard) within the grace it names.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,6 +83,10 @@ pub enum ClientError {
     /// The node sent something this library does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The endpoint requires a password (`client_token`) and refused the
+    /// one given, or none was given.
+    #[error("the agent refused the client token: {0}")]
+    Unauthorized(String),
 }
 
 /// Why a held lock was lost.
@@ -92,6 +102,16 @@ pub enum LostCause {
     /// The lease ran out before the coordinator renewed it (the node was
     /// paused, or cut off from the coordinator).
     LeaseExpired,
+    /// Not lost yet: the node is stopping and asks for the lock back. It
+    /// stays held for at most `grace`; stop the work it protects, then
+    /// unlock (or drop the guard). When the grace ends the node leaves the
+    /// cluster without releasing it, and the lock is then treated as held
+    /// by a departed member. [`LockGuard::lost`] resolves again if the lock
+    /// is then really lost (for example the connection closes).
+    AgentStopping {
+        /// How long the node waits, counted from when it sent the notice.
+        grace: Duration,
+    },
 }
 
 /// A lock that is no longer held.
@@ -112,6 +132,14 @@ impl fmt::Display for Lost {
             LostCause::QuorumLost => "this node's side of the cluster lost its majority",
             LostCause::ConnectionClosed => "the connection to the agent closed",
             LostCause::LeaseExpired => "its lease ran out before the coordinator renewed it",
+            LostCause::AgentStopping { grace } => {
+                let grace = humantime::format_duration(Duration::from_millis(grace.as_millis() as u64));
+                return write!(
+                    f,
+                    "the agent is stopping: lock {} (token {}) must be let go within {grace}",
+                    self.name, self.token
+                );
+            }
         };
         write!(f, "lock {} (token {}) lost: {why}", self.name, self.token)
     }
@@ -128,8 +156,8 @@ type ReplyTx = oneshot::Sender<(Reply, Option<LostRx>)>;
 pub(crate) struct Shared {
     /// Replies awaited, by request id; lock requests remember their name.
     waiting: BTreeMap<u64, (Option<LockName>, ReplyTx)>,
-    /// Per held lock, where its loss is announced.
-    lost: BTreeMap<LockName, LostTx>,
+    /// Per held lock, its token and where its loss is announced.
+    lost: BTreeMap<LockName, (Token, LostTx)>,
     closed: bool,
 }
 
@@ -231,15 +259,13 @@ impl Client {
     /// Connects to a node's client endpoint: `HOST:PORT` (TCP) or
     /// `unix:PATH`.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let err = |source| ClientError::Connect { addr: addr.to_string(), source };
-        if let Some(path) = addr.strip_prefix("unix:") {
-            let stream = tokio::net::UnixStream::connect(path).await.map_err(err)?;
-            Ok(Client::over_stream(stream))
-        } else {
-            let stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
-            let _ = stream.set_nodelay(true);
-            Ok(Client::over_stream(stream))
-        }
+        Connection::open(addr).await?.into_client(None).await
+    }
+
+    /// Connects to a node's client endpoint that requires a password
+    /// (`client_token`); with `None` it is [`Client::connect`].
+    pub async fn connect_with_token(addr: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        Connection::open(addr).await?.into_client(token).await
     }
 
     fn over_stream<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Client {
@@ -285,11 +311,27 @@ impl Client {
         }
     }
 
+    /// Gives the endpoint its password.
+    async fn authenticate(&self, token: &str) -> Result<(), ClientError> {
+        match self.request(Request::Auth { token: token.to_string() }, None).await {
+            Ok((Reply::Authenticated, _)) => Ok(()),
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(ClientError::Server(message)) => Err(ClientError::Unauthorized(message)),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn acquire(&self, request: Request, name: LockName) -> Result<LockGuard, ClientError> {
         match self.request(request, Some(name.clone())).await? {
-            (Reply::Acquired { token, holds }, Some(lost)) => {
-                Ok(LockGuard { client: self.clone(), name, token, holds, lost, released: false })
-            }
+            (Reply::Acquired { token, holds }, Some(lost)) => Ok(LockGuard {
+                client: self.clone(),
+                name,
+                token,
+                holds,
+                lost,
+                reported: None,
+                released: false,
+            }),
             (Reply::Failed { reason: FailReason::Busy }, _) => Err(ClientError::Busy),
             (Reply::Failed { reason: FailReason::TimedOut }, _) => Err(ClientError::TimedOut),
             (Reply::Failed { reason: FailReason::NoQuorum }, _) => Err(ClientError::NoQuorum),
@@ -337,6 +379,58 @@ impl Client {
     }
 }
 
+/// An open connection to a node's client endpoint that is not yet a
+/// [`Client`]: lets the caller duplicate its socket first (`swimlock lock`
+/// hands a copy to its guardian process, so that the node releases the lock
+/// only once that process is gone too).
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+}
+
+#[derive(Debug)]
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Connection {
+    /// Connects to `HOST:PORT` (TCP) or `unix:PATH`.
+    pub async fn open(addr: &str) -> Result<Connection, ClientError> {
+        let err = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let stream = if let Some(path) = addr.strip_prefix("unix:") {
+            Stream::Unix(tokio::net::UnixStream::connect(path).await.map_err(err)?)
+        } else {
+            let stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
+            let _ = stream.set_nodelay(true);
+            Stream::Tcp(stream)
+        };
+        Ok(Connection { stream })
+    }
+
+    /// A new descriptor of the same socket (close-on-exec). The node sees
+    /// the connection close only once every copy is closed.
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+
+    /// Starts the client, first giving the endpoint its password if
+    /// `token` is set ([`ClientError::Unauthorized`] if it is refused).
+    pub async fn into_client(self, token: Option<&str>) -> Result<Client, ClientError> {
+        let client = match self.stream {
+            Stream::Tcp(s) => Client::over_stream(s),
+            Stream::Unix(s) => Client::over_stream(s),
+        };
+        if let Some(token) = token {
+            client.authenticate(token).await?;
+        }
+        Ok(client)
+    }
+}
+
 fn unexpected(reply: Reply) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {reply:?}"))
 }
@@ -350,12 +444,12 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
             // The loss channel exists before the caller sees the grant, so a
             // loss that follows at once is never missed.
             let lost = match (&reply, lock) {
-                (Reply::Acquired { holds, .. }, Some(name)) => {
+                (Reply::Acquired { holds, token }, Some(name)) => {
                     let fresh = *holds == 1 || !shared.lost.contains_key(&name);
                     if fresh {
-                        shared.lost.insert(name.clone(), watch::channel(None).0);
+                        shared.lost.insert(name.clone(), (*token, watch::channel(None).0));
                     }
-                    shared.lost.get(&name).map(LostTx::subscribe)
+                    shared.lost.get(&name).map(|(_, tx)| tx.subscribe())
                 }
                 _ => None,
             };
@@ -367,8 +461,22 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
                 proto::LostReason::QuorumLost => LostCause::QuorumLost,
                 proto::LostReason::LeaseExpired => LostCause::LeaseExpired,
             };
-            if let Some(tx) = shared.lost.remove(&name) {
+            if let Some((_, tx)) = shared.lost.remove(&name) {
                 let _ = tx.send(Some(Lost { name, token, cause }));
+            }
+        }
+        ServerMessage::Stopping { grace_ms } => {
+            // The locks stay in the map: a real loss may still follow.
+            let cause = LostCause::AgentStopping { grace: Duration::from_millis(grace_ms) };
+            for (name, (token, tx)) in &shared.lost {
+                let _ = tx.send(Some(Lost { name: name.clone(), token: *token, cause }));
+            }
+        }
+        ServerMessage::Closing { reason } => {
+            // The connection closes next; say why to whoever waits.
+            let message = reason.to_string();
+            for (_, (_, tx)) in std::mem::take(&mut shared.waiting) {
+                let _ = tx.send((Reply::Error { message: message.clone() }, None));
             }
         }
     }
@@ -379,8 +487,7 @@ fn close(shared: &Mutex<Shared>) {
     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
     shared.closed = true;
     shared.waiting.clear();
-    for (name, tx) in std::mem::take(&mut shared.lost) {
-        let token = tx.borrow().as_ref().map_or(Token(0), |l| l.token);
+    for (name, (token, tx)) in std::mem::take(&mut shared.lost) {
         let _ = tx.send(Some(Lost { name, token, cause: LostCause::ConnectionClosed }));
     }
 }
@@ -431,6 +538,8 @@ pub struct LockGuard {
     token: Token,
     holds: u32,
     lost: LostRx,
+    /// The last notice [`LockGuard::lost`] returned.
+    reported: Option<Lost>,
     released: bool,
 }
 
@@ -451,21 +560,31 @@ impl LockGuard {
         self.holds
     }
 
-    /// Whether the lock is known to be lost.
+    /// Whether the lock is known to be lost (a [`LostCause::AgentStopping`]
+    /// notice alone does not count: the lock is still held then).
     pub fn is_lost(&self) -> bool {
-        self.lost.borrow().is_some()
+        self.lost.borrow().as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }))
     }
 
-    /// Completes when the lock is lost (duplicate after a partition healed,
-    /// quorum lost, connection to the node closed); pending while it is held.
+    /// Completes with the next notice about the lock: lost (duplicate after
+    /// a partition healed, quorum lost, connection to the node closed), or
+    /// [`LostCause::AgentStopping`], after which it can complete once more
+    /// with the loss. Pending while the lock is held and nothing happened.
+    /// Each notice is returned once.
     pub async fn lost(&mut self) -> Lost {
-        if let Ok(lost) = self.lost.wait_for(Option::is_some).await
-            && let Some(lost) = lost.clone()
-        {
-            return lost;
+        loop {
+            let current = self.lost.borrow_and_update().clone();
+            if let Some(lost) = current
+                && self.reported.as_ref() != Some(&lost)
+            {
+                self.reported = Some(lost.clone());
+                return lost;
+            }
+            if self.lost.changed().await.is_err() {
+                // The channel goes away only once the lock was released.
+                return std::future::pending().await;
+            }
         }
-        // The channel goes away only once the lock was released.
-        std::future::pending().await
     }
 
     /// Releases this hold and waits for the node to accept it.
