@@ -75,7 +75,7 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
         ),
         ("unlock_rsp", LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1002), term: 7 })),
         ("redirect", LockMsg::Redirect(Redirect { id: ReqId(1001), coordinator: Some(node(7001, 1)) })),
-        ("lock_info_req", LockMsg::LockInfoReq(LockInfoReq { term: 7, have: vec![0, 1, 2] })),
+        ("lock_info_req", LockMsg::LockInfoReq(LockInfoReq { term: 7, have: vec![0, 1, 2], linger_ms: 0 })),
         (
             "lock_info_rsp_32",
             LockMsg::LockInfoRsp(LockInfoRsp {

@@ -128,6 +128,9 @@ pub(crate) struct ClientRole {
     snapshot: Option<Snapshot>,
     /// When to renew the leases next (while any lock is held).
     renew_at: Duration,
+    /// The coordinator of the last round answered, and until when its own
+    /// clients may hold locks under a previous coordinator's leases.
+    coordinator_linger: Option<(NodeId, Duration)>,
 }
 
 impl ClientRole {
@@ -148,7 +151,19 @@ impl ClientRole {
             blocked: BTreeMap::new(),
             snapshot: None,
             renew_at: Duration::ZERO,
+            coordinator_linger: None,
         }
+    }
+
+    /// Until when the clients of `coordinator` (which this node answered)
+    /// may hold locks under leases a previous coordinator renewed.
+    pub fn linger_of(&self, coordinator: NodeId) -> Option<Duration> {
+        self.coordinator_linger.filter(|(c, _)| *c == coordinator).map(|(_, t)| t)
+    }
+
+    /// The end of the longest lease held now (this node's clients).
+    pub fn longest_lease(&self) -> Option<Duration> {
+        self.held.values().map(|h| h.safe_until).max()
     }
 
     /// The lease a grant or renewal from `coordinator` gives: short when
@@ -622,6 +637,9 @@ impl ClientRole {
         }
         let fresh = !matches!(&self.snapshot, Some(s) if s.coordinator == from && s.term == req.term);
         self.hello = None;
+        let linger = now + Duration::from_millis(u64::from(req.linger_ms));
+        let known = self.coordinator_linger.filter(|(c, _)| *c == from).map(|(_, t)| t);
+        self.coordinator_linger = Some((from, known.map_or(linger, |t| t.min(linger))));
         if fresh {
             self.syncs += 1;
             let parts = self.build_report(req.term, stamp(now));

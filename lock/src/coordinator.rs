@@ -173,6 +173,9 @@ pub(crate) struct Takeover {
     pub fresh_after: Option<Duration>,
     /// The highest term the operator accepted (see [`Phase::Halted`]).
     pub accepted_term: u32,
+    /// When the last lease of this node's own clients that a previous
+    /// coordinator renewed ends.
+    pub linger_until: Duration,
 }
 
 /// The coordinator role of one node.
@@ -192,6 +195,10 @@ pub(crate) struct Coordinator {
     awaiting: BTreeMap<NodeId, Assembly>,
     /// When each member last sent something a lease may run from.
     last_heard: BTreeMap<NodeId, Duration>,
+    /// Until then this node's own clients may hold locks under leases a
+    /// previous coordinator renewed (told to members with each
+    /// LOCK-INFO-REQ, for a successor).
+    linger_until: Duration,
     /// Until then a member that left may still hold a lock under a lease:
     /// a table rebuilt by a new round (which cannot know those locks) grants
     /// nothing new before.
@@ -226,6 +233,7 @@ impl Coordinator {
             awaiting: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             departed_until: None,
+            linger_until: takeover.linger_until,
             phase: Phase::Reconciling { deadline: now, reports: BTreeMap::new() },
         };
         coord.start_round(now, term, out);
@@ -337,7 +345,9 @@ impl Coordinator {
                 continue;
             }
             let have = a.got.keys().copied().collect();
-            out.send(*node, LockMsg::LockInfoReq(LockInfoReq { term: self.term, have }));
+            let linger = self.linger_until.saturating_sub(now).as_millis();
+            let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
+            out.send(*node, LockMsg::LockInfoReq(LockInfoReq { term: self.term, have, linger_ms }));
             a.next_ask = now + a.backoff;
             a.backoff = (a.backoff * 2).min(self.config.retransmit_max);
         }

@@ -252,9 +252,10 @@ impl Outbox {
 struct Departure {
     /// When its view dropped the member.
     at: Duration,
-    /// Whether it coordinated that view, long enough that its own clients'
-    /// leases were all its own (short) ones.
-    coordinated: bool,
+    /// If it coordinated that view: until when, as far as this node knows,
+    /// its own clients could hold locks under a previous coordinator's
+    /// (long) leases (`None`: unknown). Its own renewals are short.
+    coordinated: Option<Option<Duration>>,
 }
 
 /// The lock protocol of one node: client role for its applications,
@@ -278,8 +279,6 @@ pub struct LockNode {
     /// Members that left this node's view recently: a successor must not
     /// grant what they may still hold under a lease nobody reports.
     departed: BTreeMap<NodeId, Departure>,
-    /// The coordinator of the current view, and since when it has been.
-    coordinator_since: Option<(NodeId, Duration)>,
     /// The latest `now` seen.
     now: Duration,
     /// The time of the last input, to notice that the node did not run.
@@ -316,7 +315,6 @@ impl LockNode {
             durable_term: term_floor,
             accepted_term: 0,
             departed: BTreeMap::new(),
-            coordinator_since: None,
             now: Duration::ZERO,
             last_input: None,
             stale_until: None,
@@ -396,20 +394,11 @@ impl LockNode {
     /// Remembers who left the view (and who came back), for as long as a
     /// lease of theirs could matter.
     fn note_departures(&mut self, now: Duration, previous: &[NodeId], members: &[NodeId]) {
-        // A member that just became coordinator may still have clients under
-        // leases its predecessor renewed.
-        let settled = self.config.stretched(self.config.lease) + self.config.detection_min;
-        let long_coordinator =
-            self.coordinator_since.filter(|(_, since)| *since + settled <= now).map(|(c, _)| c);
-        for node in previous {
+        for (i, node) in previous.iter().enumerate() {
             if !members.contains(node) && *node != self.me {
-                self.departed
-                    .insert(*node, Departure { at: now, coordinated: long_coordinator == Some(*node) });
+                let coordinated = (i == 0).then(|| self.client.linger_of(*node));
+                self.departed.insert(*node, Departure { at: now, coordinated });
             }
-        }
-        let coordinator = members.first().copied();
-        if self.coordinator_since.map(|(c, _)| c) != coordinator {
-            self.coordinator_since = coordinator.map(|c| (c, now));
         }
         let keep = self.config.lock_delay.max(self.config.stretched(self.config.lease));
         self.departed.retain(|node, d| !members.contains(node) && d.at + keep > now);
@@ -434,10 +423,16 @@ impl LockNode {
         let fresh_after = self
             .departed
             .values()
-            .map(|d| d.at + if d.coordinated { own } else { self.config.lock_delay })
+            .map(|d| match d.coordinated {
+                Some(Some(linger)) => (d.at + own).max(linger),
+                Some(None) | None => d.at + self.config.lock_delay,
+            })
             .filter(|t| *t > now)
             .max();
-        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term };
+        // Leases of this node's clients that another coordinator renewed.
+        let linger_until =
+            self.client.longest_lease().filter(|t| *t > now + self.config.own_lease).unwrap_or(now);
+        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term, linger_until };
         let term = TokenIssuer::next_term(self.client.max_term().max(self.durable_term));
         let coord =
             Coordinator::become_coord(now, &view.members, term, takeover, &self.config, &mut self.out);

@@ -155,7 +155,7 @@ mod tests {
 
     fn frame_with_term(term: u32) -> Vec<u8> {
         let node = NodeId { epoch: 1, addr: "127.0.0.1:1".parse().unwrap() };
-        let msgs = vec![LockMsg::LockInfoReq(LockInfoReq { term, have: Vec::new() })];
+        let msgs = vec![LockMsg::LockInfoReq(LockInfoReq { term, have: Vec::new(), linger_ms: 0 })];
         let frame = LockFrame { from: node, to: node, msgs };
         encode_lock(&frame, ClusterId(7)).unwrap()
     }

@@ -277,6 +277,11 @@ pub struct LockInfoReq {
     /// Parts of the answer the coordinator already has; the member resends
     /// the others.
     pub have: Vec<u16>,
+    /// How much longer, at most, locks held by the coordinator's own
+    /// clients stay valid under leases a previous coordinator renewed (its
+    /// own renewals are short): if the coordinator goes, its successor waits
+    /// that long before granting what they may hold.
+    pub linger_ms: u32,
 }
 
 /// Most entries (held locks plus pending requests) one [`LockInfoRsp`]

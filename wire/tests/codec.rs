@@ -128,8 +128,8 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         (req_id(), term()).prop_map(|(id, term)| LockMsg::UnlockRsp(UnlockRsp { id, term })),
         (req_id(), proptest::option::of(node_id()))
             .prop_map(|(id, coordinator)| LockMsg::Redirect(Redirect { id, coordinator })),
-        (term(), vec(any::<u16>(), 0..8))
-            .prop_map(|(term, have)| LockMsg::LockInfoReq(LockInfoReq { term, have })),
+        (term(), vec(any::<u16>(), 0..8), any::<u32>())
+            .prop_map(|(term, have, linger_ms)| LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms })),
         (
             (term(), (1..=MAX_PARTS).prop_flat_map(|parts| (0..parts, Just(parts))), req_id(), term()),
             (any::<u64>(), any::<u64>()),

@@ -316,9 +316,10 @@ fn the_younger_of_two_nodes_with_one_tag_changes_it_within_one_view() {
     let mut net = Net::unstarted(configs);
     net.start(1);
     let now = net.now;
-    let req = net.nodes[1].lock(now, ClientId(1), name("early"), Duration::from_secs(2));
+    let req = net.nodes[1].lock(now, ClientId(1), name("early"), Duration::from_secs(5));
     net.flush(1);
-    net.run_until(Duration::from_secs(2), |n| n.acquired(1, req).is_some());
+    // Its seed is down: it forms a group alone once the join timeout passed.
+    net.run_until(Duration::from_secs(4), |n| n.acquired(1, req).is_some());
     assert_eq!(net.acquired(1, req).unwrap().tag(), 5, "alone, node 1 grants under tag 5");
 
     net.start(0);
@@ -347,9 +348,11 @@ fn the_younger_of_two_nodes_with_one_tag_changes_it_within_one_view() {
     net.crashed.insert(0);
     net.run_until(Duration::from_secs(3), |n| n.nodes[1].lock_node().is_serving());
     let now = net.now;
-    let req = net.nodes[1].lock(now, ClientId(1), name("late"), Duration::from_secs(2));
+    let req = net.nodes[1].lock(now, ClientId(1), name("late"), Duration::from_secs(5));
     net.flush(1);
-    net.run_until(Duration::from_secs(2), |n| n.acquired(1, req).is_some());
+    // Fresh grants wait the lock-delay after node 0, which had just become
+    // coordinator, left.
+    net.run_until(Duration::from_secs(4), |n| n.acquired(1, req).is_some());
     assert_eq!(net.acquired(1, req).unwrap().tag(), new, "alone again, under its new tag");
 }
 
