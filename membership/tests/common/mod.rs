@@ -37,13 +37,15 @@ enum State {
 struct SimNode {
     m: Membership,
     state: State,
-    /// Datagrams that arrived while paused (the socket buffer).
-    inbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagrams that arrived while paused (the socket buffer), with their
+    /// sender.
+    inbox: VecDeque<(NodeId, Vec<u8>)>,
 }
 
 struct Delivery {
     to: usize,
-    from: SocketAddr,
+    /// The sender, as the envelope would authenticate it.
+    from: NodeId,
     bytes: Vec<u8>,
 }
 
@@ -65,9 +67,10 @@ pub struct Sim {
     /// Gossip datagrams sent so far.
     pub sent: u64,
     pub largest_payload: usize,
-    /// When true, every payload sent is also kept in `captured`.
+    /// When true, every payload sent is also kept in `captured`, with its
+    /// sender.
     pub capture: bool,
-    pub captured: Vec<Vec<u8>>,
+    pub captured: Vec<(NodeId, Vec<u8>)>,
 }
 
 impl Sim {
@@ -201,13 +204,14 @@ impl Sim {
 
     /// Sends what node `i` has to send and records its events.
     fn flush(&mut self, i: usize) {
+        let from = self.nodes[i].m.me();
         while let Some((to, bytes)) = self.nodes[i].m.poll_transmit() {
             self.sent += 1;
             self.largest_payload = self.largest_payload.max(bytes.len());
             if self.capture {
-                self.captured.push(bytes.clone());
+                self.captured.push((from, bytes.clone()));
             }
-            let Some(&j) = self.index.get(&to) else {
+            let Some(&j) = self.index.get(&to.addr) else {
                 continue;
             };
             if self.loss > 0.0 && self.rng.random_bool(self.loss) {
@@ -215,7 +219,7 @@ impl Sim {
             }
             let at = self.now + Duration::from_micros(self.rng.random_range(1_000..=3_000));
             self.seq += 1;
-            self.queue.insert((at, self.seq), Delivery { to: j, from: addr(i), bytes });
+            self.queue.insert((at, self.seq), Delivery { to: j, from, bytes });
         }
         while let Some(event) = self.nodes[i].m.poll_event() {
             self.trace.push((self.now, i, event));
@@ -256,7 +260,7 @@ impl Sim {
             None => {
                 let (_, d) = self.queue.pop_first().expect("queue head exists");
                 let j = d.to;
-                let from_idx = self.index[&d.from];
+                let from_idx = self.index[&d.from.addr];
                 if self.cut(from_idx, j) {
                     return true;
                 }
