@@ -118,7 +118,10 @@ impl KeyringStore {
                 "primary" => return Err(invalid(&self.path, format!("line {n}: a second primary key"))),
                 "key" => others.push(key),
                 _ => {
-                    return Err(invalid(&self.path, format!("line {n}: expected `primary KEY` or `key KEY`")));
+                    return Err(invalid(
+                        &self.path,
+                        format!("line {n}: expected `primary KEY` or `key KEY`"),
+                    ));
                 }
             }
         }
