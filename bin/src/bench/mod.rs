@@ -62,8 +62,10 @@ pub const BUSY_POLL_ROW: &str = "uncontended_noncoord_embedded_busy_poll";
 pub const PAIRED_SEALED_ROW: &str = "noncoord_embedded_paired_sealed";
 /// See [`PAIRED_SEALED_ROW`].
 pub const PAIRED_INSECURE_ROW: &str = "noncoord_embedded_paired_insecure";
-/// Rounds of the paired measurement (each round: one block per cluster).
-const PAIRED_ROUNDS: u64 = 20;
+/// Pairs of one block of the paired measurement; each round is one block
+/// on each cluster. Short blocks, so a change of the machine's state falls
+/// on both alike.
+const PAIRED_BLOCK: u64 = 25;
 /// Timeout of one lock call.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failover run gives up after this long.
@@ -192,16 +194,19 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rate: Some(rate),
     });
     drop(clients);
+    cluster.stop().await;
 
-    // Sealed against insecure: a second cluster beside the first, the
-    // non-coordinator pairs of both in alternating rounds.
+    // Sealed against insecure: two fresh clusters side by side, the
+    // non-coordinator pairs of both in short alternating rounds.
+    let sealed = Cluster::start(nodes, Duration::ZERO, false).await?;
     let plain = Cluster::start(nodes, Duration::ZERO, true).await?;
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
-    let (sealed_hist, plain_hist, diffs) = paired(cluster.node(1)?, plain.node(1)?, args.duration).await?;
+    let (sealed_hist, plain_hist, diffs) = paired(sealed.node(1)?, plain.node(1)?, args.duration).await?;
     println!(
-        "paired sealed/insecure: {} rounds, median per-round p50 difference {:.1} µs",
+        "paired sealed/insecure: {} rounds of {} pairs each, median per-round p50 difference {:.1} µs",
         diffs.len(),
+        PAIRED_BLOCK,
         median(&diffs)
     );
     for (name, hist) in [(PAIRED_SEALED_ROW, sealed_hist), (PAIRED_INSECURE_ROW, plain_hist)] {
@@ -214,7 +219,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         });
     }
     plain.stop().await;
-    cluster.stop().await;
+    sealed.stop().await;
 
     // The same non-coordinator pairs, every node busy-polling after traffic.
     let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
@@ -274,22 +279,26 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Non-coordinator pairs on `sealed` and `plain` in [`PAIRED_ROUNDS`]
-/// rounds, each round one block on each (ABBA order, so a drift of the
-/// machine falls on both alike): both histograms and the per-round p50
-/// differences (µs, sealed minus plain).
+/// Non-coordinator pairs on `sealed` and `plain`, in rounds of one block
+/// of [`PAIRED_BLOCK`] pairs on each (ABBA order), for about `2 * limit`:
+/// both histograms and the per-round p50 differences (µs, sealed minus
+/// plain).
 async fn paired(
     sealed: &cluster::Node,
     plain: &cluster::Node,
     limit: Duration,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, Vec<f64>)> {
-    let block = UNCONTENDED_PAIRS / PAIRED_ROUNDS / 2;
-    let block_limit = limit / (2 * PAIRED_ROUNDS as u32);
+    let (block, block_limit) = (PAIRED_BLOCK, Duration::MAX);
     let (a, b) = (sealed.agent().client().await?, plain.agent().client().await?);
     sealed.run(pairs(a.clone(), "paired", WARMUP_PAIRS, Duration::MAX)).await?;
     plain.run(pairs(b.clone(), "paired", WARMUP_PAIRS, Duration::MAX)).await?;
     let (mut all_a, mut all_b, mut diffs) = (new_hist(), new_hist(), Vec::new());
-    for round in 0..PAIRED_ROUNDS {
+    let started = Instant::now();
+    let rounds = UNCONTENDED_PAIRS / PAIRED_BLOCK;
+    for round in 0..rounds {
+        if started.elapsed() > 2 * limit {
+            break;
+        }
         let (ha, hb) = if round % 2 == 0 {
             let ha = sealed.run(pairs(a.clone(), "paired", block, block_limit)).await?;
             (ha, plain.run(pairs(b.clone(), "paired", block, block_limit)).await?)
