@@ -196,6 +196,22 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop(clients);
     cluster.stop().await;
 
+    // The same non-coordinator pairs, every node busy-polling after traffic.
+    let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let other = cluster.node(1)?;
+    let client = other.agent().client().await?;
+    let hist = other.run(uncontended(client, BUSY_POLL_ROW, args.duration)).await?;
+    results.push(Measurement {
+        name: BUSY_POLL_ROW.into(),
+        what: "lock+unlock pair",
+        hist,
+        floor: Some(floor),
+        rate: None,
+    });
+    cluster.stop().await;
+
     // Sealed against insecure: two fresh clusters side by side, the
     // non-coordinator pairs of both in short alternating rounds.
     let sealed = Cluster::start(nodes, Duration::ZERO, false).await?;
@@ -220,22 +236,6 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     plain.stop().await;
     sealed.stop().await;
-
-    // The same non-coordinator pairs, every node busy-polling after traffic.
-    let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
-    let other = cluster.node(1)?;
-    let client = other.agent().client().await?;
-    let hist = other.run(uncontended(client, BUSY_POLL_ROW, args.duration)).await?;
-    results.push(Measurement {
-        name: BUSY_POLL_ROW.into(),
-        what: "lock+unlock pair",
-        hist,
-        floor: Some(floor),
-        rate: None,
-    });
-    cluster.stop().await;
 
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
