@@ -14,7 +14,18 @@ use swimlock_lock::Stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::node::{Node, NodeCounters};
+use crate::node::{DropReason, Node, NodeCounters};
+
+/// Every drop reason, in the order of the metric's series.
+const DROP_REASONS: [DropReason; 7] = [
+    DropReason::Unauthenticated,
+    DropReason::Replayed,
+    DropReason::UnknownKey,
+    DropReason::Malformed,
+    DropReason::ForeignCluster,
+    DropReason::Misaddressed,
+    DropReason::Spoofed,
+];
 
 /// Upper bounds of the acquire latency buckets, in seconds.
 const LATENCY_BUCKETS: &[f64] =
@@ -49,9 +60,10 @@ struct Instruments {
     locks_lost: Counter,
     datagrams_in: Counter,
     datagrams_out: Counter,
-    decode_malformed: Counter,
-    decode_foreign: Counter,
-    decode_misaddressed: Counter,
+    dropped: [Counter; DROP_REASONS.len()],
+    replay_evictions: Counter,
+    keyring_keys: Gauge,
+    insecure: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,7 +88,7 @@ impl Metrics {
         let m = metrics::with_local_recorder(&recorder, || {
             describe();
             let result = |r: &'static str| metrics::counter!("swimlock_requests_total", "result" => r);
-            let decode = |r: &'static str| metrics::counter!("swimlock_decode_errors_total", "reason" => r);
+
             Instruments {
                 view_members: metrics::gauge!("swimlock_view_members"),
                 view_id: metrics::gauge!("swimlock_view_id"),
@@ -96,9 +108,11 @@ impl Metrics {
                 locks_lost: metrics::counter!("swimlock_locks_lost_total"),
                 datagrams_in: metrics::counter!("swimlock_datagrams_total", "direction" => "in"),
                 datagrams_out: metrics::counter!("swimlock_datagrams_total", "direction" => "out"),
-                decode_malformed: decode("malformed"),
-                decode_foreign: decode("foreign_cluster"),
-                decode_misaddressed: decode("misaddressed"),
+                dropped: DROP_REASONS
+                    .map(|r| metrics::counter!("swimlock_datagrams_dropped_total", "reason" => r.label())),
+                replay_evictions: metrics::counter!("swimlock_replay_table_evictions_total"),
+                keyring_keys: metrics::gauge!("swimlock_keyring_keys"),
+                insecure: metrics::gauge!("swimlock_insecure"),
             }
         });
         let client = metrics::with_local_recorder(&recorder, ClientCounters::register);
@@ -147,10 +161,13 @@ impl Metrics {
         let (c, old) = (node.counters(), self.last_counters);
         self.m.datagrams_in.increment(c.datagrams_in - old.datagrams_in);
         self.m.datagrams_out.increment(c.datagrams_out - old.datagrams_out);
-        self.m.decode_malformed.increment(c.decode_errors - old.decode_errors);
-        self.m.decode_foreign.increment(c.foreign_cluster - old.foreign_cluster);
-        self.m.decode_misaddressed.increment(c.misaddressed - old.misaddressed);
+        for (counter, reason) in self.m.dropped.iter().zip(DROP_REASONS) {
+            counter.increment(c.dropped(reason).saturating_sub(old.dropped(reason)));
+        }
+        self.m.replay_evictions.increment(c.replay_evictions.saturating_sub(old.replay_evictions));
         self.last_counters = c;
+        self.m.keyring_keys.set(node.keyring().map_or(0.0, |r| r.len() as f64));
+        self.m.insecure.set(if node.keyring().is_none() { 1.0 } else { 0.0 });
     }
 }
 
@@ -260,7 +277,16 @@ fn describe() {
     );
     describe_counter!("swimlock_locks_lost_total", "Locks of this node's clients that were lost.");
     describe_counter!("swimlock_datagrams_total", "UDP datagrams, by direction.");
-    describe_counter!("swimlock_decode_errors_total", "Datagrams dropped, by reason.");
+    describe_counter!(
+        "swimlock_datagrams_dropped_total",
+        "Datagrams dropped before reaching membership or the lock machine, by reason."
+    );
+    describe_counter!(
+        "swimlock_replay_table_evictions_total",
+        "Senders whose replay window was forgotten because the table was full."
+    );
+    describe_gauge!("swimlock_keyring_keys", "Keys in this node's keyring (0 when insecure).");
+    describe_gauge!("swimlock_insecure", "1 when the node runs without sealing (--insecure), else 0.");
 }
 
 /// Serves the rendered metrics over HTTP on `listener` until the task is

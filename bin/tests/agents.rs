@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use swimlock::client::Client;
-use swimlock_wire::frame::{ClusterId, Kind, encode_gossip, encode_lock};
+use swimlock_wire::frame::{ClusterId, ENVELOPE_LEN, Kind, encode_gossip, encode_lock};
 use swimlock_wire::lock::{LockFrame, LockMsg, UnlockRsp};
 use swimlock_wire::{NodeId, ReqId};
 
@@ -167,15 +167,24 @@ fn dropped_connection_hands_the_lock_to_the_next_waiter() {
     assert!(token.0 > held_token);
 }
 
-/// Garbage, truncated and foreign datagrams are dropped and counted; the
-/// agent keeps serving.
+/// Garbage, truncated, foreign and unsealed datagrams are dropped and
+/// counted by reason; the agent keeps serving.
 #[test]
 fn bad_datagrams_are_counted_and_the_agent_keeps_serving() {
     let _serial = serial();
     let cluster = Cluster::start("garbage", 1, &[]);
     cluster.wait_formed(&[0], FORM);
     let agent = &cluster.agents[0];
-    let before = metric(&agent.scrape().unwrap(), "swimlock_decode_errors_total").unwrap();
+    let dropped = |reason: &str| {
+        agent
+            .scrape()
+            .and_then(|t| {
+                metric_with(&t, "swimlock_datagrams_dropped_total", &format!("reason=\"{reason}\""))
+            })
+            .unwrap_or(0.0)
+    };
+    let before: Vec<f64> =
+        ["malformed", "unauthenticated", "foreign_cluster"].iter().map(|r| dropped(r)).collect();
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let ours = ClusterId::from_name("swimlock");
@@ -184,30 +193,37 @@ fn bad_datagrams_are_counted_and_the_agent_keeps_serving() {
     let to_someone_else = NodeId { epoch: 2, addr: agent.udp };
     let rsp = LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1), term: 1 });
     let frame = LockFrame { from: stranger, to: to_someone_else, msgs: vec![rsp] };
-    let mut garbage_lock = encode_gossip(&[0xff; 64], ours).unwrap();
-    garbage_lock[5] = Kind::Lock as u8;
-    let datagrams: Vec<Vec<u8>> = vec![
-        b"hello".to_vec(),
-        vec![0u8; 1000],
-        b"SWLK\x01".to_vec(),
-        encode_gossip(b"not gossip at all", ours).unwrap(),
+    let mut garbage_lock = encode_gossip(stranger, 2, &[0xff; 64], ours).unwrap();
+    garbage_lock[ENVELOPE_LEN] = Kind::Lock as u8;
+    let malformed: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![0u8; 1000], b"SWLK\x02".to_vec()];
+    // Well-formed but unsealed: an outsider's frames, refused by a sealed node.
+    let unsealed = vec![
+        encode_gossip(stranger, 0, b"not gossip at all", ours).unwrap(),
         garbage_lock,
-        encode_gossip(b"x", foreign).unwrap(),
-        encode_lock(&frame, foreign).unwrap(),
         encode_lock(&frame, ours).unwrap(),
     ];
-    for d in &datagrams {
+    let other_cluster =
+        vec![encode_gossip(stranger, 0, b"x", foreign).unwrap(), encode_lock(&frame, foreign).unwrap()];
+    for d in malformed.iter().chain(&unsealed).chain(&other_cluster) {
         socket.send_to(d, agent.udp).unwrap();
     }
-    wait_until(Duration::from_secs(5), "the decode-error counter to count every bad datagram", || {
-        agent
-            .scrape()
-            .and_then(|t| metric(&t, "swimlock_decode_errors_total"))
-            .is_some_and(|n| n >= before + datagrams.len() as f64)
+    wait_until(Duration::from_secs(5), "every bad datagram to be counted by reason", || {
+        dropped("malformed") >= before[0] + 3.0
+            && dropped("unauthenticated") >= before[1] + 3.0
+            && dropped("foreign_cluster") >= before[2] + 2.0
     });
     let text = agent.scrape().unwrap();
-    assert!(metric_with(&text, "swimlock_decode_errors_total", "reason=\"foreign_cluster\"").unwrap() >= 2.0);
-    assert!(metric_with(&text, "swimlock_decode_errors_total", "reason=\"misaddressed\"").unwrap() >= 1.0);
+    assert_eq!(
+        metric(&text, "swimlock_decode_errors_total"),
+        None,
+        "replaced by swimlock_datagrams_dropped_total"
+    );
+    for reason in ["replayed", "unknown_key", "misaddressed", "spoofed"] {
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(metric_with(&text, "swimlock_datagrams_dropped_total", &label), Some(0.0), "{reason}");
+    }
+    assert_eq!(metric(&text, "swimlock_keyring_keys"), Some(1.0));
+    assert_eq!(metric(&text, "swimlock_insecure"), Some(0.0));
 
     // Still serving.
     let out =

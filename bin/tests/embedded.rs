@@ -2,16 +2,25 @@
 
 mod common;
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{TempDir, free_port};
 use swimlock::agent::{self, AgentConfig};
 use swimlock::client::Client;
+use swimlock::node::seal::Key;
+
+/// One generated key for every node of this test binary.
+fn key() -> Key {
+    static KEY: OnceLock<Key> = OnceLock::new();
+    KEY.get_or_init(|| agent::generate_key().unwrap()).clone()
+}
 
 fn config(port: u16, seed: u16) -> AgentConfig {
     let mut c = AgentConfig::new(([127, 0, 0, 1], port).into());
     c.name = format!("embedded-{port}");
     c.seeds = vec![([127, 0, 0, 1], seed).into()];
+    c.key = Some(key());
     c
 }
 
@@ -139,4 +148,29 @@ async fn busy_polling_nodes_lock_across_the_network() {
     held.unlock().await.unwrap();
     second.shutdown().await;
     first.shutdown().await;
+}
+
+/// Without a key an embedded node refuses to start, naming the fix; with
+/// `insecure` it starts and says so in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_needs_a_key_or_an_explicit_insecure() {
+    let port = free_port();
+    let mut c = config(port, port);
+    c.key = None;
+    let e = agent::spawn(c.clone()).unwrap_err();
+    assert!(matches!(e, agent::AgentError::NoKey));
+    let text = e.to_string();
+    assert!(text.contains("swimlock keygen") && text.contains("--insecure"), "{text}");
+    c.insecure = true;
+    let node = agent::spawn(c).unwrap();
+    let status = node.client().await.unwrap().status().await.unwrap();
+    assert!(status.security.insecure && status.security.keys.is_empty());
+    node.shutdown().await;
+    // A sealed node shows its key id, never the key.
+    let port = free_port();
+    let node = agent::spawn(config(port, port)).unwrap();
+    let status = node.client().await.unwrap().status().await.unwrap();
+    assert_eq!(status.security.primary_key, Some(key().id().0));
+    assert!(!format!("{status:?}").contains(&key().to_base64()));
+    node.shutdown().await;
 }

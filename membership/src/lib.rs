@@ -8,12 +8,13 @@
 //!
 //! 1. Feed input: [`Membership::start`] once, then
 //!    [`Membership::handle_datagram`] for every gossip datagram (the payload
-//!    after swimlock's frame header) and [`Membership::handle_timeout`] when
-//!    the deadline from `poll_timeout` passes (calling it early or twice is
-//!    harmless).
+//!    after swimlock's frame header, with the sender the envelope
+//!    authenticated) and [`Membership::handle_timeout`] when the deadline
+//!    from `poll_timeout` passes (calling it early or twice is harmless).
 //! 2. After every call, drain [`Membership::poll_transmit`] (send each
-//!    payload to its address, wrapped in a swimlock frame of kind Gossip)
-//!    and [`Membership::poll_event`] (views to hand to the lock layer).
+//!    payload to its destination's address, wrapped in a swimlock frame of
+//!    kind Gossip) and [`Membership::poll_event`] (views to hand to the lock
+//!    layer).
 //! 3. Re-arm one timer at [`Membership::poll_timeout`], an absolute
 //!    deadline on the driver's clock.
 //!
@@ -194,6 +195,15 @@ pub enum MembershipError {
     NotRunning,
     /// foca rejected the payload (malformed, too big, from ourselves, ...).
     Gossip(foca::Error),
+    /// The payload's sender (its foca header `src` key) is not the member
+    /// that the envelope authenticated: one member speaking for another.
+    /// Dropped before foca sees it.
+    SenderMismatch {
+        /// The authenticated sender.
+        from: NodeId,
+        /// The sender the payload names.
+        claimed: NodeId,
+    },
 }
 
 impl fmt::Display for MembershipError {
@@ -201,6 +211,9 @@ impl fmt::Display for MembershipError {
         match self {
             MembershipError::NotRunning => f.write_str("membership is not running"),
             MembershipError::Gossip(e) => write!(f, "gossip datagram rejected: {e}"),
+            MembershipError::SenderMismatch { from, claimed } => {
+                write!(f, "gossip from {from} claims to come from {claimed}")
+            }
         }
     }
 }
@@ -208,7 +221,7 @@ impl fmt::Display for MembershipError {
 impl std::error::Error for MembershipError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            MembershipError::NotRunning => None,
+            MembershipError::NotRunning | MembershipError::SenderMismatch { .. } => None,
             MembershipError::Gossip(e) => Some(e),
         }
     }
@@ -230,7 +243,8 @@ struct Io {
     /// anchored on it.
     now: Duration,
     timers: TimerQueue,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Destination key (epoch 0 for a seed placeholder) and payload.
+    transmits: VecDeque<(NodeId, Vec<u8>)>,
     notes: Vec<OwnedNotification<Ident>>,
     /// When a "you are down" (foca's `TurnUndead`) last went to each
     /// address; at most one per address per `turn_undead_gap`.
@@ -264,7 +278,7 @@ impl Runtime<Ident> for Io {
         if is_turn_undead(data) && !self.turn_undead_allowed(to.addr) {
             return;
         }
-        self.transmits.push_back((to.addr, data.to_vec()));
+        self.transmits.push_back((to.key(), data.to_vec()));
     }
 
     fn submit_after(&mut self, event: Timer<Ident>, after: Duration) {
@@ -400,25 +414,32 @@ impl Membership {
         self.settle(now);
     }
 
-    /// Handles one gossip datagram from `from` (the payload after swimlock's
-    /// frame header).
+    /// Handles one gossip datagram (the payload after swimlock's frame
+    /// header) that the envelope proved to come from member `from`.
     ///
-    /// foca identifies the sender from the payload, so `from` is not used
-    /// for membership; it is part of the signature for symmetry with the
-    /// lock machine and for future checks. An `Err` means the datagram was
-    /// dropped; it never panics on any input.
+    /// foca trusts the sender its payload names, so a payload whose header
+    /// names another member than `from` (by key: epoch and address) is
+    /// refused with [`MembershipError::SenderMismatch`] before foca sees it.
+    /// An `Err` means the datagram was dropped; it never panics on any
+    /// input.
     pub fn handle_datagram(
         &mut self,
         now: Duration,
-        from: SocketAddr,
+        from: NodeId,
         payload: &[u8],
     ) -> Result<(), MembershipError> {
-        let _ = from;
         let now = self.advance(now);
         if self.phase != Phase::Running {
             return Err(MembershipError::NotRunning);
         }
-        self.watch_header(payload);
+        let header = PostcardCodec
+            .decode_header(payload)
+            .map_err(|e| MembershipError::Gossip(foca::Error::Decode(Box::new(e))))?;
+        let claimed: NodeId = Ident::key(&header.src);
+        if claimed != from {
+            return Err(MembershipError::SenderMismatch { from, claimed });
+        }
+        self.watch_header(header);
         let result = self.foca.handle_data(payload, &mut self.io);
         // foca may have applied part of a payload before failing on the
         // rest, so what it reported is processed either way.
@@ -520,11 +541,13 @@ impl Membership {
         self.phase = Phase::Left;
     }
 
-    /// Next gossip payload to send, with its destination. Drain after every
+    /// Next gossip payload to send, with its destination's key: send it to
+    /// that key's address. The epoch is 0 for an announce to a seed whose
+    /// identity is not known yet (a placeholder). Drain after every
     /// `start`/`handle_*`/`leave` call. Each payload is at most
     /// [`Config::max_packet_size`] bytes.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<u8>)> {
         self.io.transmits.pop_front()
     }
 
@@ -621,8 +644,7 @@ impl Membership {
     /// `supersede_if_newer`), or a renewal of ours this node never made
     /// (forged, or a twin with the same start stamp), which the next
     /// renewal must outrank. Undecodable payloads are foca's to reject.
-    fn watch_header(&mut self, payload: &[u8]) {
-        let Ok(header): Result<Header<Ident>, _> = PostcardCodec.decode_header(payload) else { return };
+    fn watch_header(&mut self, header: Header<Ident>) {
         let Header { src, dst, .. } = header;
         for id in [src, dst] {
             let mine = self.foca.identity();
@@ -758,7 +780,7 @@ mod tests {
         let Some(Event::View(v)) = m.poll_event() else { panic!("expected a view") };
         assert_eq!(v.id, 1);
         assert_eq!(v.ids().collect::<Vec<_>>(), vec![node(1)]);
-        assert_eq!(m.poll_transmit().map(|(to, _)| to), Some(seed));
+        assert_eq!(m.poll_transmit().map(|(to, _)| to), Some(NodeId { epoch: 0, addr: seed }));
         assert_eq!(m.poll_transmit(), None);
         assert_eq!(m.poll_timeout(), Some(Duration::from_millis(1005)));
     }
@@ -792,11 +814,33 @@ mod tests {
     }
 
     #[test]
+    fn gossip_naming_another_sender_than_the_envelope_is_refused() {
+        let mut a = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![node(2).addr], 1).unwrap();
+        let mut b = Membership::new(node(2), "b".into(), 2, Config::lan(), vec![], 2).unwrap();
+        a.start(Duration::ZERO);
+        b.start(Duration::ZERO);
+        let (to, announce) = a.poll_transmit().expect("announce to the seed");
+        assert_eq!(to, NodeId { epoch: 0, addr: node(2).addr });
+        for forged in [node(3), NodeId { epoch: 2, ..node(1) }] {
+            let e = b.handle_datagram(Duration::from_millis(1), forged, &announce).unwrap_err();
+            assert!(
+                matches!(e, MembershipError::SenderMismatch { from, claimed } if from == forged && claimed == node(1))
+            );
+        }
+        assert_eq!(b.poll_transmit(), None, "nothing answered");
+        b.handle_timeout(Duration::from_secs(1));
+        assert!(b.foca.iter_members().next().is_none(), "no member added");
+        b.handle_datagram(Duration::from_secs(1), node(1), &announce).unwrap();
+        assert_eq!(b.foca.iter_members().count(), 1);
+        assert!(matches!(
+            b.handle_datagram(Duration::from_secs(1), node(1), b"garbage"),
+            Err(MembershipError::Gossip(_))
+        ));
+    }
+
+    #[test]
     fn input_before_start_is_refused() {
         let mut m = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![], 1).unwrap();
-        assert!(matches!(
-            m.handle_datagram(Duration::ZERO, node(2).addr, b"x"),
-            Err(MembershipError::NotRunning)
-        ));
+        assert!(matches!(m.handle_datagram(Duration::ZERO, node(2), b"x"), Err(MembershipError::NotRunning)));
     }
 }

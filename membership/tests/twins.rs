@@ -65,6 +65,12 @@ fn first_ident(i: usize) -> WireIdent {
 
 /// "`fake` is alive", sent by `fake` itself to `dst`: the 60-byte forged
 /// identity update of the security issue.
+/// The sender a forged identity's envelope must name (the envelope binds
+/// the sender; only a member holding the key can forge at all).
+fn key(id: &WireIdent) -> NodeId {
+    NodeId { epoch: id.epoch, addr: id.addr }
+}
+
 fn forge(fake: &WireIdent, dst: WireIdent) -> Vec<u8> {
     let mut buf = Vec::new();
     let header = Header { src: fake.clone(), src_incarnation: 0, dst, message: Message::Gossip };
@@ -211,7 +217,7 @@ fn a_forged_renewal_is_outranked_at_once() {
         let fake = ident(2, node_id(2).epoch, 1_000);
         let sent = sim.sent_by(2);
         for to in [0, 1] {
-            sim.inject(to, addr(3), &forge(&fake, first_ident(to)));
+            sim.inject(to, key(&fake), &forge(&fake, first_ident(to)));
         }
         let all: Vec<NodeId> = (0..5).map(node_id).collect();
         let worst = busiest_second(&mut sim, ms(5_000));
@@ -233,7 +239,7 @@ fn an_identity_that_cannot_be_outranked_ends_in_one_view_without_it() {
     for seed in SEEDS {
         for fake in [ident(2, 9_000, 0), ident(2, node_id(2).epoch, u64::MAX)] {
             let mut sim = converged(seed);
-            sim.inject(0, addr(3), &forge(&fake, first_ident(0)));
+            sim.inject(0, key(&fake), &forge(&fake, first_ident(0)));
             sim.run_until(ms(3_000), |s| s.node(2).superseded_by().is_some() && all_see(s, &others, &rest))
                 .unwrap_or_else(|| panic!("seed {seed}: {fake:?} not settled in 3 s"));
             let worst = busiest_second(&mut sim, ms(5_000));
@@ -282,9 +288,9 @@ fn renewals_back_off_when_the_cluster_keeps_saying_down() {
             message: Message::TurnUndead,
         };
         PostcardCodec.encode_header(&turn, &mut buf).unwrap();
-        sim.inject(0, addr(1), &buf);
+        sim.inject(0, node_id(1), &buf);
         sim.run_for(ms(10));
-        for bytes in std::mem::take(&mut sim.captured) {
+        for (_, bytes) in std::mem::take(&mut sim.captured) {
             let src = header(&bytes).src;
             if src.addr == addr(0) && src.bump > current.bump {
                 current = src;
@@ -316,10 +322,10 @@ fn a_member_held_down_is_told_so_once_per_probe_period() {
             message: Message::Ping(n as u8),
         };
         PostcardCodec.encode_header(&ping, &mut buf).unwrap();
-        sim.inject(0, addr(1), &buf);
+        sim.inject(0, node_id(1), &buf);
         sim.run_for(ms(1));
     }
-    let told = sim.captured.iter().filter(|b| header(b).message == Message::TurnUndead).count();
+    let told = sim.captured.iter().filter(|(_, b)| header(b).message == Message::TurnUndead).count();
     // 1 s of pings, one per millisecond; the probe period is 100 ms.
     assert!((9..=11).contains(&told), "{told} TurnUndead for 1,000 pings");
 }

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::KeyringOp;
 use crate::ids::{ClientId, LockName, NodeId, Token};
 
 /// Largest frame body accepted or produced, in bytes.
@@ -68,6 +69,13 @@ pub enum Request {
     Auth {
         /// The endpoint's password.
         token: String,
+    },
+    /// A keyring command for every member of the node's view (answered
+    /// with [`Reply::Keyring`]). An install carries the key's bytes; use
+    /// and remove name the key by its id.
+    Keyring {
+        /// What to do.
+        op: KeyringOp,
     },
 }
 
@@ -166,6 +174,55 @@ pub enum Reply {
     },
     /// `Auth` accepted.
     Authenticated,
+    /// The answer to `Keyring`.
+    Keyring(Box<KeyringReport>),
+}
+
+/// The outcome of a keyring command across the view, as `consul keyring`
+/// reports it: how many members hold each key, and which members failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringReport {
+    /// Members asked, the answering node included.
+    pub members: u32,
+    /// Every key some member reported, ascending by id.
+    pub keys: Vec<KeyHolders>,
+    /// Members that refused or did not answer.
+    pub failed: Vec<KeyringFailure>,
+    /// Set when the command was refused as a whole (nothing was changed).
+    pub refused: Option<String>,
+}
+
+/// How many members hold one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHolders {
+    /// The key's id (never its bytes).
+    pub key_id: u32,
+    /// Members that accept it.
+    pub members: u32,
+    /// Members that send with it.
+    pub primary: u32,
+}
+
+/// A member a keyring command did not succeed on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringFailure {
+    /// The member's name (empty if it left the view).
+    pub name: String,
+    /// Its identity.
+    pub id: NodeId,
+    /// Why: its refusal, or no answer.
+    pub reason: String,
+}
+
+/// How a node protects its datagrams, as `Status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityInfo {
+    /// Insecure mode: datagrams travel unsealed and unauthenticated.
+    pub insecure: bool,
+    /// The id of the key used to send (sealed mode).
+    pub primary_key: Option<u32>,
+    /// The ids of every key accepted (sealed mode).
+    pub keys: Vec<u32>,
 }
 
 /// Why a lock request failed.
@@ -261,6 +318,8 @@ pub struct Status {
     pub locks: Vec<HeldInfo>,
     /// The lock table, when this node coordinates.
     pub table: Option<TableInfo>,
+    /// Sealed or insecure, and the key ids.
+    pub security: SecurityInfo,
 }
 
 /// Why a client frame was refused.
@@ -401,6 +460,11 @@ mod tests {
                     coordinator,
                     locks,
                     table,
+                    security: SecurityInfo {
+                        insecure: view_id % 2 == 0,
+                        primary_key: Some(7),
+                        keys: vec![7, 9],
+                    },
                 },
             )
     }

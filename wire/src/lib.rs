@@ -4,16 +4,20 @@
 //! Decoding never panics and never allocates without bound: a datagram
 //! that is malformed, truncated, oversized or from another cluster yields an
 //! error, which the caller counts and drops.
+//!
+//! The wire crate lays out bytes only: sealing and opening datagrams
+//! (XChaCha20-Poly1305) happen in the node, `swimlock::node::seal`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod frame;
 pub mod ids;
 pub mod lock;
 
-pub use frame::{ClusterId, Header, Kind, MAX_DATAGRAM};
+pub use frame::{ClusterId, Envelope, Header, Kind, MAX_DATAGRAM, Suite};
 pub use ids::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
 use std::fmt;
@@ -50,6 +54,12 @@ pub enum WireError {
     },
     /// A value could not be encoded.
     Encode,
+    /// A protection suite this build does not know.
+    UnknownSuite(u8),
+    /// An envelope address of an unknown family or not in canonical form.
+    BadAddress,
+    /// A sealed frame where a plain one was expected (it must be opened).
+    Sealed,
 }
 
 impl fmt::Display for WireError {
@@ -67,6 +77,9 @@ impl fmt::Display for WireError {
                 write!(f, "lock name must be 1 to {} bytes, got {len}", LockName::MAX_LEN)
             }
             WireError::Encode => f.write_str("value could not be encoded"),
+            WireError::UnknownSuite(s) => write!(f, "unknown protection suite {s}"),
+            WireError::BadAddress => f.write_str("bad sender address in the envelope"),
+            WireError::Sealed => f.write_str("sealed frame (open it first)"),
         }
     }
 }

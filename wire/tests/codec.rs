@@ -7,7 +7,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use swimlock_wire::frame::{HEADER_LEN, MAGIC, VERSION, decode_lock, encode_lock, split_frame};
+use swimlock_wire::frame::{
+    ENVELOPE_LEN, HEADER_LEN, MAGIC, VERSION, decode_lock, encode_lock, plain_envelope, split_frame,
+};
 use swimlock_wire::lock::{
     CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockFrame, LockInfoReq, LockInfoRsp,
     LockMsg, LockOutcome, LockReq, LockRsp, MAX_PARTS, Redirect, Renew, RenewAck, UnlockReq, UnlockRsp, Wait,
@@ -196,10 +198,9 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         let _ = refusal(&bytes);
         // Behind a valid header the body is still arbitrary.
-        let mut framed = MAGIC.to_vec();
-        framed.push(VERSION);
+        let mut framed = Vec::new();
+        plain_envelope(cluster(), sample_node(), 7).write(&mut framed);
         framed.push(Kind::Lock as u8);
-        framed.extend_from_slice(&cluster().0.to_le_bytes());
         framed.extend_from_slice(&bytes);
         let _ = refusal(&framed);
     }
@@ -218,15 +219,17 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Every strict prefix of a valid lock datagram is refused: shorter than
-    /// the header → `Truncated`, otherwise the body is cut → `Malformed`.
+    /// Every strict prefix of a valid lock datagram is refused: without its
+    /// kind byte → `Truncated`, otherwise the body is cut → `Malformed`.
     #[test]
     fn every_truncation_is_refused(frame in lock_frame()) {
         let bytes = encode_lock(&frame, cluster()).unwrap();
         for len in 0..bytes.len() {
             let got = refusal(&bytes[..len]);
-            if len < HEADER_LEN {
+            if len < ENVELOPE_LEN {
                 prop_assert_eq!(got, Some(WireError::Truncated { len }));
+            } else if len < HEADER_LEN {
+                prop_assert_eq!(got, Some(WireError::Truncated { len: ENVELOPE_LEN }));
             } else {
                 prop_assert_eq!(got, Some(WireError::Malformed), "prefix of {} bytes", len);
             }
@@ -254,8 +257,8 @@ proptest! {
         prop_assert_eq!(refusal(&version), Some(WireError::UnsupportedVersion(v)));
 
         let mut kind = good.clone();
-        let k = if bad == 1 || bad == 2 { 0 } else { bad };
-        kind[5] = k;
+        let k = if (1..=3).contains(&bad) { 0 } else { bad };
+        kind[ENVELOPE_LEN] = k;
         prop_assert_eq!(refusal(&kind), Some(WireError::UnknownKind(k)));
 
         let foreign = encode_lock(&frame, ClusterId::from_name("another")).unwrap();

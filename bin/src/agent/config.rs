@@ -11,6 +11,7 @@ use serde::Deserialize;
 use swimlock_lock::Mode;
 
 use crate::node::NodeError;
+use crate::node::seal::Key;
 
 /// Default UDP address (gossip and lock traffic).
 pub const DEFAULT_BIND: &str = "127.0.0.1:7946";
@@ -118,6 +119,15 @@ pub struct AgentConfig {
     /// Group (name or numeric id) given access to the Unix socket (mode
     /// 0660); `None`: mode 0600, the agent's user only.
     pub unix_socket_group: Option<String>,
+    /// The cluster key: every datagram is sealed with it. With a
+    /// `state_dir`, it only seeds `<state_dir>/keyring` on the first start;
+    /// the keyring file is the source of truth after that. Required unless
+    /// `insecure` or the state directory already holds a keyring.
+    pub key: Option<Key>,
+    /// Run without sealing, explicitly: datagrams travel in clear and
+    /// anyone who can reach the UDP port is a member. Logged at WARN, shown
+    /// in `status` and as `swimlock_insecure 1`.
+    pub insecure: bool,
 }
 
 /// The longest busy-poll allowed: it spins a CPU.
@@ -149,6 +159,8 @@ impl AgentConfig {
             client_token: None,
             client_allow_unauthenticated: false,
             unix_socket_group: None,
+            key: None,
+            insecure: false,
         }
     }
 
@@ -169,6 +181,9 @@ impl AgentConfig {
         }
         if self.cluster.is_empty() {
             return Err(ConfigError::new("cluster", "must not be empty"));
+        }
+        if self.insecure && self.key.is_some() {
+            return Err(ConfigError::new("insecure", "cannot be combined with a key: drop one of them"));
         }
         if self.busy_poll > MAX_BUSY_POLL {
             return Err(ConfigError::new(
@@ -367,6 +382,17 @@ pub struct AgentArgs {
     /// CPUs are slow to wake, for a CPU kept busy [default: 0s, off].
     #[arg(long, value_name = "DURATION")]
     pub busy_poll: Option<String>,
+    /// Cluster key (base64, from `swimlock keygen`); prefer --key-file,
+    /// since a command line is visible to every user of the host.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// File holding the cluster key (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Run without a key: datagrams unsealed, anyone who can reach the UDP
+    /// port is a member.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The TOML file: the same settings as [`AgentArgs`], timings in tables.
@@ -395,6 +421,9 @@ struct FileConfig {
     client_token: Option<String>,
     client_allow_unauthenticated: Option<bool>,
     unix_socket_group: Option<String>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    insecure: Option<bool>,
     #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
@@ -531,6 +560,13 @@ impl AgentArgs {
         c.client_allow_unauthenticated =
             self.client_allow_unauthenticated || file.client_allow_unauthenticated.unwrap_or(false);
         c.unix_socket_group = self.unix_socket_group.clone().or(file.unix_socket_group);
+        // Flags win over the file as a pair: `--key-file` replaces `key`.
+        c.key = if self.key.is_some() || self.key_file.is_some() {
+            resolve_key(self.key.as_deref(), self.key_file.as_deref())?
+        } else {
+            resolve_key(file.key.as_deref(), file.key_file.as_deref())?
+        };
+        c.insecure = self.insecure || file.insecure.unwrap_or(false);
 
         c.validate()?;
         Ok(c)
@@ -549,6 +585,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         // toml names the key and the line; keep its message whole.
         ConfigError::new("config", format!("{}: {}", path.display(), e.to_string().trim_end()))
     })
+}
+
+/// The key given inline or in a file (not both).
+fn resolve_key(inline: Option<&str>, file: Option<&Path>) -> Result<Option<Key>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new("key", "give `key` or `key_file`, not both")),
+        (Some(text), None) => {
+            Key::from_base64(text).map(Some).map_err(|e| ConfigError::new("key", e.to_string()))
+        }
+        (None, Some(path)) => super::keyring::read_key_file(path)
+            .map(Some)
+            .map_err(|e| ConfigError::new("key_file", e.to_string())),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Parses `HOST:PORT` (an IP, or a name resolved now).
@@ -656,6 +706,22 @@ mod tests {
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.stop_grace, DEFAULT_STOP_GRACE);
         assert_eq!(c.max_client_connections, DEFAULT_MAX_CLIENT_CONNECTIONS);
+        assert!(c.key.is_none() && !c.insecure);
+    }
+
+    #[test]
+    fn keys_come_from_flags_or_the_file() {
+        let key = crate::node::seal::Key::from_bytes([5; 32]);
+        let file: FileConfig = toml::from_str(&format!("key = \"{}\"", key.to_base64())).unwrap();
+        let c = AgentArgs::default().resolve_with(file).unwrap();
+        assert_eq!(c.key, Some(key.clone()));
+        let file: FileConfig = toml::from_str("insecure = true").unwrap();
+        assert!(AgentArgs::default().resolve_with(file).unwrap().insecure);
+        let other = crate::node::seal::Key::from_bytes([6; 32]);
+        let file: FileConfig = toml::from_str(&format!("key = \"{}\"", key.to_base64())).unwrap();
+        let c = args(|a| a.key = Some(other.to_base64())).resolve_with(file).unwrap();
+        assert_eq!(c.key, Some(other), "the flag wins");
+        assert!(format!("{c:?}").find(&key.to_base64()).is_none(), "Debug shows no key");
     }
 
     #[test]
@@ -705,6 +771,18 @@ mod tests {
         assert_eq!(field(args(|a| a.name = Some(String::new()))), "name");
         assert_eq!(field(args(|a| a.seeds = vec!["x".into()])), "seeds");
         assert_eq!(field(args(|a| a.busy_poll = Some("2ms".into()))), "busy_poll");
+        assert_eq!(field(args(|a| a.key = Some("short".into()))), "key");
+        assert_eq!(field(args(|a| a.key_file = Some("/nonexistent/key".into()))), "key_file");
+        let key = crate::node::seal::Key::from_bytes([3; 32]).to_base64();
+        assert_eq!(
+            field(args(|a| {
+                a.key = Some(key.clone());
+                a.insecure = true;
+            })),
+            "insecure"
+        );
+        let e = args(|a| a.key = Some("AAAA".into())).resolve_with(FileConfig::default()).unwrap_err();
+        assert!(!e.reason.contains("AAAA"), "{e}");
         let e = toml::from_str::<FileConfig>("bogus = 1").unwrap_err();
         assert!(e.to_string().contains("bogus"));
     }

@@ -13,6 +13,7 @@
 
 mod config;
 mod endpoint;
+mod keyring;
 mod socket;
 mod state;
 mod task;
@@ -22,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{
     AgentArgs, AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
@@ -30,6 +31,7 @@ pub use config::{
     DEFAULT_STOP_GRACE, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
 pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
+pub use keyring::{generate_key, read_key_file};
 pub(crate) use task::Command;
 
 use crate::client::{Client, ClientError};
@@ -54,6 +56,22 @@ pub enum AgentError {
     #[error("cannot use the state directory {path}: {source}")]
     State {
         /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No cluster key, and insecure mode not asked for.
+    #[error(
+        "no cluster key: run `swimlock keygen` and set `key` in the config file or pass \
+         `--key-file PATH` (a file of mode 0600 holding the key); or pass `--insecure` to run \
+         without one (then anyone who can reach the UDP port is a member)"
+    )]
+    NoKey,
+    /// The keyring file (or the random source for the nonce salt) could not
+    /// be used.
+    #[error("cannot use the keyring {path}: {source}")]
+    Keyring {
+        /// The file.
         path: String,
         /// The error.
         source: std::io::Error,
@@ -151,8 +169,13 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     let epoch = config.epoch.unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
     });
+    let (security, keyring_store) = security(&config)?;
     let udp = socket::bind_udp(config.bind).map_err(|source| AgentError::Bind {
-        what: "UDP socket",
+        what: if source.kind() == std::io::ErrorKind::AddrInUse {
+            "UDP socket (is another swimlock agent, or another program, using this port?)"
+        } else {
+            "UDP socket"
+        },
         addr: config.bind.to_string(),
         source,
     })?;
@@ -188,8 +211,16 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         }
         None => None,
     };
-    let agent = task::NodeTask::new(&config, epoch, udp, (term_store, term_floor), stopped_tx)?
-        .with_tag_store(tag_store);
+    let insecure = security == crate::node::Security::Insecure;
+    let agent = task::NodeTask::new(
+        &config,
+        epoch,
+        udp,
+        (term_store, term_floor),
+        (security, keyring_store),
+        stopped_tx,
+    )?
+    .with_tag_store(tag_store);
     let metrics_handle = agent.metrics_handle();
     let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
@@ -197,6 +228,11 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         mode = %config.mode_name(), node_tag = config.lock.tag, epoch, term_floor,
         "agent starting"
     );
+    if insecure {
+        warn!(
+            "running INSECURE (--insecure): datagrams are not sealed, anyone who can reach the UDP port is a member"
+        );
+    }
     let task = tokio::spawn(agent.run(rx));
     let mut aux = endpoint::spawn_listeners(listeners, endpoint);
     let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
@@ -213,4 +249,49 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         }
     });
     Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr })
+}
+
+/// How the node will protect its datagrams: the keyring of the state
+/// directory (seeded from the configured key), the configured key alone
+/// without a state directory, or insecure mode when asked for; else no
+/// start.
+fn security(
+    config: &AgentConfig,
+) -> Result<(crate::node::Security, Option<keyring::KeyringStore>), AgentError> {
+    use crate::node::Security;
+    use crate::node::seal::Keyring;
+    let (store, ring) = match &config.state_dir {
+        Some(dir) => {
+            let (store, ring) = keyring::KeyringStore::open(dir, config.key.as_ref()).map_err(|source| {
+                AgentError::Keyring { path: dir.join(keyring::FILE).display().to_string(), source }
+            })?;
+            (Some(store), ring)
+        }
+        None => (None, config.key.clone().map(Keyring::new)),
+    };
+    let ring = match (ring, config.insecure) {
+        (None, true) => return Ok((Security::Insecure, None)),
+        (None, false) => return Err(AgentError::NoKey),
+        (Some(_), true) => {
+            return Err(AgentError::Config(ConfigError {
+                field: "insecure".into(),
+                reason: "the state directory holds a keyring; remove `insecure` or use another state_dir"
+                    .into(),
+            }));
+        }
+        (Some(ring), false) => ring,
+    };
+    if let Some(key) = &config.key
+        && !ring.contains(key.id())
+    {
+        warn!(
+            configured = %key.id(), primary = %ring.primary(),
+            "the configured key is not in the keyring file, which wins (a rotation happened)"
+        );
+    }
+    let salt = keyring::fresh_salt()
+        .map_err(|source| AgentError::Keyring { path: "(OS random source)".into(), source })?;
+    let ids: Vec<String> = ring.ids().iter().map(ToString::to_string).collect();
+    info!(primary = %ring.primary(), keys = ?ids, "datagrams sealed (XChaCha20-Poly1305)");
+    Ok((Security::Sealed { keyring: ring, salt }, store))
 }

@@ -10,7 +10,7 @@ use swimlock_wire::client::{
     ClientRequest, FailReason, HeldInfo, LostReason, MemberInfo, Reply, Request, ServerMessage, Status,
     TableEntry, TableInfo,
 };
-use swimlock_wire::frame::{ClusterId, MAX_DATAGRAM};
+use swimlock_wire::frame::MAX_DATAGRAM;
 use swimlock_wire::{ClientId, LockName, ReqId};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -18,10 +18,12 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::{AgentConfig, ConfigError};
+use super::keyring::KeyringStore;
 use super::state::{TagStore, TermStore};
 use crate::client::Session;
 use crate::metrics::Metrics;
-use crate::node::{Node, NodeConfig, NodeEvent};
+use crate::node::seal::Keyring;
+use crate::node::{KeyringReport, Node, NodeConfig, NodeEvent, Security};
 
 /// Longest wait a client may ask for; longer requests are capped (and the
 /// deadline arithmetic can never overflow).
@@ -33,6 +35,8 @@ const MAX_BATCH: usize = 64;
 /// releases of its clients' locks before it leaves anyway (leaving releases
 /// them too, after failure detection).
 const RELEASE_GRACE: Duration = Duration::from_secs(1);
+/// How long each stage of a keyring command waits for the members.
+const KEYRING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the rest of the agent asks the node task.
 #[derive(Debug)]
@@ -96,6 +100,10 @@ pub(crate) struct NodeTask {
     stopping: Option<Stopping>,
     /// The command channel closed: nobody can ask anything any more.
     commands_closed: bool,
+    /// Where the keyring is saved (with a state directory).
+    keyring_store: Option<KeyringStore>,
+    /// Keyring commands in flight: the asking client and its request id.
+    keyring_ops: BTreeMap<u64, (ClientId, u64)>,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -106,12 +114,14 @@ impl NodeTask {
         epoch: u64,
         socket: UdpSocket,
         (terms, term_floor): (Option<TermStore>, u32),
+        (security, keyring_store): (Security, Option<KeyringStore>),
         stopped: oneshot::Sender<()>,
     ) -> Result<NodeTask, ConfigError> {
         let me = swimlock_wire::NodeId { epoch, addr: config.advertise };
         let node_config = NodeConfig {
             name: config.name.clone(),
-            cluster: ClusterId::from_name(&config.cluster),
+            cluster: config.cluster.clone(),
+            security,
             seeds: config.seeds.clone(),
             lock: config.lock.clone(),
             membership: config.membership.clone(),
@@ -141,6 +151,8 @@ impl NodeTask {
             stop_grace: config.stop_grace,
             stopping: None,
             commands_closed: false,
+            keyring_store,
+            keyring_ops: BTreeMap::new(),
             _stopped: stopped,
         })
     }
@@ -385,14 +397,24 @@ impl NodeTask {
         self.metrics.update(&self.node);
     }
 
-    /// Routes the node's events to clients and logs. A new coordinator term
-    /// is saved first: nothing granted under it may leave the node before
-    /// it is durable.
+    /// Routes the node's events to clients and logs, until the node has no
+    /// more (saving a keyring releases answers and may end commands). A new
+    /// coordinator term is saved first: nothing granted under it may leave
+    /// the node before it is durable.
     fn deliver_events(&mut self) {
-        let mut events = Vec::new();
-        while let Some(event) = self.node.poll_event() {
-            events.push(event);
+        loop {
+            let mut events = Vec::new();
+            while let Some(event) = self.node.poll_event() {
+                events.push(event);
+            }
+            if events.is_empty() {
+                return;
+            }
+            self.deliver(events);
         }
+    }
+
+    fn deliver(&mut self, events: Vec<NodeEvent>) {
         let term = events
             .iter()
             .filter_map(|e| match e {
@@ -470,6 +492,15 @@ impl NodeTask {
             }
             // The endpoint checks passwords itself; in-process clients need none.
             Request::Auth { .. } => self.reply(client, id, Reply::Authenticated),
+            Request::Keyring { op } => {
+                info!(?op, "keyring command");
+                match self.node.keyring_command(now, op, KEYRING_TIMEOUT) {
+                    Ok(command) => {
+                        self.keyring_ops.insert(command, (client, id));
+                    }
+                    Err(message) => self.reply(client, id, Reply::Error { message }),
+                }
+            }
         }
     }
 
@@ -523,6 +554,13 @@ impl NodeTask {
                 );
                 self.superseded = true;
             }
+            NodeEvent::KeyringChanged(ring) => self.save_keyring(&ring),
+            NodeEvent::Keyring(report) => {
+                if let Some((client, id)) = self.keyring_ops.remove(&report.id) {
+                    let reply = self.keyring_reply(&report);
+                    self.reply(client, id, Reply::Keyring(Box::new(reply)));
+                }
+            }
         }
     }
 
@@ -538,6 +576,60 @@ impl NodeTask {
             && let Err(e) = store.save(tag)
         {
             error!(tag, error = %e, "cannot save the node tag; the next start may collide again");
+        }
+    }
+
+    /// Saves a changed keyring before the node answers for it.
+    fn save_keyring(&mut self, ring: &Keyring) {
+        let ids: Vec<String> = ring.ids().iter().map(ToString::to_string).collect();
+        let result = match &self.keyring_store {
+            Some(store) => store.save(ring).map_err(|e| {
+                error!(path = %store.path().display(), error = %e, "cannot save the keyring; the change is lost at the next restart");
+                e.to_string()
+            }),
+            None => {
+                warn!("keyring changed without a state_dir: the change is lost at the next restart");
+                Ok(())
+            }
+        };
+        info!(primary = %ring.primary(), keys = ?ids, "keyring changed");
+        self.node.keyring_saved(self.now(), result);
+    }
+
+    /// A keyring command's outcome as the client protocol reports it.
+    fn keyring_reply(&self, report: &KeyringReport) -> swimlock_wire::client::KeyringReport {
+        use swimlock_wire::admin::KeyringResult;
+        use swimlock_wire::client::{KeyHolders, KeyringFailure};
+        let view = self.node.membership().view();
+        let name = |id: &swimlock_wire::NodeId| {
+            view.members.iter().find(|m| m.id == *id).map(|m| m.name.clone()).unwrap_or_default()
+        };
+        let mut holders: BTreeMap<u32, KeyHolders> = BTreeMap::new();
+        let mut failed = Vec::new();
+        for (id, answer) in &report.answers {
+            match answer {
+                KeyringResult::Keys { keys, primary } => {
+                    for &key_id in keys {
+                        let h =
+                            holders.entry(key_id).or_insert(KeyHolders { key_id, members: 0, primary: 0 });
+                        h.members += 1;
+                        h.primary += u32::from(key_id == *primary);
+                    }
+                }
+                KeyringResult::Refused { reason } => {
+                    failed.push(KeyringFailure { name: name(id), id: *id, reason: reason.clone() })
+                }
+            }
+        }
+        for id in &report.missing {
+            let reason = format!("no answer within {KEYRING_TIMEOUT:?}");
+            failed.push(KeyringFailure { name: name(id), id: *id, reason });
+        }
+        swimlock_wire::client::KeyringReport {
+            members: (report.answers.len() + report.missing.len()) as u32,
+            keys: holders.into_values().collect(),
+            failed,
+            refused: report.refused.clone(),
         }
     }
 
@@ -601,6 +693,18 @@ impl NodeTask {
                 .map(|h| HeldInfo { client: h.client, name: h.name, token: h.token, holds: h.holds })
                 .collect(),
             table,
+            security: match self.node.keyring() {
+                Some(ring) => swimlock_wire::client::SecurityInfo {
+                    insecure: false,
+                    primary_key: Some(ring.primary().0),
+                    keys: ring.ids().into_iter().map(|k| k.0).collect(),
+                },
+                None => swimlock_wire::client::SecurityInfo {
+                    insecure: true,
+                    primary_key: None,
+                    keys: Vec::new(),
+                },
+            },
         }
     }
 }

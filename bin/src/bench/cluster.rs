@@ -81,11 +81,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes (with `busy_poll`, see [`AgentConfig::busy_poll`])
-    /// and waits until they share one view and node 0 serves as
-    /// coordinator.
-    pub async fn start(n: usize, busy_poll: Duration) -> anyhow::Result<Cluster> {
+    /// Starts `n` nodes (with `busy_poll`, see [`AgentConfig::busy_poll`];
+    /// sealed with a fresh key unless `insecure`) and waits until they
+    /// share one view and node 0 serves as coordinator.
+    pub async fn start(n: usize, busy_poll: Duration, insecure: bool) -> anyhow::Result<Cluster> {
         let addrs = free_ports(n)?;
+        let key = if insecure { None } else { Some(agent::generate_key().context("a cluster key")?) };
         let base = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let mut nodes = Vec::with_capacity(n);
         for (i, addr) in addrs.iter().enumerate() {
@@ -96,6 +97,8 @@ impl Cluster {
             config.epoch = Some(base + i as u64);
             config.lock.tag = i as u16 + 1;
             config.busy_poll = busy_poll;
+            config.key = key.clone();
+            config.insecure = insecure;
             nodes.push(Some(Node::start(config).with_context(|| format!("starting node {}", i + 1))?));
         }
         let cluster = Cluster { nodes };

@@ -58,6 +58,14 @@ const WARMUP_PAIRS: u64 = 200;
 const BUSY_POLL: Duration = Duration::from_micros(50);
 /// Its row.
 pub const BUSY_POLL_ROW: &str = "uncontended_noncoord_embedded_busy_poll";
+/// Rows of the paired measurement: sealed and insecure clusters, side by side.
+pub const PAIRED_SEALED_ROW: &str = "noncoord_embedded_paired_sealed";
+/// See [`PAIRED_SEALED_ROW`].
+pub const PAIRED_INSECURE_ROW: &str = "noncoord_embedded_paired_insecure";
+/// Pairs of one block of the paired measurement; each round is one block
+/// on each cluster. Short blocks, so a change of the machine's state falls
+/// on both alike.
+const PAIRED_BLOCK: u64 = 25;
 /// Timeout of one lock call.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failover run gives up after this long.
@@ -130,7 +138,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut floors = Vec::new();
 
-    let cluster = Cluster::start(nodes, Duration::ZERO).await?;
+    let cluster = Cluster::start(nodes, Duration::ZERO, false).await?;
     let coord = cluster.node(0)?;
     let other = cluster.node(1)?;
     // (name, node, over TCP): embedded callers run on their node's thread,
@@ -189,7 +197,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     cluster.stop().await;
 
     // The same non-coordinator pairs, every node busy-polling after traffic.
-    let cluster = Cluster::start(nodes, BUSY_POLL).await?;
+    let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
     let other = cluster.node(1)?;
@@ -203,6 +211,31 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rate: None,
     });
     cluster.stop().await;
+
+    // Sealed against insecure: two fresh clusters side by side, the
+    // non-coordinator pairs of both in short alternating rounds.
+    let sealed = Cluster::start(nodes, Duration::ZERO, false).await?;
+    let plain = Cluster::start(nodes, Duration::ZERO, true).await?;
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let (sealed_hist, plain_hist, diffs) = paired(sealed.node(1)?, plain.node(1)?, args.duration).await?;
+    println!(
+        "paired sealed/insecure: {} rounds of {} pairs each, median per-round p50 difference {:.1} µs",
+        diffs.len(),
+        PAIRED_BLOCK,
+        median(&diffs)
+    );
+    for (name, hist) in [(PAIRED_SEALED_ROW, sealed_hist), (PAIRED_INSECURE_ROW, plain_hist)] {
+        results.push(Measurement {
+            name: name.into(),
+            what: "lock+unlock pair",
+            hist,
+            floor: Some(floor.clone()),
+            rate: None,
+        });
+    }
+    plain.stop().await;
+    sealed.stop().await;
 
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
@@ -244,6 +277,68 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Non-coordinator pairs on `sealed` and `plain`, in rounds of one block
+/// of [`PAIRED_BLOCK`] pairs on each (ABBA order), for about `2 * limit`:
+/// both histograms and the per-round p50 differences (µs, sealed minus
+/// plain).
+async fn paired(
+    sealed: &cluster::Node,
+    plain: &cluster::Node,
+    limit: Duration,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, Vec<f64>)> {
+    let (block, block_limit) = (PAIRED_BLOCK, Duration::MAX);
+    let (a, b) = (sealed.agent().client().await?, plain.agent().client().await?);
+    sealed.run(pairs(a.clone(), "paired", WARMUP_PAIRS, Duration::MAX)).await?;
+    plain.run(pairs(b.clone(), "paired", WARMUP_PAIRS, Duration::MAX)).await?;
+    let (mut all_a, mut all_b, mut diffs) = (new_hist(), new_hist(), Vec::new());
+    let started = Instant::now();
+    let rounds = UNCONTENDED_PAIRS / PAIRED_BLOCK;
+    for round in 0..rounds {
+        if started.elapsed() > 2 * limit {
+            break;
+        }
+        let (ha, hb) = if round % 2 == 0 {
+            let ha = sealed.run(pairs(a.clone(), "paired", block, block_limit)).await?;
+            (ha, plain.run(pairs(b.clone(), "paired", block, block_limit)).await?)
+        } else {
+            let hb = plain.run(pairs(b.clone(), "paired", block, block_limit)).await?;
+            (sealed.run(pairs(a.clone(), "paired", block, block_limit)).await?, hb)
+        };
+        diffs.push((ha.value_at_percentile(50.0) as f64 - hb.value_at_percentile(50.0) as f64) / 1e3);
+        all_a.add(&ha).context("merging histograms")?;
+        all_b.add(&hb).context("merging histograms")?;
+    }
+    Ok((all_a, all_b, diffs))
+}
+
+/// Up to `count` lock+unlock pairs of one client on its own name, for at
+/// most `limit`.
+async fn pairs(
+    client: Client,
+    name: &'static str,
+    count: u64,
+    limit: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let name = format!("bench/{name}");
+    let mut hist = new_hist();
+    let start = Instant::now();
+    for _ in 0..count {
+        if start.elapsed() > limit {
+            break;
+        }
+        let t = Instant::now();
+        client.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;
+        record(&mut hist, t.elapsed());
+    }
+    Ok(hist)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// lock+unlock pairs of one client on its own name.
@@ -316,7 +411,7 @@ async fn throughput(
 async fn failover(nodes: usize, runs: u32) -> anyhow::Result<Histogram<u64>> {
     let mut hist = new_hist();
     for run in 0..runs {
-        let mut cluster = Cluster::start(nodes, Duration::ZERO).await?;
+        let mut cluster = Cluster::start(nodes, Duration::ZERO, false).await?;
         let survivor = cluster.node(nodes - 1)?.agent().client().await?;
         let name = format!("bench/failover-{run}");
         survivor.lock(&name, LOCK_TIMEOUT).await?.unlock().await?;

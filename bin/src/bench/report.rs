@@ -3,16 +3,16 @@
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use swimlock_wire::frame::{ClusterId, encode_lock};
+use swimlock_wire::frame::{ClusterId, TAG_LEN, encode_lock};
 use swimlock_wire::lock::{LockFrame, LockMsg, LockReq, Wait};
 use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
 
-use super::{BUSY_POLL_ROW, BenchArgs, Measurement};
+use super::{BUSY_POLL_ROW, BenchArgs, Measurement, PAIRED_INSECURE_ROW, PAIRED_SEALED_ROW};
 
 /// Percentiles of the table, the JSON and the plot.
 const PERCENTILES: [(&str, f64); 4] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
 
-/// Size of a lock request datagram (header and frame).
+/// Size of a sealed lock request datagram (envelope, frame and tag).
 pub fn lock_request_len() -> usize {
     let node = |port| NodeId { epoch: 1, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)) };
     let req = LockReq {
@@ -26,7 +26,7 @@ pub fn lock_request_len() -> usize {
         stamp: 1_700_000_000_000,
     };
     let frame = LockFrame { from: node(7001), to: node(7002), msgs: vec![LockMsg::Lock(req)] };
-    encode_lock(&frame, ClusterId::from_name(crate::agent::DEFAULT_CLUSTER)).map_or(64, |d| d.len())
+    encode_lock(&frame, ClusterId::from_name(crate::agent::DEFAULT_CLUSTER)).map_or(64, |d| d.len() + TAG_LEN)
 }
 
 fn us(hist: &Histogram<u64>, percentile: f64) -> f64 {
@@ -93,6 +93,18 @@ pub fn targets(results: &[Measurement]) -> String {
         line(
             format!("non-coordinator embedded p99 {p99:.1} µs <= 5 x floor p99 {f99:.1} µs ({setting})"),
             p99 <= 5.0 * f99,
+        );
+    }
+    if let (Some(sealed), Some(plain)) =
+        (find(results, PAIRED_SEALED_ROW), find(results, PAIRED_INSECURE_ROW))
+    {
+        let (s50, p50) = (us(&sealed.hist, 50.0), us(&plain.hist, 50.0));
+        line(
+            format!(
+                "sealing adds {:.1} µs to the non-coordinator embedded p50 ({s50:.1} sealed vs {p50:.1} insecure, paired) <= 5 µs",
+                s50 - p50
+            ),
+            s50 - p50 <= 5.0,
         );
     }
     if let Some(r) = find(results, "throughput_16_distinct").and_then(|m| m.rate) {

@@ -39,6 +39,14 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     };
     let port = |base: u16, i: u16| base.checked_add(i).unwrap_or(base);
     let seed = format!("127.0.0.1:{}", args.udp_port);
+    // The demo's own cluster key, in a file only this user can read.
+    let key_file = match DemoKey::create() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("swimlock demo: cannot write a cluster key: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut children: Vec<Child> = Vec::new();
     for i in 0..args.nodes {
         let child = Command::new(&exe)
@@ -49,6 +57,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             .args(["--client", &format!("127.0.0.1:{}", port(args.client_port, i))])
             .args(["--metrics", &format!("127.0.0.1:{}", port(args.metrics_port, i))])
             .args(["--node-tag", &(i + 1).to_string()])
+            .arg("--key-file")
+            .arg(&key_file.0)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .spawn();
         match child {
@@ -90,6 +100,28 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
     stop(&mut children).await;
     ExitCode::SUCCESS
+}
+
+/// A fresh key in a private file, removed when the demo ends.
+struct DemoKey(std::path::PathBuf);
+
+impl DemoKey {
+    fn create() -> std::io::Result<DemoKey> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = crate::agent::generate_key()?;
+        let path = std::env::temp_dir().join(format!("swimlock-demo-{}.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        writeln!(f, "{}", key.to_base64())?;
+        Ok(DemoKey(path))
+    }
+}
+
+impl Drop for DemoKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn wait_for_view(addr: &str, members: usize, limit: Duration) -> Option<swimlock_wire::client::Status> {

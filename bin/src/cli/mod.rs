@@ -2,6 +2,7 @@
 
 mod demo;
 mod guardian;
+mod keyring;
 mod lock;
 mod status;
 
@@ -60,6 +61,11 @@ enum Commands {
     Lock(lock::LockArgs),
     /// Show the local node's view, coordinator and locks.
     Status(status::StatusArgs),
+    /// Print a new cluster key (32 random bytes, base64).
+    Keygen,
+    /// Change the cluster's keys through the local agent, on every member:
+    /// `list`, `install KEY`, `use KEY`, `remove KEY`.
+    Keyring(keyring::KeyringArgs),
     /// Run a 3-node cluster on loopback until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Run the deterministic simulator over many seeds (or replay one).
@@ -79,6 +85,8 @@ pub fn main() -> ExitCode {
         Commands::Agent(args) => agent(*args),
         Commands::Lock(args) => runtime().block_on(lock::run(args)),
         Commands::Status(args) => runtime().block_on(status::run(args)),
+        Commands::Keygen => keyring::keygen(),
+        Commands::Keyring(args) => runtime().block_on(keyring::run(args)),
         Commands::Demo(args) => runtime().block_on(demo::run(args)),
         Commands::Sim(args) => crate::sim::main(args),
         Commands::Bench(args) => crate::bench::main(args),

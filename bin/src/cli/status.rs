@@ -61,6 +61,9 @@ pub fn to_json(s: &Status) -> serde_json::Value {
         "locks": s.locks.iter().map(|l| json!({
             "name": l.name.as_str(), "token": l.token.0, "client": l.client.0, "holds": l.holds,
         })).collect::<Vec<_>>(),
+        "insecure": s.security.insecure,
+        "primary_key": s.security.primary_key.map(|k| format!("{k:08x}")),
+        "keys": s.security.keys.iter().map(|k| format!("{k:08x}")).collect::<Vec<_>>(),
         "table": s.table.as_ref().map(|t| json!({
             "held": t.held,
             "waiters": t.waiters,
@@ -79,6 +82,19 @@ pub fn to_text(s: &Status) -> String {
     let coordinator = s.coordinator.as_ref().map_or("-", |m| m.name.as_str());
     let _ = writeln!(out, "node         {} ({})", s.name, s.id);
     let _ = writeln!(out, "mode         {}", s.mode);
+    match s.security.primary_key {
+        _ if s.security.insecure => {
+            let _ = writeln!(
+                out,
+                "security     INSECURE: datagrams unsealed, anyone who reaches the port is a member"
+            );
+        }
+        Some(primary) => {
+            let keys: Vec<String> = s.security.keys.iter().map(|k| format!("{k:08x}")).collect();
+            let _ = writeln!(out, "security     sealed, primary key {primary:08x}, keys {}", keys.join(" "));
+        }
+        None => {}
+    }
     let _ = writeln!(
         out,
         "view         {} (digest {:016x}), {} members",

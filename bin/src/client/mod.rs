@@ -321,6 +321,19 @@ impl Client {
         }
     }
 
+    /// A keyring command for every member of the node's view (see
+    /// `swimlock keyring`): how many members hold each key afterwards, and
+    /// which failed. `Err(Server)` if the node runs insecure.
+    pub async fn keyring(
+        &self,
+        op: swimlock_wire::admin::KeyringOp,
+    ) -> Result<swimlock_wire::client::KeyringReport, ClientError> {
+        match self.request(Request::Keyring { op }, None).await?.0 {
+            Reply::Keyring(report) => Ok(*report),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn acquire(&self, request: Request, name: LockName) -> Result<LockGuard, ClientError> {
         match self.request(request, Some(name.clone())).await? {
             (Reply::Acquired { token, holds }, Some(lost)) => Ok(LockGuard {

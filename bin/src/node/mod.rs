@@ -9,13 +9,23 @@
 //!    [`Node::handle_timeout`] when the deadline of [`Node::poll_timeout`]
 //!    passes (early or repeated calls are harmless);
 //! 2. after every call, drain [`Node::poll_event`] (persisting a
-//!    `TermStarted` term before anything else leaves the node), then
-//!    [`Node::poll_transmit`] (send each datagram to its address);
+//!    `TermStarted` term before anything else leaves the node, and saving
+//!    a `KeyringChanged` keyring, then calling [`Node::keyring_saved`]),
+//!    then [`Node::poll_transmit`] (send each datagram to its address);
 //! 3. re-arm one timer at [`Node::poll_timeout`].
 //!
 //! `now` is the time since an origin fixed by the driver and never goes
-//! backwards; the node reads no clock, no socket and no random source, so
-//! the tokio agent and the simulator run exactly the same code.
+//! backwards; the node reads no clock, no socket and no random source (the
+//! salt of its nonces comes in with [`Security`]), so the tokio agent and
+//! the simulator run exactly the same code.
+//!
+//! # Datagrams
+//! Every datagram the node sends is sealed ([`seal`]); every datagram it
+//! receives is opened, checked for its destination and for replays, and
+//! only then decoded. Its sender is the one the envelope proves: a lock
+//! frame or gossip payload that names another sender is dropped as
+//! `spoofed`. What is dropped is counted in [`NodeCounters`] by
+//! [`DropReason`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -23,22 +33,33 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use swimlock_lock::{LockMsg, LockNode, UnlockError};
-use swimlock_membership::Membership;
-use swimlock_wire::frame::{self, ClusterId, Kind};
+use swimlock_membership::{Membership, MembershipError};
+use swimlock_wire::frame::{self, Kind};
 use swimlock_wire::lock::LockFrame;
-use swimlock_wire::{ClientId, LockName, NodeId, ReqId, WireError};
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
 
+mod admin;
+#[cfg(test)]
+mod attack_tests;
+pub mod seal;
 pub mod tags;
 #[cfg(test)]
 mod tests;
+
+pub use admin::KeyringReport;
+pub use seal::{DropReason, Security};
+use seal::{Keyring, Opened, Sealing};
 
 /// Everything a [`Node`] needs besides its identity.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Display name shown to other members.
     pub name: String,
-    /// The cluster; frames of another cluster are dropped.
-    pub cluster: ClusterId,
+    /// The cluster's name; frames of another cluster are dropped (its id
+    /// travels in every envelope, the full name is authenticated).
+    pub cluster: String,
+    /// Sealed with a keyring, or explicitly insecure.
+    pub security: Security,
     /// Addresses to announce to until they are members.
     pub seeds: Vec<SocketAddr>,
     /// Lock protocol settings (mode, node tag, timings).
@@ -93,6 +114,12 @@ pub enum NodeEvent {
     /// its own and may grant in it (worth a warning: if the seeds were up
     /// but unreachable, this is a split brain).
     JoinTimedOut,
+    /// The keyring changed (a keyring command from a member or from this
+    /// node): save it (the agent writes `<state_dir>/keyring`), then call
+    /// [`Node::keyring_saved`]. The node's answers wait for that call.
+    KeyringChanged(Keyring),
+    /// A keyring command started with [`Node::keyring_command`] ended.
+    Keyring(KeyringReport),
 }
 
 /// Datagram counters, monotonic since the node was created.
@@ -107,13 +134,39 @@ pub struct NodeCounters {
     /// Bytes produced.
     pub bytes_out: u64,
     /// Datagrams dropped as malformed, truncated, oversized or of an unknown
-    /// version or kind (including gossip that membership refused).
+    /// version, suite or kind, and authentic bodies that do not decode
+    /// (including gossip that membership refused).
     pub decode_errors: u64,
     /// Datagrams of another cluster, dropped.
     pub foreign_cluster: u64,
-    /// Lock frames for another identity (for example a previous process on
-    /// this address), dropped.
+    /// Frames for another identity (for example a previous process on this
+    /// address), dropped.
     pub misaddressed: u64,
+    /// Datagrams that failed to open, or plain ones at a sealed node.
+    pub unauthenticated: u64,
+    /// Authentic datagrams seen before (or too old), dropped.
+    pub replayed: u64,
+    /// Datagrams sealed under a key this node does not hold.
+    pub unknown_key: u64,
+    /// Frames whose body names another sender than the envelope proves.
+    pub spoofed: u64,
+    /// Senders the replay table forgot because it was full.
+    pub replay_evictions: u64,
+}
+
+impl NodeCounters {
+    /// Datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::Unauthenticated => self.unauthenticated,
+            DropReason::Replayed => self.replayed,
+            DropReason::UnknownKey => self.unknown_key,
+            DropReason::Malformed => self.decode_errors,
+            DropReason::ForeignCluster => self.foreign_cluster,
+            DropReason::Misaddressed => self.misaddressed,
+            DropReason::Spoofed => self.spoofed,
+        }
+    }
 }
 
 /// A setting the node refused; names the field.
@@ -139,9 +192,12 @@ impl std::error::Error for NodeError {}
 #[derive(Debug)]
 pub struct Node {
     me: NodeId,
-    cluster: ClusterId,
+    sealing: Sealing,
+    /// Reused for the plaintext of every datagram opened.
+    scratch: Vec<u8>,
     membership: Membership,
     lock: LockNode,
+    admin: admin::Admin,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
     /// While joining: until when to wait for a seed, and the view the lock
@@ -190,9 +246,11 @@ impl Node {
             })?;
         Ok(Node {
             me,
-            cluster: config.cluster,
+            sealing: Sealing::new(me, &config.cluster, config.security),
+            scratch: Vec::with_capacity(frame::TARGET_DATAGRAM),
             membership,
             lock: LockNode::with_term_floor(me, config.lock, term_floor),
+            admin: admin::Admin::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             joining: has_seeds.then_some((Duration::MAX, None)),
@@ -218,46 +276,77 @@ impl Node {
         self.joining.is_some()
     }
 
-    /// One datagram received from `from`. Anything that does not decode, is
-    /// of another cluster or is addressed to another identity is counted in
-    /// [`Node::counters`] and dropped; no input makes it panic.
-    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+    /// One datagram received (from UDP source `source`, which proves
+    /// nothing and is not used: the sender is the one the envelope proves).
+    /// A datagram that fails to open, was seen before, is of another
+    /// cluster, for another identity, does not decode or names another
+    /// sender than its envelope is counted in [`Node::counters`] and
+    /// dropped before any machine sees it; no input makes it panic.
+    pub fn handle_datagram(&mut self, now: Duration, source: SocketAddr, datagram: &[u8]) {
+        let _ = source;
         self.counters.datagrams_in += 1;
         self.counters.bytes_in += datagram.len() as u64;
-        match frame::split_frame(datagram, self.cluster) {
-            Ok((header, body)) => match header.kind {
-                Kind::Gossip => self.on_gossip(now, from, body),
-                Kind::Lock => self.on_lock_frame(now, body),
-            },
-            Err(WireError::ForeignCluster) => self.counters.foreign_cluster += 1,
-            Err(_) => self.counters.decode_errors += 1,
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match self.sealing.open(datagram, &mut scratch) {
+            Ok(opened) => self.on_opened(now, opened),
+            Err(reason) => {
+                self.count_drop(reason);
+                // Authentic but for another process at this address: if a
+                // newer one, this one was replaced (membership stands down).
+                if let Some(epoch) = self.sealing.take_misaddressed() {
+                    self.membership.note_claim(now, NodeId { epoch, addr: self.me.addr });
+                }
+            }
         }
+        self.scratch = scratch;
         self.after_input(now);
     }
 
-    fn on_gossip(&mut self, now: Duration, from: SocketAddr, body: &[u8]) {
-        match self.membership.handle_datagram(now, from, body) {
-            Ok(()) => {}
-            // Gossip that arrives after `leave` is expected, not an error.
-            Err(swimlock_membership::MembershipError::NotRunning) => {}
-            Err(_) => self.counters.decode_errors += 1,
+    fn on_opened(&mut self, now: Duration, opened: Opened<'_>) {
+        match opened.kind {
+            Kind::Gossip => self.on_gossip(now, opened.from, opened.body),
+            Kind::Lock => self.on_lock_frame(now, opened.from, opened.body),
+            Kind::Admin => self.on_admin(now, opened.from, opened.body),
         }
     }
 
-    fn on_lock_frame(&mut self, now: Duration, body: &[u8]) {
+    fn count_drop(&mut self, reason: DropReason) {
+        let c = &mut self.counters;
+        let slot = match reason {
+            DropReason::Unauthenticated => &mut c.unauthenticated,
+            DropReason::Replayed => &mut c.replayed,
+            DropReason::UnknownKey => &mut c.unknown_key,
+            DropReason::Malformed => &mut c.decode_errors,
+            DropReason::ForeignCluster => &mut c.foreign_cluster,
+            DropReason::Misaddressed => &mut c.misaddressed,
+            DropReason::Spoofed => &mut c.spoofed,
+        };
+        *slot += 1;
+    }
+
+    fn on_gossip(&mut self, now: Duration, from: NodeId, body: &[u8]) {
+        match self.membership.handle_datagram(now, from, body) {
+            Ok(()) => {}
+            // Gossip that arrives after `leave` is expected, not an error.
+            Err(MembershipError::NotRunning) => {}
+            Err(MembershipError::SenderMismatch { .. }) => self.count_drop(DropReason::Spoofed),
+            Err(_) => self.count_drop(DropReason::Malformed),
+        }
+    }
+
+    fn on_lock_frame(&mut self, now: Duration, from: NodeId, body: &[u8]) {
         let frame = match frame::decode_lock(body) {
             Ok(frame) => frame,
-            Err(_) => {
-                self.counters.decode_errors += 1;
-                return;
-            }
+            Err(_) => return self.count_drop(DropReason::Malformed),
         };
+        if frame.from != from {
+            return self.count_drop(DropReason::Spoofed);
+        }
         if frame.to != self.me {
-            self.counters.misaddressed += 1;
-            return;
+            return self.count_drop(DropReason::Misaddressed);
         }
         for msg in frame.msgs {
-            self.lock.handle_message(now, frame.from, msg);
+            self.lock.handle_message(now, from, msg);
         }
     }
 
@@ -279,6 +368,7 @@ impl Node {
                 self.drain_lock_events();
             }
         }
+        self.admin_timeout(now);
         self.after_input(now);
     }
 
@@ -336,7 +426,10 @@ impl Node {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Duration> {
         let join = self.joining.as_ref().map(|(deadline, _)| *deadline);
-        [self.membership.poll_timeout(), self.lock.poll_timeout(), join].into_iter().flatten().min()
+        [self.membership.poll_timeout(), self.lock.poll_timeout(), self.admin_deadline(), join]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// This node's identity.
@@ -356,7 +449,12 @@ impl Node {
 
     /// Datagram counters.
     pub fn counters(&self) -> NodeCounters {
-        self.counters
+        NodeCounters { replay_evictions: self.sealing.replay_evictions(), ..self.counters }
+    }
+
+    /// The keys this node accepts and sends with; `None` in insecure mode.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.sealing.keyring()
     }
 
     /// Moves what one input produced to the outputs: views go to the lock
@@ -395,8 +493,12 @@ impl Node {
         while let Some((to, payload)) = self.membership.poll_transmit() {
             // Membership keeps payloads below its packet size, far under the
             // frame limit; an oversized one would be dropped like a lost one.
-            if let Ok(datagram) = frame::encode_gossip(&payload, self.cluster) {
-                self.push_transmit(to, datagram);
+            let sealed = self.sealing.seal(to, Kind::Gossip, |out| {
+                out.extend_from_slice(&payload);
+                Ok(())
+            });
+            if let Ok(datagram) = sealed {
+                self.push_transmit(to.addr, datagram);
             }
         }
         self.batch_lock_transmits();
@@ -460,7 +562,9 @@ impl Node {
         }
         // A message too large for any datagram cannot be sent; the
         // protocol's retransmission and timeouts treat it as lost.
-        if let Ok(datagram) = frame::encode_lock(batch, self.cluster) {
+        if let Ok(datagram) =
+            self.sealing.seal(batch.to, Kind::Lock, |out| frame::write_lock_body(batch, out))
+        {
             self.push_transmit(batch.to.addr, datagram);
         }
         batch.msgs.clear();

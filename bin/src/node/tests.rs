@@ -3,46 +3,82 @@
 use std::collections::BTreeMap;
 
 use swimlock_lock::{Event, Failure};
-use swimlock_wire::Token;
+use swimlock_wire::frame::MAX_DATAGRAM;
 use swimlock_wire::lock::{LockMsg, UnlockRsp};
+use swimlock_wire::{ClusterId, Token};
 
+use super::seal::{Key, Keyring};
 use super::*;
 
-const CLUSTER: &str = "test";
+pub(super) const CLUSTER: &str = "test";
 
-fn addr(i: usize) -> SocketAddr {
+pub(super) fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 7000 + i as u16))
 }
 
-fn id(i: usize) -> NodeId {
+pub(super) fn id(i: usize) -> NodeId {
     NodeId { epoch: 1_000 + i as u64, addr: addr(i) }
 }
 
-fn config(i: usize) -> NodeConfig {
+/// The cluster key of the tests.
+pub(super) fn key() -> Key {
+    Key::from_bytes([42; 32])
+}
+
+/// Sealed with [`key`], with a salt of its own per node and epoch.
+pub(super) fn sealed(me: NodeId) -> Security {
+    let mut salt = [0u8; 16];
+    salt[..8].copy_from_slice(&me.epoch.to_le_bytes());
+    salt[8..10].copy_from_slice(&me.addr.port().to_le_bytes());
+    Security::Sealed { keyring: Keyring::new(key()), salt }
+}
+
+pub(super) fn config(i: usize) -> NodeConfig {
     NodeConfig {
         name: format!("n{i}"),
-        cluster: ClusterId::from_name(CLUSTER),
+        cluster: CLUSTER.to_string(),
         seeds: vec![addr(0)],
         lock: swimlock_lock::Config::lan(i as u16 + 1),
         membership: swimlock_membership::Config::lan(),
+        security: sealed(id(i)),
         join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
     }
 }
 
+/// A datagram as it went over the network: sender index, receiver index
+/// (`None` for an address no node has), bytes.
+pub(super) type Captured = (usize, Option<usize>, Vec<u8>);
+
 /// A few nodes and the datagrams in flight between them (1 ms one way).
-struct Net {
-    now: Duration,
-    nodes: Vec<Node>,
-    events: Vec<Vec<NodeEvent>>,
-    flight: BTreeMap<(Duration, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+/// Every datagram sent is also kept in `captured`.
+pub(super) struct Net {
+    pub now: Duration,
+    pub nodes: Vec<Node>,
+    pub ids: Vec<NodeId>,
+    pub alive: Vec<bool>,
+    pub events: Vec<Vec<NodeEvent>>,
+    flight: BTreeMap<(Duration, u64), (usize, SocketAddr, Vec<u8>)>,
     seq: u64,
-    /// Nodes that stopped for good: no timers, datagrams to them are lost.
-    crashed: std::collections::BTreeSet<usize>,
+    pub captured: Vec<Captured>,
+    insecure: bool,
 }
 
 impl Net {
-    fn new(n: usize) -> Net {
-        let mut net = Net::unstarted((0..n).map(config).collect());
+    pub fn new(n: usize) -> Net {
+        Net::with_security(n, false)
+    }
+
+    /// `n` nodes, sealed or all insecure.
+    pub fn with_security(n: usize, insecure: bool) -> Net {
+        let configure = |i: usize| {
+            let mut c = config(i);
+            if insecure {
+                c.security = Security::Insecure;
+            }
+            c
+        };
+        let mut net = Net::unstarted((0..n).map(configure).collect());
+        net.insecure = insecure;
         for i in 0..n {
             net.start(i);
         }
@@ -50,7 +86,7 @@ impl Net {
     }
 
     /// Node `i` gets `configs[i]`; none is started.
-    fn unstarted(configs: Vec<NodeConfig>) -> Net {
+    pub fn unstarted(configs: Vec<NodeConfig>) -> Net {
         let n = configs.len();
         Net {
             now: Duration::ZERO,
@@ -59,65 +95,106 @@ impl Net {
                 .enumerate()
                 .map(|(i, c)| Node::new(id(i), c, i as u64).unwrap())
                 .collect(),
+            ids: (0..n).map(id).collect(),
+            alive: vec![true; n],
             events: vec![Vec::new(); n],
             flight: BTreeMap::new(),
             seq: 0,
-            crashed: Default::default(),
+            captured: Vec::new(),
+            insecure: false,
         }
     }
 
-    fn start(&mut self, i: usize) {
-        self.nodes[i].start(self.now);
+    pub fn start(&mut self, i: usize) {
+        let now = self.now;
+        self.nodes[i].start(now);
         self.flush(i);
     }
 
     /// Adds and starts a node with identity `me`, which may share another
     /// node's address (then, as the socket bound last, it gets every
     /// datagram sent there while it runs).
-    fn add(&mut self, me: NodeId, config: NodeConfig) -> usize {
+    pub fn add(&mut self, me: NodeId, config: NodeConfig) -> usize {
+        let mut config = config;
+        config.security = if self.insecure { Security::Insecure } else { sealed(me) };
         self.nodes.push(Node::new(me, config, me.epoch).unwrap());
+        self.ids.push(me);
+        self.alive.push(true);
         self.events.push(Vec::new());
         let i = self.nodes.len() - 1;
         self.start(i);
         i
     }
 
-    fn flush(&mut self, i: usize) {
+    /// The live process that gets what is sent to `to`: the last one started
+    /// there.
+    fn receiver(&self, to: SocketAddr) -> Option<usize> {
+        (0..self.nodes.len()).rev().find(|&j| self.ids[j].addr == to && self.alive[j])
+    }
+
+    pub fn flush(&mut self, i: usize) {
+        let mut saves = 0;
+        while let Some(event) = self.nodes[i].poll_event() {
+            saves += usize::from(matches!(event, NodeEvent::KeyringChanged(_)));
+            self.events[i].push(event);
+        }
+        for _ in 0..saves {
+            self.nodes[i].keyring_saved(self.now, Ok(()));
+        }
+        if saves > 0 {
+            return self.flush(i);
+        }
         while let Some((to, datagram)) = self.nodes[i].poll_transmit() {
             self.seq += 1;
-            let from = self.nodes[i].id().addr;
-            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (from, to, datagram));
-        }
-        while let Some(event) = self.nodes[i].poll_event() {
-            self.events[i].push(event);
+            let j = self.receiver(to);
+            self.captured.push((i, j, datagram.clone()));
+            self.flight.insert((self.now + Duration::from_millis(1), self.seq), (i, to, datagram));
         }
     }
 
-    /// When the next datagram arrives or timer fires.
-    fn next_at(&self) -> Option<Duration> {
-        let live = |i: &usize| !self.crashed.contains(i);
-        let timer = (0..self.nodes.len()).filter(live).filter_map(|i| self.nodes[i].poll_timeout()).min();
-        let next = self.flight.keys().next().map(|k| k.0);
-        [timer, next].into_iter().flatten().min()
+    /// Hands `datagram` to node `to` now, as if it came from `source`.
+    pub fn inject(&mut self, to: usize, source: SocketAddr, datagram: &[u8]) {
+        let now = self.now;
+        self.nodes[to].handle_datagram(now, source, datagram);
+        self.flush(to);
+    }
+
+    /// Node `i` stops for good (kill -9): no input, no timers.
+    pub fn crash(&mut self, i: usize) {
+        self.alive[i] = false;
+    }
+
+    /// Replaces node `i` by a new process at the same address: a newer
+    /// epoch and a fresh salt, same key.
+    pub fn restart(&mut self, i: usize) {
+        let me = NodeId { epoch: 1_000_000 + self.now.as_micros() as u64, addr: addr(i) };
+        let mut c = config(i);
+        c.security = if self.insecure { Security::Insecure } else { sealed(me) };
+        self.nodes[i] = Node::new(me, c, 100 + i as u64).unwrap();
+        self.ids[i] = me;
+        self.alive[i] = true;
+        self.events[i].clear();
+        let now = self.now;
+        self.nodes[i].start(now);
+        self.flush(i);
     }
 
     /// Advances to the next datagram or timer and handles it.
-    fn step(&mut self) {
+    pub fn step(&mut self) {
+        let live = |i: &usize| self.alive[*i];
+        let timer = (0..self.nodes.len()).filter(live).filter_map(|i| self.nodes[i].poll_timeout()).min();
         let next = self.flight.keys().next().map(|k| k.0);
-        let at = self.next_at().expect("something to do");
+        let at = [timer, next].into_iter().flatten().min().expect("something to do");
         self.now = self.now.max(at);
         if next == Some(at) {
             let (_, (from, to, datagram)) = self.flight.pop_first().unwrap();
-            let receiver = (0..self.nodes.len())
-                .rev()
-                .find(|&i| self.nodes[i].id().addr == to && !self.crashed.contains(&i));
-            if let Some(i) = receiver {
-                self.nodes[i].handle_datagram(self.now, from, &datagram);
+            if let Some(i) = self.receiver(to) {
+                self.nodes[i].handle_datagram(self.now, self.ids[from].addr, &datagram);
                 self.flush(i);
             }
         } else {
             for i in 0..self.nodes.len() {
-                if !self.crashed.contains(&i) && self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                if self.alive[i] && self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
                     self.nodes[i].handle_timeout(self.now);
                     self.flush(i);
                 }
@@ -125,15 +202,7 @@ impl Net {
         }
     }
 
-    fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        while self.next_at().is_some_and(|t| t <= end) {
-            self.step();
-        }
-        self.now = end;
-    }
-
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) {
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) {
         let deadline = self.now + limit;
         while !done(self) {
             assert!(self.now < deadline, "condition not met within {limit:?}");
@@ -141,31 +210,52 @@ impl Net {
         }
     }
 
-    fn one_view(&self) -> bool {
-        let digest = self.nodes[0].membership().view().digest();
-        self.nodes.iter().all(|n| {
-            n.membership().view().members.len() == self.nodes.len()
-                && n.membership().view().digest() == digest
-                && n.lock_node().view().is_some_and(|v| v.members.len() == self.nodes.len())
+    /// Runs for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Every live node has the same view of every live node, and hands it
+    /// to its lock machine.
+    pub fn one_view(&self) -> bool {
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.alive[i]).collect();
+        let mut want: Vec<NodeId> = live.iter().map(|&i| self.ids[i]).collect();
+        want.sort();
+        live.iter().all(|&i| {
+            let n = &self.nodes[i];
+            n.membership().view().ids().eq(want.iter().copied())
+                && n.lock_node().view().is_some_and(|v| v.members == want)
         })
     }
 
-    fn acquired(&self, i: usize, req: ReqId) -> Option<Token> {
+    pub fn acquired(&self, i: usize, req: ReqId) -> Option<Token> {
         self.events[i].iter().find_map(|e| match e {
             NodeEvent::Lock(Event::Acquired { req: r, token, .. }) if *r == req => Some(*token),
             _ => None,
         })
     }
 
-    fn failed(&self, i: usize, req: ReqId) -> Option<Failure> {
+    pub fn failed(&self, i: usize, req: ReqId) -> Option<Failure> {
         self.events[i].iter().find_map(|e| match e {
             NodeEvent::Lock(Event::Failed { req: r, reason, .. }) if *r == req => Some(*reason),
             _ => None,
         })
     }
+
+    /// `lock` on node `i` for `client`; runs until granted.
+    pub fn lock_now(&mut self, i: usize, client: u64, lock: &str) -> (ReqId, Token) {
+        let now = self.now;
+        let req = self.nodes[i].lock(now, ClientId(client), name(lock), Duration::from_secs(30));
+        self.flush(i);
+        self.run_until(Duration::from_secs(2), |n| n.acquired(i, req).is_some());
+        (req, self.acquired(i, req).unwrap())
+    }
 }
 
-fn name(s: &str) -> LockName {
+pub(super) fn name(s: &str) -> LockName {
     LockName::new(s).unwrap()
 }
 
@@ -214,47 +304,68 @@ fn messages_of_one_input_to_one_peer_share_a_datagram() {
     let (to, datagram) = net.nodes[1].poll_transmit().expect("unlocks sent");
     assert_eq!(to, addr(0));
     assert_eq!(net.nodes[1].poll_transmit(), None);
-    let (_, body) = frame::split_frame(&datagram, ClusterId::from_name(CLUSTER)).unwrap();
-    let frame = frame::decode_lock(body).unwrap();
+    // Opened as node 0 would (a throwaway copy of its keys).
+    let mut receiver = Sealing::new(id(0), CLUSTER, sealed(id(0)));
+    let mut scratch = Vec::new();
+    let opened = receiver.open(&datagram, &mut scratch).expect("sealed for node 0");
+    assert_eq!((opened.from, opened.kind), (id(1), Kind::Lock));
+    let frame = frame::decode_lock(opened.body).unwrap();
     assert_eq!((frame.from, frame.to, frame.msgs.len()), (id(1), id(0), 4));
     assert!(frame.msgs.iter().all(|m| matches!(m, LockMsg::Unlock(_))));
 }
 
 #[test]
-fn garbage_foreign_and_misaddressed_datagrams_are_counted_and_ignored() {
+fn garbage_foreign_misaddressed_and_spoofed_datagrams_are_counted_and_ignored() {
     let mut net = Net::new(2);
     net.run_until(Duration::from_secs(5), Net::one_view);
     let before = net.nodes[0].counters();
     let now = net.now;
     let cluster = ClusterId::from_name(CLUSTER);
+    // An insider: holds the key, speaks from an address of its own.
+    let insider_id = NodeId { epoch: 5, addr: addr(9) };
+    let mut insider = Sealing::new(insider_id, CLUSTER, sealed(insider_id));
+    let mut seal = |to: NodeId, kind: Kind, body: &[u8]| {
+        insider
+            .seal(to, kind, |out| {
+                out.extend_from_slice(body);
+                Ok(())
+            })
+            .unwrap()
+    };
+    let rsp = LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1), term: 1 });
+    let valid = LockFrame { from: insider_id, to: id(0), msgs: vec![rsp] };
+    let mut body = Vec::new();
+    frame::write_lock_body(&valid, &mut body).unwrap();
+    let not_gossip = seal(id(0), Kind::Gossip, b"not gossip");
+    let lock_garbage = seal(id(0), Kind::Lock, &[0xff; 40]);
+    let good = seal(id(0), Kind::Lock, &body);
+    let stale = seal(NodeId { epoch: 1, ..id(0) }, Kind::Lock, &body);
+    let mut spoof_body = Vec::new();
+    frame::write_lock_body(&LockFrame { from: id(1), ..valid.clone() }, &mut spoof_body).unwrap();
+    let spoofed = seal(id(0), Kind::Lock, &spoof_body);
+    let plain = frame::encode_lock(&valid, cluster).unwrap();
     let node = &mut net.nodes[0];
 
-    node.handle_datagram(now, addr(9), b"");
-    node.handle_datagram(now, addr(9), b"SWLK");
-    node.handle_datagram(now, addr(9), &[0xff; 100]);
-    node.handle_datagram(now, addr(9), &vec![0u8; frame::MAX_DATAGRAM + 1]);
-    let mut bad_kind = frame::encode_gossip(b"x", cluster).unwrap();
-    bad_kind[5] = 99;
-    node.handle_datagram(now, addr(9), &bad_kind);
-    node.handle_datagram(now, addr(9), &frame::encode_gossip(b"not gossip", cluster).unwrap());
-    let mut lock_garbage = frame::encode_gossip(&[0xff; 40], cluster).unwrap();
-    lock_garbage[5] = Kind::Lock as u8;
-    node.handle_datagram(now, addr(9), &lock_garbage);
-    let rsp = LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1), term: 1 });
-    let valid = LockFrame { from: id(1), to: id(0), msgs: vec![rsp] };
-    let good = frame::encode_lock(&valid, cluster).unwrap();
+    for garbage in [&b""[..], b"SWLK", &[0xff; 100], &vec![0u8; MAX_DATAGRAM + 1], &not_gossip, &lock_garbage]
+    {
+        node.handle_datagram(now, addr(9), garbage);
+    }
+    assert_eq!(node.counters().decode_errors - before.decode_errors, 6);
     node.handle_datagram(now, addr(9), &good[..good.len() - 1]);
-    assert_eq!(node.counters().decode_errors - before.decode_errors, 8);
-
+    node.handle_datagram(now, addr(9), &plain);
+    assert_eq!(node.counters().unauthenticated - before.unauthenticated, 2);
     node.handle_datagram(now, addr(9), &frame::encode_lock(&valid, ClusterId::from_name("other")).unwrap());
-    node.handle_datagram(now, addr(9), &frame::encode_gossip(b"x", ClusterId::from_name("other")).unwrap());
+    let other_cluster = frame::encode_gossip(insider_id, 0, b"x", ClusterId::from_name("other")).unwrap();
+    node.handle_datagram(now, addr(9), &other_cluster);
     assert_eq!(node.counters().foreign_cluster - before.foreign_cluster, 2);
-
-    let restarted = NodeId { epoch: 1, ..id(0) };
-    let stale = LockFrame { to: restarted, ..valid };
-    node.handle_datagram(now, addr(9), &frame::encode_lock(&stale, cluster).unwrap());
+    node.handle_datagram(now, addr(9), &stale);
     assert_eq!(node.counters().misaddressed - before.misaddressed, 1);
-    assert_eq!(node.counters().datagrams_in - before.datagrams_in, 11);
+    node.handle_datagram(now, addr(9), &spoofed);
+    assert_eq!(node.counters().spoofed - before.spoofed, 1);
+    node.handle_datagram(now, addr(9), &good);
+    node.handle_datagram(now, addr(9), &good);
+    assert_eq!(node.counters().replayed - before.replayed, 1);
+    assert_eq!(node.counters().datagrams_in - before.datagrams_in, 14);
 
     // Still serving: a lock from the other member is granted.
     net.flush(0);
@@ -278,6 +389,114 @@ fn bad_settings_are_refused_by_field() {
     let e = Node::new(id(0), c, 1).unwrap_err();
     assert_eq!(e.field, "name");
     assert!(e.to_string().contains("`name`"));
+}
+
+/// Runs keyring command `op` on node `i` and returns its report.
+fn keyring(net: &mut Net, i: usize, op: swimlock_wire::admin::KeyringOp) -> KeyringReport {
+    let now = net.now;
+    let id = net.nodes[i].keyring_command(now, op, Duration::from_secs(2)).unwrap();
+    net.flush(i);
+    let done = |n: &Net| n.events[i].iter().any(|e| matches!(e, NodeEvent::Keyring(r) if r.id == id));
+    net.run_until(Duration::from_secs(5), done);
+    net.events[i]
+        .iter()
+        .find_map(|e| match e {
+            NodeEvent::Keyring(r) if r.id == id => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn keys_of(net: &Net) -> Vec<(Vec<u32>, u32)> {
+    net.nodes
+        .iter()
+        .map(|n| {
+            let ring = n.keyring().unwrap();
+            (ring.ids().iter().map(|k| k.0).collect(), ring.primary().0)
+        })
+        .collect()
+}
+
+#[test]
+fn a_key_rotates_across_the_view_while_locks_keep_working() {
+    use swimlock_wire::admin::{KeyringOp, KeyringResult};
+    let mut net = Net::new(3);
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    net.run_until(Duration::from_secs(2), |n| n.nodes[0].lock_node().is_serving());
+    let (_, held) = net.lock_now(2, 1, "held-through-rotation");
+    let views = net.events.iter().map(|e| e.iter().filter(|e| matches!(e, NodeEvent::View { .. })).count());
+    let views_before: Vec<usize> = views.collect();
+    let (old, new) = (key().id().0, Key::from_bytes([7; 32]).id().0);
+
+    // `use` of a key nobody has is refused at once; nothing changes.
+    let r = keyring(&mut net, 1, KeyringOp::Use { key_id: new });
+    assert!(r.refused.as_deref().is_some_and(|w| w.contains("not installed")), "{r:?}");
+    let r = keyring(&mut net, 1, KeyringOp::Remove { key_id: old });
+    assert!(r.refused.is_some(), "the primary cannot be removed");
+
+    let r = keyring(&mut net, 1, KeyringOp::Install { key: [7; 32] });
+    assert_eq!((r.answers.len(), r.missing.len(), r.refused.clone()), (3, 0, None));
+    let both = if old < new { vec![old, new] } else { vec![new, old] };
+    assert!(r.answers.values().all(|a| *a == KeyringResult::Keys { keys: both.clone(), primary: old }));
+    net.lock_now(0, 2, "during-install");
+
+    let r = keyring(&mut net, 1, KeyringOp::Use { key_id: new });
+    assert_eq!(r.refused, None);
+    assert!(keys_of(&net).iter().all(|(keys, primary)| *keys == both && *primary == new));
+    net.lock_now(1, 2, "after-use");
+
+    let r = keyring(&mut net, 2, KeyringOp::Remove { key_id: old });
+    assert_eq!(r.refused, None);
+    assert!(keys_of(&net).iter().all(|(keys, primary)| *keys == vec![new] && *primary == new));
+    net.lock_now(2, 2, "after-remove");
+    let r = keyring(&mut net, 0, KeyringOp::List);
+    assert_eq!(r.answers.len(), 3);
+
+    // Every node saved each change before answering for it (3 each).
+    for events in &net.events {
+        assert_eq!(events.iter().filter(|e| matches!(e, NodeEvent::KeyringChanged(_))).count(), 3);
+    }
+    let views = net.events.iter().map(|e| e.iter().filter(|e| matches!(e, NodeEvent::View { .. })).count());
+    assert_eq!(views.collect::<Vec<_>>(), views_before, "no view changed");
+    assert_eq!(
+        net.nodes[2]
+            .lock_node()
+            .held()
+            .iter()
+            .find(|h| h.name.as_str() == "held-through-rotation")
+            .unwrap()
+            .token,
+        held
+    );
+    assert!(net.events.iter().flatten().all(|e| !matches!(e, NodeEvent::Lock(Event::Lost { .. }))));
+}
+
+#[test]
+fn use_is_refused_while_a_member_lacks_the_key_and_remove_while_one_sends_with_it() {
+    use swimlock_wire::admin::KeyringOp;
+    let mut net = Net::new(3);
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    let new = Key::from_bytes([8; 32]);
+    // Only nodes 0 and 1 get the new key (node 2 is cut off meanwhile).
+    for i in 0..2 {
+        net.nodes[i].sealing.keyring_mut().unwrap().install(new.clone()).unwrap();
+    }
+    let r = keyring(&mut net, 0, KeyringOp::Use { key_id: new.id().0 });
+    let why = r.refused.clone().unwrap();
+    assert!(why.contains(&net.ids[2].to_string()) && why.contains("not installed"), "{why}");
+    assert!(keys_of(&net).iter().all(|(_, primary)| *primary == key().id().0), "nothing changed");
+
+    // Node 1 still sends with the old key: it cannot go.
+    net.nodes[2].sealing.keyring_mut().unwrap().install(new.clone()).unwrap();
+    for i in [0, 2] {
+        net.nodes[i].sealing.keyring_mut().unwrap().use_key(new.id()).unwrap();
+    }
+    net.run_for(Duration::from_millis(500));
+    let r = keyring(&mut net, 0, KeyringOp::Remove { key_id: key().id().0 });
+    let why = r.refused.clone().unwrap();
+    assert!(why.contains(&net.ids[1].to_string()) && why.contains("still the primary"), "{why}");
+    assert!(net.nodes.iter().all(|n| n.keyring().unwrap().len() == 2));
+    assert!(net.one_view());
 }
 
 /// The lock machine's tag is never one an older member of the view it acts
@@ -345,7 +564,7 @@ fn the_younger_of_two_nodes_with_one_tag_changes_it_within_one_view() {
     // Node 0 sees the new tag too.
     net.run_until(Duration::from_secs(2), |n| n.nodes[0].membership().view().members[1].tag == new);
 
-    net.crashed.insert(0);
+    net.crash(0);
     net.run_until(Duration::from_secs(3), |n| n.nodes[1].lock_node().is_serving());
     let now = net.now;
     let req = net.nodes[1].lock(now, ClientId(1), name("late"), Duration::from_secs(5));
@@ -366,7 +585,7 @@ fn a_node_whose_address_a_newer_process_took_reports_it() {
     let newer = NodeId { epoch: 9_000, addr: addr(1) };
     let twin = net.add(newer, config(1));
     net.run_for(Duration::from_secs(1));
-    net.crashed.insert(twin);
+    net.crash(twin);
     let superseded =
         |n: &Net| n.events[1].iter().filter(|e| matches!(e, NodeEvent::Superseded { .. })).count();
     net.run_until(Duration::from_secs(5), |n| superseded(n) > 0);

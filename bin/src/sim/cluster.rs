@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use swimlock_lock::{Config, Event};
-use swimlock_wire::{ClientId, ClusterId, LockName, NodeId, ReqId};
+use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
 
 use super::net::Queue;
 use crate::node::{Node, NodeConfig, NodeEvent};
@@ -41,6 +41,8 @@ pub struct Cluster {
     cut: BTreeSet<(usize, usize)>,
     queue: Queue<Ev>,
     rng: SmallRng,
+    /// The run's seed (it fixes the cluster key).
+    seed: u64,
     now: Duration,
     /// Every event, in order.
     pub seen: Vec<Seen>,
@@ -60,6 +62,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             queue: Queue::default(),
             rng: SmallRng::seed_from_u64(seed),
+            seed,
             now: Duration::ZERO,
             seen: Vec::new(),
         };
@@ -75,15 +78,17 @@ impl Cluster {
 
     fn boot(&mut self, i: usize) -> Node {
         let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(i) };
+        let rng_seed = self.rng.random();
         let config = NodeConfig {
             name: format!("n{i}"),
-            cluster: ClusterId::from_name("scenario"),
+            cluster: "scenario".to_string(),
             seeds: if i == 0 { Vec::new() } else { vec![addr(0)] },
             lock: Config::lan(i as u16 + 1),
             membership: swimlock_membership::Config::lan(),
             join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
+            security: super::sealed(self.seed, rng_seed),
         };
-        let mut node = Node::new(id, config, self.rng.random()).expect("valid settings");
+        let mut node = Node::new(id, config, rng_seed).expect("valid settings");
         node.start(self.now);
         node
     }
@@ -145,12 +150,24 @@ impl Cluster {
 
     fn after(&mut self, i: usize) {
         let Some(node) = self.nodes[i].as_mut() else { return };
+        // Events first: a keyring to save holds the node's answers, which
+        // `keyring_saved` releases (the node keeps its keyring in memory).
+        loop {
+            let mut saves = 0;
+            while let Some(event) = node.poll_event() {
+                saves += usize::from(matches!(event, NodeEvent::KeyringChanged(_)));
+                self.seen.push(Seen { at: self.now, node: i, event });
+            }
+            if saves == 0 {
+                break;
+            }
+            for _ in 0..saves {
+                node.keyring_saved(self.now, Ok(()));
+            }
+        }
         let mut out = Vec::new();
         while let Some(d) = node.poll_transmit() {
             out.push(d);
-        }
-        while let Some(event) = node.poll_event() {
-            self.seen.push(Seen { at: self.now, node: i, event });
         }
         let next = node.poll_timeout();
         for (to, bytes) in out {

@@ -19,7 +19,12 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use swimlock_lock::Mode;
+
+use crate::node::Security;
+use crate::node::seal::{Key, Keyring};
 
 /// Options of `swimlock sim`.
 #[derive(Clone, Debug, clap::Args)]
@@ -246,4 +251,20 @@ pub fn main(args: SimArgs) -> ExitCode {
     }
     println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The cluster key of a simulated run, from the run's seed.
+pub(crate) fn run_key(run_seed: u64) -> Key {
+    let mut key = [0u8; 32];
+    SmallRng::seed_from_u64(run_seed ^ 0x6b65_795f_7365_6564).fill(&mut key[..]);
+    Key::from_bytes(key)
+}
+
+/// How a simulated host seals: the run's key and a salt from the host's own
+/// seed (a restarted host draws a new one), so the sealing code runs under
+/// the simulator and one seed still gives one trace.
+pub(crate) fn sealed(run_seed: u64, host_seed: u64) -> Security {
+    let mut salt = [0u8; 16];
+    SmallRng::seed_from_u64(host_seed ^ 0x7361_6c74).fill(&mut salt[..]);
+    Security::Sealed { keyring: Keyring::new(run_key(run_seed)), salt }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use swimlock_lock::{Config, Event, LockMsg, LockNode, Mode, View};
-use swimlock_wire::{ClientId, ClusterId, LockName, NodeId, Owner};
+use swimlock_wire::{ClientId, LockName, NodeId, Owner};
 
 use crate::node::{Node, NodeConfig, NodeEvent};
 
@@ -327,17 +327,18 @@ impl World {
         let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(host) };
         let persisted_term = self.hosts.get(host).map_or(0, |h| h.persisted_term);
         let engine = if self.cfg.gossip {
+            let rng_seed = self.rng.random();
             let config = NodeConfig {
                 name: format!("h{host}"),
-                cluster: ClusterId::from_name("sim"),
+                cluster: "sim".to_string(),
                 // Every host knows the first host as its seed; a host that
                 // restarts while it is down finds the others through them.
                 seeds: (0..self.cfg.nodes).filter(|&o| o != host).map(addr).collect(),
                 lock: self.lock_config(host),
                 membership: swimlock_membership::Config::lan(),
                 join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
+                security: super::sealed(self.cfg.seed, rng_seed),
             };
-            let rng_seed = self.rng.random();
             let mut node =
                 Node::with_term_floor(id, config, rng_seed, persisted_term).expect("valid settings");
             node.start(self.now);
@@ -454,7 +455,8 @@ impl World {
                 if !self.partition.connected(from, host) {
                     return None;
                 }
-                self.trace(|| format!("h{host} <- h{from}: {}", describe(&bytes)));
+                let (to, seed) = (self.hosts[host].id, self.cfg.seed);
+                self.trace(|| format!("h{host} <- h{from}: {}", describe(to, seed, &bytes)));
                 let Some(Engine::Gossip(node)) = self.hosts[host].node.as_mut() else { return None };
                 node.handle_datagram(self.now, addr(from), &bytes);
                 Some(host)
@@ -755,6 +757,7 @@ impl World {
                 while let Some(d) = node.poll_transmit() {
                     datagrams.push(d);
                 }
+                let mut saves = 0;
                 while let Some(e) = node.poll_event() {
                     match e {
                         NodeEvent::Lock(e) => events.push(e),
@@ -768,7 +771,14 @@ impl World {
                             self.outcome.alone += 1;
                             views.push(format!("h{host} join timed out: a group of its own"));
                         }
+                        // No keyring commands run here; a host keeps its
+                        // keyring in memory like its other state.
+                        NodeEvent::KeyringChanged(_) => saves += 1,
+                        NodeEvent::Keyring(_) => {}
                     }
+                }
+                for _ in 0..saves {
+                    node.keyring_saved(self.now, Ok(()));
                 }
             }
         }
@@ -1066,15 +1076,19 @@ impl Network for NetView<'_> {
 }
 
 /// A datagram for the trace: lock messages in full, gossip by size.
-fn describe(datagram: &[u8]) -> String {
-    use swimlock_wire::frame::{Kind, decode_lock, split_frame};
-    match split_frame(datagram, ClusterId::from_name("sim")) {
-        Ok((h, body)) if h.kind == Kind::Lock => match decode_lock(body) {
+/// A datagram for the trace, opened with a throwaway copy of the
+/// receiver's keys (the receiver's own replay state is not touched).
+fn describe(to: NodeId, run_seed: u64, datagram: &[u8]) -> String {
+    use swimlock_wire::frame::{Kind, decode_lock};
+    let mut sealing = crate::node::seal::Sealing::new(to, "sim", super::sealed(run_seed, 0));
+    let mut scratch = Vec::new();
+    match sealing.open(datagram, &mut scratch) {
+        Ok(o) if o.kind == Kind::Lock => match decode_lock(o.body) {
             Ok(frame) => format!("{:?}", frame.msgs),
             Err(e) => format!("bad lock frame: {e}"),
         },
-        Ok(_) => format!("gossip ({} bytes)", datagram.len()),
-        Err(e) => format!("bad frame: {e}"),
+        Ok(o) => format!("{:?} ({} bytes)", o.kind, datagram.len()),
+        Err(reason) => format!("dropped: {}", reason.label()),
     }
 }
 

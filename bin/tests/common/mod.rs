@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,36 @@ impl Drop for Proc {
     }
 }
 
+/// The cluster key file of the agents started with `dir` (made with
+/// `swimlock keygen` on first use, mode 0600).
+pub fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        let out = swimlock(&["keygen"]);
+        assert!(out.status.success(), "swimlock keygen failed");
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+        f.write_all(&out.stdout).unwrap();
+    }
+    path
+}
+
+/// The key in `dir`'s key file, as base64 text (to grep for it).
+pub fn key_text(dir: &Path) -> String {
+    std::fs::read_to_string(key_file(dir)).unwrap().trim().to_string()
+}
+
+/// `extra`, plus `--key-file` for `dir`'s key unless `extra` already
+/// chooses (`--insecure`, `--key`, `--key-file`).
+fn with_key(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !extra.iter().any(|a| ["--insecure", "--key", "--key-file"].contains(a)) {
+        args.push("--key-file".into());
+        args.push(key_file(dir).display().to_string());
+    }
+    args
+}
+
 /// One `swimlock agent`.
 pub struct Agent {
     pub name: String,
@@ -103,16 +135,55 @@ pub struct Agent {
     pub metrics: SocketAddr,
     pub log: PathBuf,
     pub proc: Proc,
+    /// The network namespace it runs in, if not the test's own.
+    pub netns: Option<String>,
+}
+
+/// Where an agent listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub udp: SocketAddr,
+    pub client: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Ports {
+    /// Free ports of this namespace on 127.0.0.1.
+    pub fn free() -> Ports {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ports { udp: at(free_port()), client: at(free_port()), metrics: at(free_port()) }
+    }
+
+    /// Fixed ports for agent `i` of a fresh namespace (nothing else there).
+    pub fn nth(i: u16) -> Ports {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ports { udp: at(17_001 + i), client: at(17_101 + i), metrics: at(17_201 + i) }
+    }
 }
 
 impl Agent {
-    /// Starts an agent named `name` with `seed`; its log goes to `dir`.
+    /// Starts an agent named `name` with `seed`, sealed with `dir`'s key
+    /// unless `extra` says otherwise; its log goes to `dir`.
     pub fn start(dir: &Path, name: &str, seed: Option<SocketAddr>, extra: &[&str]) -> Agent {
-        let udp: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let client: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Agent::start_in(None, Ports::free(), dir, name, seed, extra)
+    }
+
+    /// [`Agent::start`] inside network namespace `netns`, on `ports`.
+    pub fn start_in(
+        netns: Option<&netns::Netns>,
+        ports: Ports,
+        dir: &Path,
+        name: &str,
+        seed: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Agent {
+        let Ports { udp, client, metrics } = ports;
         let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(BIN);
+        let extra = with_key(dir, extra);
+        let mut cmd = match netns {
+            Some(ns) => ns.command(BIN),
+            None => Command::new(BIN),
+        };
         cmd.arg("agent")
             .args(["--name", name])
             .args(["--bind", &udp.to_string()])
@@ -125,7 +196,21 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("start swimlock agent");
-        Agent { name: name.to_string(), udp, client, metrics, log, proc: Proc(Some(child)) }
+        let netns = netns.map(|ns| ns.name().to_string());
+        Agent { name: name.to_string(), udp, client, metrics, log, proc: Proc(Some(child)), netns }
+    }
+
+    /// Runs the swimlock CLI in this agent's namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.args(args).stdin(Stdio::null()).output().expect("run swimlock")
     }
 
     pub fn client_arg(&self) -> String {
@@ -134,7 +219,7 @@ impl Agent {
 
     /// `swimlock status --json` of this agent, if it answers.
     pub fn status(&self) -> Option<Value> {
-        let out = swimlock(&["status", "--json", "--client", &self.client_arg()]);
+        let out = self.cli(&["status", "--json", "--client", &self.client_arg()]);
         if !out.status.success() {
             return None;
         }
@@ -143,6 +228,13 @@ impl Agent {
 
     /// The Prometheus text of this agent.
     pub fn scrape(&self) -> Option<String> {
+        match &self.netns {
+            Some(ns) => netns::inside(ns, || self.scrape_here()),
+            None => self.scrape_here(),
+        }
+    }
+
+    fn scrape_here(&self) -> Option<String> {
         let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;

@@ -45,7 +45,8 @@ struct SimNode {
     addr: SocketAddr,
     state: State,
     /// Datagrams that arrived while paused (the socket buffer).
-    inbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// With the sender, as the envelope would authenticate it.
+    inbox: VecDeque<(NodeId, Vec<u8>)>,
     /// Datagrams this process sent.
     sent: u64,
 }
@@ -78,7 +79,8 @@ pub struct Sim {
     pub largest_payload: usize,
     /// When true, every payload sent is also kept in `captured`.
     pub capture: bool,
-    pub captured: Vec<Vec<u8>>,
+    /// With their sender.
+    pub captured: Vec<(NodeId, Vec<u8>)>,
 }
 
 impl Sim {
@@ -195,9 +197,10 @@ impl Sim {
         t
     }
 
-    /// Delivers `bytes` to node `i` now, as if sent from `from` (a forged
-    /// or replayed datagram); what it answers is sent as usual.
-    pub fn inject(&mut self, i: usize, from: SocketAddr, bytes: &[u8]) {
+    /// Delivers `bytes` to node `i` now, as if sent by `from` (a forged or
+    /// replayed datagram, sealed by a member that has the key); what it
+    /// answers is sent as usual.
+    pub fn inject(&mut self, i: usize, from: NodeId, bytes: &[u8]) {
         let now = self.now;
         let _ = self.nodes[i].m.handle_datagram(now, from, bytes);
         self.flush(i);
@@ -258,11 +261,12 @@ impl Sim {
     /// Sends what node `i` has to send and records its events.
     fn flush(&mut self, i: usize) {
         while let Some((to, bytes)) = self.nodes[i].m.poll_transmit() {
+            let to = to.addr;
             self.sent += 1;
             self.nodes[i].sent += 1;
             self.largest_payload = self.largest_payload.max(bytes.len());
             if self.capture {
-                self.captured.push(bytes.clone());
+                self.captured.push((self.nodes[i].m.me(), bytes.clone()));
             }
             if !self.nodes.iter().any(|n| n.addr == to) {
                 continue;
@@ -318,7 +322,7 @@ impl Sim {
                 if self.cut(d.from, j) {
                     return true;
                 }
-                let from = self.nodes[d.from].addr;
+                let from = self.nodes[d.from].m.me();
                 match self.nodes[j].state {
                     State::Crashed => {}
                     State::Paused => self.nodes[j].inbox.push_back((from, d.bytes)),
