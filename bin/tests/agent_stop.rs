@@ -19,6 +19,7 @@ fn config(port: u16, seed: u16, stop_grace: Duration) -> AgentConfig {
     c.seeds = vec![([127, 0, 0, 1], seed).into()];
     c.lock.lock_delay = LOCK_DELAY;
     c.stop_grace = stop_grace;
+    c.key = Some(common::test_key());
     c
 }
 

@@ -107,10 +107,11 @@ struct Ident {
     epoch: u64,
     bump: u64,
     name: String,
+    tag: u16,
 }
 
 fn ident(id: NodeId, bump: u64, name: &str) -> Ident {
-    Ident { addr: id.addr, epoch: id.epoch, bump, name: name.to_string() }
+    Ident { addr: id.addr, epoch: id.epoch, bump, name: name.to_string(), tag: 0 }
 }
 
 fn foca_payload(src: Ident, dst: Ident, message: Message<Ident>, updates: Vec<Member<Ident>>) -> Vec<u8> {

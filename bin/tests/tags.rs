@@ -17,6 +17,7 @@ fn config(port: u16, seed: u16, epoch: u64) -> AgentConfig {
     c.name = format!("tags-{port}");
     c.seeds = vec![([127, 0, 0, 1], seed).into()];
     c.epoch = Some(epoch);
+    c.key = Some(common::test_key());
     c
 }
 

@@ -176,6 +176,9 @@ pub(crate) struct Takeover {
     /// When the last lease of this node's own clients that a previous
     /// coordinator renewed ends.
     pub linger_until: Duration,
+    /// When members last sent this node (as an earlier coordinator)
+    /// something a lease may run from.
+    pub last_heard: BTreeMap<NodeId, Duration>,
 }
 
 /// The coordinator role of one node.
@@ -231,7 +234,7 @@ impl Coordinator {
             accepted_term: takeover.accepted_term,
             members: members.to_vec(),
             awaiting: BTreeMap::new(),
-            last_heard: BTreeMap::new(),
+            last_heard: takeover.last_heard,
             departed_until: None,
             linger_until: takeover.linger_until,
             phase: Phase::Reconciling { deadline: now, reports: BTreeMap::new() },
@@ -503,6 +506,12 @@ impl Coordinator {
             self.base_term = term;
             self.round_above(now, term, out);
         }
+    }
+
+    /// When members last sent something a lease may run from (handed on to
+    /// this node's next coordinator role).
+    pub fn take_last_heard(&mut self) -> BTreeMap<NodeId, Duration> {
+        std::mem::take(&mut self.last_heard)
     }
 
     /// Notes that `from` sent something a lease may run from.

@@ -279,6 +279,10 @@ pub struct LockNode {
     /// Members that left this node's view recently: a successor must not
     /// grant what they may still hold under a lease nobody reports.
     departed: BTreeMap<NodeId, Departure>,
+    /// What an earlier coordinator role of this node heard last from each
+    /// member (see `Coordinator::last_heard`): a later one still needs it
+    /// for members that left.
+    heard: BTreeMap<NodeId, Duration>,
     /// The latest `now` seen.
     now: Duration,
     /// The time of the last input, to notice that the node did not run.
@@ -315,6 +319,7 @@ impl LockNode {
             durable_term: term_floor,
             accepted_term: 0,
             departed: BTreeMap::new(),
+            heard: BTreeMap::new(),
             now: Duration::ZERO,
             last_input: None,
             stale_until: None,
@@ -420,19 +425,26 @@ impl LockNode {
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
         let own = self.config.stretched(self.config.own_lease).saturating_sub(self.config.detection_min);
+        let lease = self.config.stretched(self.config.lease);
         let fresh_after = self
             .departed
-            .values()
-            .map(|d| match d.coordinated {
-                Some(Some(linger)) => (d.at + own).max(linger),
-                Some(None) | None => d.at + self.config.lock_delay,
+            .iter()
+            .map(|(node, d)| {
+                let after = match d.coordinated {
+                    Some(Some(linger)) => (d.at + own).max(linger),
+                    Some(None) | None => d.at + self.config.lock_delay,
+                };
+                // A renewal this node saw as coordinator bounds it too.
+                self.heard.get(node).map_or(after, |t| after.max(*t + lease))
             })
             .filter(|t| *t > now)
             .max();
         // Leases of this node's clients that another coordinator renewed.
         let linger_until =
             self.client.longest_lease().filter(|t| *t > now + self.config.own_lease).unwrap_or(now);
-        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term, linger_until };
+        self.heard.retain(|node, _| view.members.contains(node));
+        let last_heard = std::mem::take(&mut self.heard);
+        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term, linger_until, last_heard };
         let term = TokenIssuer::next_term(self.client.max_term().max(self.durable_term));
         let coord =
             Coordinator::become_coord(now, &view.members, term, takeover, &self.config, &mut self.out);
@@ -443,8 +455,9 @@ impl LockNode {
     /// granted under stay known to this node's client role, which reports
     /// them in later rounds.
     fn cease_coord(&mut self) {
-        if let Some(coord) = self.coord.take() {
+        if let Some(mut coord) = self.coord.take() {
             self.client.observe_term(coord.term());
+            self.heard = coord.take_last_heard();
         }
     }
 

@@ -9,7 +9,6 @@ use foca::{Header, Member, Message, State};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
-use swimlock_lock::HeldInfo;
 use swimlock_wire::frame::{ENVELOPE_LEN, Envelope, Suite};
 use swimlock_wire::lock::{CancelReq, DuplicateLock, Hello, LockInfoRsp, LockMsg, LockReq, UnlockReq, Wait};
 use swimlock_wire::{ClusterId, Owner, Token};
@@ -24,10 +23,11 @@ struct Ident {
     epoch: u64,
     bump: u64,
     name: String,
+    tag: u16,
 }
 
 fn ident(id: NodeId, bump: u64, name: &str) -> Ident {
-    Ident { addr: id.addr, epoch: id.epoch, bump, name: name.to_string() }
+    Ident { addr: id.addr, epoch: id.epoch, bump, name: name.to_string(), tag: 0 }
 }
 
 /// A foca payload: header, then the updates (count as big-endian u16).
@@ -112,7 +112,7 @@ struct Snapshot {
     views: Vec<Vec<NodeId>>,
     lock_views: Vec<Option<Vec<NodeId>>>,
     table: Vec<(LockName, Owner, Token)>,
-    held: Vec<Vec<HeldInfo>>,
+    held: Vec<Vec<(ClientId, LockName, Token, u32)>>,
     term: Option<u32>,
     lock_events: Vec<usize>,
 }
@@ -122,7 +122,12 @@ fn snapshot(net: &Net) -> Snapshot {
         views: net.nodes.iter().map(|n| n.membership().view().ids().collect()).collect(),
         lock_views: net.nodes.iter().map(|n| n.lock_node().view().map(|v| v.members.clone())).collect(),
         table: net.nodes[0].lock_node().table(),
-        held: net.nodes.iter().map(|n| n.lock_node().held()).collect(),
+        // Leases move with renewals; what is held, and by whom, must not.
+        held: net
+            .nodes
+            .iter()
+            .map(|n| n.lock_node().held().into_iter().map(|h| (h.client, h.name, h.token, h.holds)).collect())
+            .collect(),
         term: net.nodes[0].lock_node().round_term(),
         lock_events: net
             .events

@@ -318,7 +318,7 @@ impl World {
             // A minority side learns it lost its majority within the
             // detection bound; the majority side waits longer than that
             // before granting a departed holder's locks.
-            config.lock_delay = Duration::from_millis(MAX_DETECT_MS + 500);
+            config.lock_delay = crate::agent::MAJORITY_LOCK_DELAY;
         }
         config
     }
@@ -1054,7 +1054,11 @@ impl Network for NetView<'_> {
         let Some(granter) = self.granter.filter(|g| *g != other) else { return false };
         let alive = self.terms[other].is_some();
         let detection = Duration::from_millis(MAX_DETECT_MS);
-        let paused = self.paused[other].is_some_and(|(from, until)| from <= at && until + detection >= at);
+        // A pause shorter than the suspicion timeout does not get a member
+        // declared down by itself.
+        let suspicion = swimlock_membership::Config::lan().suspect_to_down_after;
+        let paused = self.paused[other]
+            .is_some_and(|(from, until)| from <= at && until + detection >= at && until - from >= suspicion);
         let pair = (granter.min(other), granter.max(other));
         let lossy = self.lost.get(&pair).is_some_and(|t| *t >= since);
         let apart = !self.granter_view.contains(&other) || !self.views[other].contains(&granter);

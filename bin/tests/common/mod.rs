@@ -342,3 +342,9 @@ pub fn metric_with(text: &str, name: &str, label: &str) -> Option<f64> {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// One generated cluster key for every node of a test binary.
+pub fn test_key() -> swimlock::node::seal::Key {
+    static KEY: std::sync::OnceLock<swimlock::node::seal::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| swimlock::agent::generate_key().expect("a key from the OS")).clone()
+}
