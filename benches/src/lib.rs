@@ -104,7 +104,7 @@ pub fn frame_of(msg: LockMsg) -> LockFrame {
 pub fn single_node() -> LockNode {
     let me = node(7001, 1);
     let mut n = LockNode::new(me, Config::lan(1));
-    n.handle_view(Duration::ZERO, View { id: 1, members: vec![me], merge: false });
+    n.handle_view(Duration::ZERO, View { id: 1, members: vec![me], merge: false, gossiped_term: 0 });
     let mut now = Duration::ZERO;
     // The round with only itself finishes at once; step time just in case.
     for _ in 0..100 {
@@ -149,7 +149,10 @@ impl ReconcileFixture {
         let member_id = node(7002, 2);
         let coord_id = node(7001, 1);
         let mut member = LockNode::new(member_id, Config::lan(2));
-        member.handle_view(Duration::ZERO, View { id: 1, members: vec![member_id], merge: false });
+        member.handle_view(
+            Duration::ZERO,
+            View { id: 1, members: vec![member_id], merge: false, gossiped_term: 0 },
+        );
         let now = Duration::from_millis(1);
         member.handle_timeout(now);
         let mut granted = 0;
@@ -158,7 +161,7 @@ impl ReconcileFixture {
             granted += drain(&mut member);
         }
         assert_eq!(granted, locks, "the member did not get every lock");
-        let view = View { id: 2, members: vec![coord_id, member_id], merge: true };
+        let view = View { id: 2, members: vec![coord_id, member_id], merge: true, gossiped_term: 0 };
         member.handle_view(now, view.clone());
         drain(&mut member);
         ReconcileFixture { member, member_id, coord_id, view }

@@ -84,11 +84,11 @@ impl Config {
             queued_keepalive: Duration::from_millis(250),
             reconcile_timeout: Duration::from_millis(300),
             try_lock_timeout: Duration::from_secs(2),
-            lock_delay: Duration::from_millis(1_500),
+            lock_delay: Duration::from_millis(1_600),
             lease: Duration::from_secs(2),
-            own_lease: Duration::from_millis(500),
+            own_lease: Duration::from_millis(400),
             clock_margin_pct: 5,
-            detection_min: Duration::from_millis(600),
+            detection_min: Duration::from_millis(500),
             max_report_entries: 1 << 20,
             max_report_bytes: 128 << 20,
             max_term_step: 1 << 16,
@@ -200,7 +200,7 @@ mod tests {
     fn lan_is_valid_and_meets_the_lease_inequality() {
         let c = Config::lan(1);
         c.validate().unwrap();
-        assert_eq!(c.min_lock_delay(), Duration::from_millis(1_500));
+        assert_eq!(c.min_lock_delay(), Duration::from_millis(1_600));
     }
 
     #[test]
@@ -209,7 +209,7 @@ mod tests {
         c.lock_delay = Duration::from_millis(1_000);
         let e = c.validate().unwrap_err();
         assert_eq!(e.field, "lock_delay");
-        assert!(e.reason.contains("1.5s"), "{e}");
+        assert!(e.reason.contains("1.6s"), "{e}");
         c.lock_delay = Duration::from_secs(3);
         c.own_lease = Duration::from_millis(700);
         assert_eq!(c.validate().unwrap_err().field, "own_lease");

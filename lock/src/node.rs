@@ -22,6 +22,10 @@ pub struct View {
     /// True when members that were apart came back together (a merge
     /// view): the coordinator runs a new reconciliation round.
     pub merge: bool,
+    /// The highest coordinator term heard of through gossip: a new
+    /// coordinator takes a term above it, even if the member that recorded
+    /// it never answers the round.
+    pub gossiped_term: u32,
 }
 
 impl View {
@@ -287,10 +291,16 @@ pub struct LockNode {
     now: Duration,
     /// The time of the last input, to notice that the node did not run.
     last_input: Option<Duration>,
+    /// The last gap in which this node did not run (see
+    /// [`LockNode::note_gap`]), and when its view was installed: roles
+    /// believed across a gap are not trusted.
+    gap_at: Option<Duration>,
+    view_at: Duration,
     /// After a gap longer than failure detection (the process was paused or
     /// starved), others may have replaced this node: as coordinator it
-    /// grants and renews nothing until a view installed since shows what it
-    /// is, or until this time passes with none.
+    /// grants and renews nothing until membership had time to learn what
+    /// happened meanwhile (a view installed at once after the gap is made of
+    /// what it knew before).
     stale_until: Option<Duration>,
     out: Outbox,
 }
@@ -322,6 +332,8 @@ impl LockNode {
             heard: BTreeMap::new(),
             now: Duration::ZERO,
             last_input: None,
+            gap_at: None,
+            view_at: Duration::ZERO,
             stale_until: None,
             out: Outbox {
                 me,
@@ -344,12 +356,22 @@ impl LockNode {
     fn begin(&mut self, now: Duration) -> Duration {
         self.now = self.now.max(now);
         let now = self.now;
-        if self.last_input.is_some_and(|t| now - t >= self.config.detection_min) {
+        // Only a coordinator ticks (see `poll_timeout`), so only its gaps
+        // mean it did not run.
+        if self.coord.is_some() && self.last_input.is_some_and(|t| now - t >= self.config.detection_min) {
             self.stale_until = Some(now + self.config.detection_min);
         }
         self.last_input = Some(now);
         if self.stale_until.is_some_and(|t| t <= now) {
             self.stale_until = None;
+            // Members may have followed another coordinator meanwhile and
+            // hold locks its table does not list: a new round, as after a
+            // merge, before anything is granted again.
+            if self.coord.is_some()
+                && let Some(view) = self.view.clone()
+            {
+                self.become_coord(now, &view);
+            }
         }
         self.client.expire(now, &mut self.out);
         now
@@ -391,17 +413,20 @@ impl LockNode {
         }
         self.client.on_view(now, &view, quorum, &mut self.out);
         self.view = Some(view);
-        // A view installed after the gap says what this node is now.
-        self.stale_until = None;
+        self.view_at = now;
         self.end();
     }
 
     /// Remembers who left the view (and who came back), for as long as a
     /// lease of theirs could matter.
     fn note_departures(&mut self, now: Duration, previous: &[NodeId], members: &[NodeId]) {
+        // A view installed before this node stopped running may name a
+        // coordinator that has long been replaced: it is not trusted to
+        // have had only its own short leases.
+        let trusted = self.gap_at.is_none_or(|gap| self.view_at > gap);
         for (i, node) in previous.iter().enumerate() {
             if !members.contains(node) && *node != self.me {
-                let coordinated = (i == 0).then(|| self.client.linger_of(*node));
+                let coordinated = (i == 0 && trusted).then(|| self.client.linger_of(*node));
                 self.departed.insert(*node, Departure { at: now, coordinated });
             }
         }
@@ -445,7 +470,17 @@ impl LockNode {
         self.heard.retain(|node, _| view.members.contains(node));
         let last_heard = std::mem::take(&mut self.heard);
         let takeover = Takeover { fresh_after, accepted_term: self.accepted_term, linger_until, last_heard };
-        let term = TokenIssuer::next_term(self.client.max_term().max(self.durable_term));
+        let mine = self.client.max_term().max(self.durable_term);
+        let limit = mine.saturating_add(self.config.max_term_step).max(self.accepted_term);
+        let gossiped = if view.gossiped_term > limit {
+            // Not taken silently: the round will halt on it if a member
+            // reports it too (see `Alert::TermJump`).
+            self.out.emit(Event::Alert(Alert::TermJump { term: view.gossiped_term, limit }));
+            0
+        } else {
+            view.gossiped_term
+        };
+        let term = TokenIssuer::next_term(mine.max(gossiped));
         let coord =
             Coordinator::become_coord(now, &view.members, term, takeover, &self.config, &mut self.out);
         self.coord = Some(coord);
@@ -529,6 +564,18 @@ impl LockNode {
         }
         self.client.handle_timeout(now, &mut self.out);
         self.end();
+    }
+
+    /// The driver saw that this node did not run for longer than failure
+    /// detection before `now` (its process was paused or starved): others
+    /// may have replaced it or moved on. As coordinator it holds still and
+    /// then starts a new round (see `stale_until`); whatever it believed
+    /// about who coordinated is not trusted.
+    pub fn note_gap(&mut self, now: Duration) {
+        self.gap_at = Some(now);
+        if self.coord.is_some() && self.stale_until.is_none() {
+            self.stale_until = Some(now + self.config.detection_min);
+        }
     }
 
     /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):

@@ -179,7 +179,7 @@ impl Net {
             if self.crashed.contains(&m) {
                 continue;
             }
-            let view = View { id: self.next_view, members: sorted.clone(), merge };
+            let view = View { id: self.next_view, members: sorted.clone(), merge, gossiped_term: 0 };
             self.next_view += 1;
             self.with(m, |n, now| n.handle_view(now, view));
         }
@@ -918,7 +918,7 @@ fn a_restart_with_the_term_floor_never_repeats_a_token() {
 
     let restarted = NodeId { epoch: 100, addr: a.addr };
     let mut fresh = LockNode::new(restarted, Config::lan(1));
-    fresh.handle_view(net.now, View { id: 1, members: vec![restarted], merge: false });
+    fresh.handle_view(net.now, View { id: 1, members: vec![restarted], merge: false, gossiped_term: 0 });
     fresh.handle_timeout(net.now + ms(1));
     let _ = fresh.lock(net.now + ms(1), C1, name("x"), Duration::from_secs(1));
     let repeated = std::iter::from_fn(|| fresh.poll_event()).find_map(|e| match e {

@@ -141,10 +141,12 @@ impl Config {
     }
 
     /// The least time from a member's last message to the install of a
-    /// view without it: the suspicion timeout plus the view settle time.
-    /// The lock layer's leases rely on it (`swimlock_lock::Config::detection_min`).
+    /// view without it: the suspicion timeout plus the view settle time,
+    /// less a probe period (a probe sent just before the member stopped may
+    /// already have started the suspicion). The lock layer's leases rely on
+    /// it (`swimlock_lock::Config::detection_min`).
     pub fn detection_min(&self) -> Duration {
-        self.suspect_to_down_after + self.view_settle
+        (self.suspect_to_down_after + self.view_settle).saturating_sub(self.probe_period)
     }
 
     /// The foca configuration these tunables map to.

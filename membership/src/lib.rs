@@ -158,6 +158,7 @@
 
 mod config;
 mod identity;
+mod terms;
 mod timers;
 mod tracker;
 mod view;
@@ -165,12 +166,11 @@ mod view;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use foca::{
-    Codec, Foca, Header, Message, NoCustomBroadcast, Notification, OwnedNotification, PostcardCodec, Runtime,
-    Timer,
-};
+use foca::{Codec, Foca, Header, Message, Notification, OwnedNotification, PostcardCodec, Runtime, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use swimlock_wire::NodeId;
@@ -183,7 +183,7 @@ use identity::Ident;
 use timers::TimerQueue;
 use tracker::ViewTracker;
 
-type Swim = Foca<Ident, PostcardCodec, SmallRng, NoCustomBroadcast>;
+type Swim = Foca<Ident, PostcardCodec, SmallRng, terms::TermGossip>;
 
 /// Why a datagram was rejected. The datagram had no other effect than what
 /// foca could apply before the fault; the caller should drop and count it.
@@ -334,6 +334,9 @@ pub struct Membership {
     rival: Option<Ident>,
     /// The newer process that holds this node's address, once seen.
     superseded_by: Option<NodeId>,
+    /// The highest coordinator term heard of through gossip (see
+    /// [`Membership::gossip_term`]).
+    gossiped_term: Arc<AtomicU32>,
 }
 
 impl fmt::Debug for Membership {
@@ -377,11 +380,13 @@ impl Membership {
                 unique.push(seed);
             }
         }
-        let foca = Foca::new(
+        let gossiped_term = Arc::new(AtomicU32::new(0));
+        let foca = Foca::with_custom_broadcast(
             Ident::new(me, name.clone(), tag),
             config.to_foca(),
             SmallRng::seed_from_u64(rng_seed),
             PostcardCodec,
+            terms::TermGossip::new(gossiped_term.clone()),
         );
         Ok(Membership {
             me,
@@ -396,6 +401,7 @@ impl Membership {
             renewal: Renewal::default(),
             rival: None,
             superseded_by: None,
+            gossiped_term,
             config,
         })
     }
@@ -499,6 +505,24 @@ impl Membership {
     /// The node tag this node shows.
     pub fn tag(&self) -> u16 {
         self.foca.identity().tag
+    }
+
+    /// Spreads `term` (a coordinator term this node recorded) with the
+    /// gossip, if it is higher than any heard of: every member learns it
+    /// while it can still talk to this one, even if this one never answers
+    /// a round (it may pause or leave first). Four bytes on the gossip; only
+    /// the highest term travels.
+    pub fn gossip_term(&mut self, term: u32) {
+        if term > self.gossiped_term() {
+            // Four bytes never exceed the packet size; nothing can fail.
+            let _ = self.foca.add_broadcast(&terms::encode(term));
+        }
+    }
+
+    /// The highest coordinator term heard of through gossip (this node's
+    /// own included).
+    pub fn gossiped_term(&self) -> u32 {
+        self.gossiped_term.load(Ordering::Relaxed)
     }
 
     /// Reports that a datagram for `id` reached this node's address: for a

@@ -351,7 +351,7 @@ pub struct AgentArgs {
     pub node_tag: Option<u16>,
     /// Wait this long before granting again a lock whose holder left; at
     /// least lease x (1 + clock margin) - detection [default: that bound
-    /// (1.5s with the LAN defaults), 3s in majority mode].
+    /// (1.6s with the LAN defaults), 3s in majority mode].
     #[arg(long, value_name = "DURATION")]
     pub lock_delay: Option<String>,
     /// SWIM probe period [default: 100ms].

@@ -203,6 +203,11 @@ pub struct Node {
     /// While joining: until when to wait for a seed, and the view the lock
     /// machine will get if none answers.
     joining: Option<(Duration, Option<swimlock_lock::View>)>,
+    /// The time of the last input: membership ticks every probe period, so
+    /// a long gap means the process did not run (see `notice_gap`).
+    last_input: Option<Duration>,
+    /// A term the lock machine recorded, to spread with the gossip.
+    term_to_show: Option<u32>,
     join_timeout: Duration,
     counters: NodeCounters,
     /// [`NodeEvent::Superseded`] was emitted.
@@ -254,6 +259,8 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             joining: has_seeds.then_some((Duration::MAX, None)),
+            term_to_show: (term_floor > 0).then_some(term_floor),
+            last_input: None,
             join_timeout,
             counters: NodeCounters::default(),
             superseded: false,
@@ -270,6 +277,17 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Tells the lock machine when this node did not run for longer than
+    /// failure detection (paused, starved): what it believed about the
+    /// others may be out of date.
+    fn notice_gap(&mut self, now: Duration) {
+        let detection = self.lock.config().detection_min;
+        if self.last_input.is_some_and(|t| now.saturating_sub(t) >= detection) {
+            self.lock.note_gap(now);
+        }
+        self.last_input = Some(self.last_input.map_or(now, |t| t.max(now)));
+    }
+
     /// Whether the node still waits for a seed before it takes part in
     /// locking (see [`NodeConfig::join_timeout`]).
     pub fn is_joining(&self) -> bool {
@@ -283,6 +301,7 @@ impl Node {
     /// sender than its envelope is counted in [`Node::counters`] and
     /// dropped before any machine sees it; no input makes it panic.
     pub fn handle_datagram(&mut self, now: Duration, source: SocketAddr, datagram: &[u8]) {
+        self.notice_gap(now);
         let _ = source;
         self.counters.datagrams_in += 1;
         self.counters.bytes_in += datagram.len() as u64;
@@ -352,6 +371,7 @@ impl Node {
 
     /// Runs the timers of both machines that are due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
+        self.notice_gap(now);
         self.membership.handle_timeout(now);
         self.lock.handle_timeout(now);
         if let Some((deadline, _)) = &mut self.joining
@@ -375,6 +395,7 @@ impl Node {
     /// `lock(name, timeout)` for `client`; the outcome arrives as a
     /// [`NodeEvent::Lock`] carrying the returned id.
     pub fn lock(&mut self, now: Duration, client: ClientId, name: LockName, timeout: Duration) -> ReqId {
+        self.notice_gap(now);
         let req = self.lock.lock(now, client, name, timeout);
         self.after_input(now);
         req
@@ -382,6 +403,7 @@ impl Node {
 
     /// `try_lock(name)` for `client`: granted now or failed as busy.
     pub fn try_lock(&mut self, now: Duration, client: ClientId, name: LockName) -> ReqId {
+        self.notice_gap(now);
         let req = self.lock.try_lock(now, client, name);
         self.after_input(now);
         req
@@ -390,6 +412,7 @@ impl Node {
     /// Drops one hold of `name` by `client`; does not wait for the
     /// coordinator (the release is retransmitted until confirmed).
     pub fn unlock(&mut self, now: Duration, client: ClientId, name: &LockName) -> Result<(), UnlockError> {
+        self.notice_gap(now);
         let result = self.lock.unlock(now, client, name);
         self.after_input(now);
         result
@@ -397,6 +420,7 @@ impl Node {
 
     /// `client` went away: its locks are released and its requests withdrawn.
     pub fn release_client(&mut self, now: Duration, client: ClientId) {
+        self.notice_gap(now);
         self.lock.release_client(now, client);
         self.after_input(now);
     }
@@ -463,6 +487,10 @@ impl Node {
     /// lock messages are batched per peer.
     fn after_input(&mut self, now: Duration) {
         self.drain_lock_events();
+        // A term this node recorded is gossiped (see `Membership::gossip_term`).
+        if let Some(term) = self.term_to_show.take() {
+            self.membership.gossip_term(term);
+        }
         while let Some(event) = self.membership.poll_event() {
             let merge = event.is_merge();
             let mut view = match event {
@@ -471,7 +499,9 @@ impl Node {
                 }
             };
             self.keep_tag_unique(now, &mut view);
-            let lock_view = swimlock_lock::View { id: view.id, members: view.ids().collect(), merge };
+            let members: Vec<NodeId> = view.ids().collect();
+            let gossiped_term = self.membership.gossiped_term();
+            let lock_view = swimlock_lock::View { id: view.id, members, merge, gossiped_term };
             self.events.push_back(NodeEvent::View { view, merge });
             if let Some((_, held)) = &mut self.joining {
                 if lock_view.members.len() < 2 {
@@ -522,6 +552,9 @@ impl Node {
 
     fn drain_lock_events(&mut self) {
         while let Some(event) = self.lock.poll_event() {
+            if let swimlock_lock::Event::TermStarted { term } = event {
+                self.term_to_show = self.term_to_show.max(Some(term));
+            }
             self.events.push_back(NodeEvent::Lock(event));
         }
     }

@@ -57,6 +57,10 @@ pub trait Network {
     /// Whether a live host that knows `term` (has recorded it) was cut off
     /// from host `granter` at some time since `since`.
     fn term_known_across(&self, term: u32, granter: usize, since: Duration) -> bool;
+    /// Whether `host` coordinated a group it formed alone after its join
+    /// timeout (no seed answered), at some time since `since`: documented
+    /// as a split brain with whatever it could not reach.
+    fn alone_since(&self, host: usize, since: Duration) -> bool;
     /// Whether any live host outside the view of the coordinator that
     /// granted this (its members either told it their terms, or learned
     /// its own) knows `term`.
@@ -148,8 +152,13 @@ impl Ledger {
                 && (granter.is_some_and(|b| net.term_known_across(g.token.term(), b, recent))
                     || !net.term_known_outside(g.token.term()));
             let suspected = available && g.granter.is_some_and(|o| net.falsely_suspected(o, g.at, recent));
+            let alone = available
+                && [g.granter, granter].into_iter().flatten().any(|h| net.alone_since(h, g.at.min(recent)));
             if g.token != token
-                && (split_brain(g.granter, g.at.saturating_sub(MERGE_BOUND)) || known_elsewhere || suspected)
+                && (split_brain(g.granter, g.at.saturating_sub(MERGE_BOUND))
+                    || known_elsewhere
+                    || suspected
+                    || alone)
             {
                 continue;
             }

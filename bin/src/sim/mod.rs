@@ -84,6 +84,10 @@ pub struct Summary {
     pub restarts: u64,
     /// Hosts that formed a group alone after the join timeout.
     pub alone: u64,
+    /// Hosts restarted at once at their address.
+    pub bounces: u64,
+    /// Runs with two hosts of one node tag.
+    pub twin_tags: u64,
     /// Holders of one lock on two sides of a partition (available mode).
     pub split_holds: u64,
     /// Runs with a broken invariant.
@@ -101,6 +105,8 @@ impl Summary {
         self.pauses += o.pauses;
         self.restarts += o.restarts;
         self.alone += o.alone;
+        self.bounces += o.bounces;
+        self.twin_tags += o.twin_tags;
         self.split_holds += o.split_holds;
         if o.violation.is_some() {
             self.failures.push(o);
@@ -110,7 +116,7 @@ impl Summary {
     /// The one-line summary `swimlock sim` prints.
     pub fn line(&self) -> String {
         format!(
-            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} pauses {} split holds {} violations {}",
+            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} split holds {} violations {}",
             self.seeds,
             self.steps,
             self.grants,
@@ -119,6 +125,8 @@ impl Summary {
             self.duplicates,
             self.restarts,
             self.alone,
+            self.bounces,
+            self.twin_tags,
             self.pauses,
             self.split_holds,
             self.failures.len()

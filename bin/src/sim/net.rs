@@ -102,6 +102,21 @@ impl Partition {
         }
     }
 
+    /// `host` cut off from everyone (its seeds unreachable), the rest as
+    /// they were.
+    pub fn isolate(&self, host: usize) -> Partition {
+        let mut group = self.group.clone();
+        group[host] = u8::MAX;
+        Partition { group }
+    }
+
+    /// `host` back with `like`'s side.
+    pub fn rejoin(&self, host: usize, like: usize) -> Partition {
+        let mut group = self.group.clone();
+        group[host] = group[like];
+        Partition { group }
+    }
+
     /// Whether `a` reaches `b`.
     pub fn connected(&self, a: usize, b: usize) -> bool {
         self.group[a] == self.group[b]

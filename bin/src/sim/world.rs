@@ -90,6 +90,11 @@ pub struct Outcome {
     pub restarts: u64,
     /// Hosts that formed a group alone after the join timeout.
     pub alone: u64,
+    /// Hosts restarted at once at their address (a new identity while the
+    /// old one is still a member).
+    pub bounces: u64,
+    /// Runs in which two hosts started with one node tag.
+    pub twin_tags: u64,
     /// Two holders of one lock on two sides of a partition (allowed in
     /// `available` mode only).
     pub split_holds: u64,
@@ -148,6 +153,10 @@ enum Ev {
     },
     /// A paused host continues: its queued input is handled at once.
     Resume {
+        host: usize,
+    },
+    /// A host restarted alone reaches the others again.
+    Reconnect {
         host: usize,
     },
     Fault,
@@ -226,11 +235,19 @@ struct Host {
     /// The host's durable state: the last term announced by
     /// `Event::TermStarted`, which survives a crash.
     persisted_term: u32,
+    /// The node tag it changed to, kept like the agent's state directory.
+    persisted_tag: Option<u16>,
     /// While paused: the input that reached the host, handled when it
     /// resumes (its clock then jumps).
     paused: Option<Vec<Ev>>,
     /// The last pause: from, until.
     last_pause: Option<(Duration, Duration)>,
+    /// A group formed alone after the join timeout: since, until.
+    alone: Option<(Duration, Option<Duration>)>,
+    /// The hosts of its last view, and when its view last dropped each
+    /// other host.
+    view_hosts: Vec<usize>,
+    dropped_at: BTreeMap<usize, Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,6 +280,9 @@ pub struct World {
     /// Clients that let go of locks in the step being handled (`None`:
     /// all of the client's locks).
     let_go: Vec<(usize, ClientId, Option<LockName>)>,
+    /// Hosts 0 and 1 start with one node tag (real membership only: its
+    /// view path makes the younger take another).
+    twin_tags: bool,
     names: Vec<LockName>,
     outcome: Outcome,
     takeovers: u64,
@@ -277,6 +297,7 @@ impl World {
     pub fn new(cfg: RunConfig) -> World {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let faults = Faults::draw(&mut rng);
+        let twin_tags = cfg.gossip && cfg.nodes > 1 && rng.random_bool(0.25);
         let names = (0..cfg.names).map(|i| LockName::new(format!("lock-{i}")).expect("short name")).collect();
         let mut world = World {
             hosts: Vec::new(),
@@ -289,6 +310,7 @@ impl World {
             partitions: vec![(Duration::ZERO, Partition::healed(cfg.nodes))],
             generation: 0,
             lost: BTreeMap::new(),
+            twin_tags,
             let_go: Vec::new(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
             takeovers: 0,
@@ -312,7 +334,8 @@ impl World {
     }
 
     fn lock_config(&self, host: usize) -> Config {
-        let mut config = Config::lan(host as u16 + 1);
+        let tag = if self.twin_tags && host == 1 { 1 } else { host as u16 + 1 };
+        let mut config = Config::lan(tag);
         config.mode = self.cfg.mode;
         if let Mode::Majority { .. } = self.cfg.mode {
             // A minority side learns it lost its majority within the
@@ -326,6 +349,9 @@ impl World {
     fn fresh_host(&mut self, host: usize) -> Host {
         let id = NodeId { epoch: self.now.as_micros() as u64 + 1, addr: addr(host) };
         let persisted_term = self.hosts.get(host).map_or(0, |h| h.persisted_term);
+        let persisted_tag = self.hosts.get(host).and_then(|h| h.persisted_tag);
+        let mut lock = self.lock_config(host);
+        lock.tag = persisted_tag.unwrap_or(lock.tag);
         let engine = if self.cfg.gossip {
             let rng_seed = self.rng.random();
             let config = NodeConfig {
@@ -334,7 +360,7 @@ impl World {
                 // Every host knows the first host as its seed; a host that
                 // restarts while it is down finds the others through them.
                 seeds: (0..self.cfg.nodes).filter(|&o| o != host).map(addr).collect(),
-                lock: self.lock_config(host),
+                lock,
                 membership: swimlock_membership::Config::lan(),
                 join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
                 security: super::sealed(self.cfg.seed, rng_seed),
@@ -344,11 +370,12 @@ impl World {
             node.start(self.now);
             Engine::Gossip(Box::new(node))
         } else {
-            Engine::Scripted(Box::new(LockNode::with_term_floor(id, self.lock_config(host), persisted_term)))
+            Engine::Scripted(Box::new(LockNode::with_term_floor(id, lock, persisted_term)))
         };
         Host {
             node: Some(engine),
             persisted_term,
+            persisted_tag,
             id,
             armed: None,
             last_members: Vec::new(),
@@ -359,6 +386,9 @@ impl World {
             was_coordinator: false,
             paused: None,
             last_pause: None,
+            alone: None,
+            view_hosts: Vec::new(),
+            dropped_at: BTreeMap::new(),
         }
     }
 
@@ -413,6 +443,7 @@ impl World {
             }
         }
         self.outcome.grants = self.checker.grants;
+        self.outcome.twin_tags = u64::from(self.twin_tags);
         self.outcome.split_holds = self.ledger.allowed_overlaps;
         self.outcome.failovers = self.takeovers;
         for host in &self.hosts {
@@ -486,6 +517,14 @@ impl World {
                 } else {
                     None
                 }
+            }
+            Ev::Reconnect { host } => {
+                let like = (0..self.cfg.nodes).find(|&o| o != host).expect("two hosts at least");
+                let next = self.partition.rejoin(host, like);
+                self.set_partition(next);
+                self.trace(|| format!("h{host} reaches its seeds again"));
+                self.topology_changed();
+                None
             }
             Ev::Resume { host } => {
                 self.mix(&[8, host as u64]);
@@ -568,7 +607,9 @@ impl World {
         h.view_id += 1;
         h.last_members = members.clone();
         h.last_view_at = self.now;
-        let view = View { id: h.view_id, members, merge };
+        // Scripted views carry no gossip: the lock machine learns terms from
+        // its rounds only.
+        let view = View { id: h.view_id, members, merge, gossiped_term: 0 };
         self.trace(|| format!("h{host} view {:?} merge={merge}", view.members));
         let Some(Engine::Scripted(node)) = self.hosts[host].node.as_mut() else { return None };
         node.handle_view(self.now, view);
@@ -614,11 +655,23 @@ impl World {
             }
             50..70 if !dead.is_empty() => {
                 let host = dead[self.rng.random_range(0..dead.len())];
-                self.hosts[host] = self.fresh_host(host);
-                self.outcome.restarts += 1;
-                self.queue.push(self.now, Ev::Boot { host });
-                self.trace(|| format!("restart h{host}"));
-                self.topology_changed();
+                self.restart(host);
+                if self.cfg.nodes > 1 && self.rng.random_bool(0.3) {
+                    // Its seeds are out of reach for a while: long enough,
+                    // sometimes, for the join timeout to pass.
+                    let apart = Duration::from_millis(self.rng.random_range(500..4_000));
+                    self.set_partition(self.partition.isolate(host));
+                    self.queue.push(self.now + apart, Ev::Reconnect { host });
+                    self.trace(|| format!("h{host} cut off from its seeds for {apart:?}"));
+                }
+            }
+            50..55 if alive.len() > 1 => {
+                // One address, a new identity, while the others still hold
+                // the old one as a member.
+                let host = alive[self.rng.random_range(0..alive.len())];
+                self.crash(host);
+                self.restart(host);
+                self.outcome.bounces += 1;
             }
             70..85 => {
                 let running: Vec<usize> =
@@ -640,6 +693,14 @@ impl World {
                 self.trace(|| format!("network {f:?}"));
             }
         }
+    }
+
+    fn restart(&mut self, host: usize) {
+        self.hosts[host] = self.fresh_host(host);
+        self.outcome.restarts += 1;
+        self.queue.push(self.now, Ev::Boot { host });
+        self.trace(|| format!("restart h{host}"));
+        self.topology_changed();
     }
 
     fn crash(&mut self, host: usize) {
@@ -758,17 +819,27 @@ impl World {
                     datagrams.push(d);
                 }
                 let mut saves = 0;
+                let mut new_tag = None;
+                let mut joined_alone = false;
+                let mut joined_others = false;
+                let mut new_view = None;
                 while let Some(e) = node.poll_event() {
                     match e {
                         NodeEvent::Lock(e) => events.push(e),
                         NodeEvent::View { view, merge } => {
                             let members: Vec<String> = view.members.iter().map(|m| m.name.clone()).collect();
                             views.push(format!("h{host} view {} {members:?} merge={merge}", view.id));
+                            joined_others |= view.members.len() > 1;
+                            new_view = Some(view.ids().collect::<Vec<NodeId>>());
                         }
-                        NodeEvent::TagChanged { tag } => views.push(format!("h{host} tag {tag}")),
+                        NodeEvent::TagChanged { tag } => {
+                            new_tag = Some(tag);
+                            views.push(format!("h{host} tag {tag}"));
+                        }
                         NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
                         NodeEvent::JoinTimedOut => {
                             self.outcome.alone += 1;
+                            joined_alone = true;
                             views.push(format!("h{host} join timed out: a group of its own"));
                         }
                         // No keyring commands run here; a host keeps its
@@ -779,6 +850,27 @@ impl World {
                 }
                 for _ in 0..saves {
                     node.keyring_saved(self.now, Ok(()));
+                }
+                if let Some(tag) = new_tag {
+                    self.hosts[host].persisted_tag = Some(tag);
+                }
+                if joined_alone {
+                    self.hosts[host].alone = Some((self.now, None));
+                }
+                if let Some((_, until @ None)) = &mut self.hosts[host].alone
+                    && joined_others
+                {
+                    *until = Some(self.now);
+                }
+                if let Some(ids) = new_view {
+                    let hosts: Vec<usize> =
+                        ids.iter().filter_map(|id| self.hosts.iter().position(|h| h.id == *id)).collect();
+                    let now = self.now;
+                    let h = &mut self.hosts[host];
+                    for gone in h.view_hosts.iter().filter(|o| !hosts.contains(o)) {
+                        h.dropped_at.insert(*gone, now);
+                    }
+                    h.view_hosts = hosts;
                 }
             }
         }
@@ -862,6 +954,8 @@ impl World {
                         })
                         .unwrap_or_default();
                     let paused = self.hosts.iter().map(|h| h.last_pause).collect();
+                    let alone = self.hosts.iter().map(|h| h.alone).collect();
+                    let dropped_at = self.hosts.iter().map(|h| h.dropped_at.clone()).collect();
                     let views = (0..self.hosts.len()).map(|h| self.view_hosts(h)).collect();
                     let net = NetView {
                         partitions: &self.partitions,
@@ -871,6 +965,8 @@ impl World {
                         granter,
                         lost: &self.lost,
                         paused,
+                        alone,
+                        dropped_at,
                         now: self.now,
                     };
                     self.ledger.acquired(
@@ -1039,6 +1135,11 @@ struct NetView<'a> {
     lost: &'a BTreeMap<(usize, usize), Duration>,
     /// When each host was last paused (from, until), if ever.
     paused: Vec<Option<(Duration, Duration)>>,
+    /// When each host last formed a group alone after its join timeout,
+    /// and until when it stayed alone (`None`: still).
+    alone: Vec<Option<(Duration, Option<Duration>)>>,
+    /// When each host's view last dropped each other host.
+    dropped_at: Vec<BTreeMap<usize, Duration>>,
     now: Duration,
 }
 
@@ -1050,6 +1151,10 @@ impl Network for NetView<'_> {
         self.partitions[first..].iter().take_while(|(at, _)| *at <= to).any(|(_, p)| !p.connected(a, b))
     }
 
+    fn alone_since(&self, host: usize, since: Duration) -> bool {
+        self.alone[host].is_some_and(|(_, until)| until.is_none_or(|t| t >= since))
+    }
+
     fn falsely_suspected(&self, other: usize, at: Duration, since: Duration) -> bool {
         let Some(granter) = self.granter.filter(|g| *g != other) else { return false };
         let alive = self.terms[other].is_some();
@@ -1057,8 +1162,22 @@ impl Network for NetView<'_> {
         // A pause shorter than the suspicion timeout does not get a member
         // declared down by itself.
         let suspicion = swimlock_membership::Config::lan().suspect_to_down_after;
-        let paused = self.paused[other]
-            .is_some_and(|(from, until)| from <= at && until + detection >= at && until - from >= suspicion);
+        // The split: when one of the two views dropped the other. A pause
+        // of either that began before it, long enough to get it declared
+        // down, is its cause; one that began after it is not.
+        let _ = at;
+        let split = [self.dropped_at[granter].get(&other), self.dropped_at[other].get(&granter)]
+            .into_iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(self.now);
+        let caused = |h: usize| {
+            self.paused[h].is_some_and(|(from, until)| {
+                from <= split && until + detection >= split && until - from >= suspicion
+            })
+        };
+        let paused = caused(other) || caused(granter);
         let pair = (granter.min(other), granter.max(other));
         let lossy = self.lost.get(&pair).is_some_and(|t| *t >= since);
         let apart = !self.granter_view.contains(&other) || !self.views[other].contains(&granter);
