@@ -744,6 +744,11 @@ impl ClientRole {
         })
     }
 
+    /// When `client`'s hold of `name` stops being safe to use, if it holds it.
+    pub fn safe_until(&self, client: ClientId, name: &LockName) -> Option<Duration> {
+        self.held.get(&(client, name.clone())).map(|h| h.safe_until)
+    }
+
     /// Lock requests in flight to the coordinator: id, client, name.
     pub fn pending_locks(&self) -> impl Iterator<Item = (ReqId, ClientId, &LockName)> + '_ {
         self.ops.iter().filter_map(|(id, op)| match op.kind {

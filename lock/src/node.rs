@@ -713,6 +713,12 @@ impl LockNode {
         self.client.held().collect()
     }
 
+    /// Until when `client` may use its hold of `name` (the end of its
+    /// lease, on this node's clock), or `None` if it does not hold it.
+    pub fn safe_until(&self, client: ClientId, name: &LockName) -> Option<Duration> {
+        self.client.safe_until(client, name)
+    }
+
     /// Lock requests of this node's clients in flight to the coordinator:
     /// the request id it knows them by, the client, the name.
     pub fn pending_locks(&self) -> Vec<(ReqId, ClientId, LockName)> {
