@@ -531,10 +531,14 @@ impl AgentArgs {
         let lf = &file.lock;
         l.detection_min = c.membership.detection_min();
         set(&mut l.lease, "lock.lease", self.lease.as_ref().or(lf.lease.as_ref()))?;
-        set(&mut l.own_lease, "lock.own_lease", lf.own_lease.as_ref())?;
         if let Some(pct) = lf.clock_margin_pct {
             l.clock_margin_pct = pct;
         }
+        // By default the own lease fits in the detection time it must beat
+        // (shorter than the default where faster detection is configured).
+        let fitting = l.detection_min * 100 / (100 + l.clock_margin_pct.min(100));
+        l.own_lease = l.own_lease.min(Duration::from_millis(fitting.as_millis() as u64));
+        set(&mut l.own_lease, "lock.own_lease", lf.own_lease.as_ref())?;
         // The least lock-delay the lease allows; in majority mode also time
         // for a cut-off side to notice it lost the majority.
         l.lock_delay = match l.mode {
