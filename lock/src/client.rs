@@ -757,6 +757,12 @@ impl ClientRole {
         })
     }
 
+    /// Ids of the try_lock requests in flight to the coordinator.
+    pub fn pending_try_locks(&self) -> impl Iterator<Item = ReqId> + '_ {
+        let try_lock = |op: &Op| matches!(op.kind, OpKind::Lock { wait: Wait::No, .. });
+        self.ops.iter().filter(move |(_, op)| try_lock(op)).map(|(id, _)| *id)
+    }
+
     /// Releases and cancels in flight to the coordinator.
     pub fn pending_releases(&self) -> usize {
         self.ops.values().filter(|op| !matches!(op.kind, OpKind::Lock { .. })).count()

@@ -337,6 +337,11 @@ impl Coordinator {
         self.serving().map(Serving::queues).unwrap_or_default()
     }
 
+    /// Names that are free, past any lock-delay, and have waiters.
+    pub fn stalled(&self, now: Duration) -> Vec<LockName> {
+        self.serving().map(|s| s.stalled(now)).unwrap_or_default()
+    }
+
     /// Whether the coordinator may make new grants at `now`.
     pub fn grants_open(&self, now: Duration) -> bool {
         self.serving().is_some_and(|s| s.may_grant(now))

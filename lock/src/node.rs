@@ -692,6 +692,14 @@ impl LockNode {
         self.coord.as_ref().map(Coordinator::queues).unwrap_or_default()
     }
 
+    /// Names this coordinator leaves free at `now` although requests wait
+    /// for them and neither a lock-delay nor an unresolved duplicate holds
+    /// them back. While grants are open this is always empty: an unlock
+    /// hands the lock to the next waiter.
+    pub fn stalled(&self, now: Duration) -> Vec<LockName> {
+        self.coord.as_ref().map(|c| c.stalled(now)).unwrap_or_default()
+    }
+
     /// Whether this node, as coordinator, may make new grants at `now`
     /// (serving, no grace, no hold, not just back from a gap).
     pub fn grants_open(&self, now: Duration) -> bool {
@@ -723,6 +731,12 @@ impl LockNode {
     /// the request id it knows them by, the client, the name.
     pub fn pending_locks(&self) -> Vec<(ReqId, ClientId, LockName)> {
         self.client.pending_locks().map(|(id, client, name)| (id, client, name.clone())).collect()
+    }
+
+    /// Try-lock requests of this node's clients in flight to the
+    /// coordinator, by the id it knows them by.
+    pub fn pending_try_locks(&self) -> Vec<ReqId> {
+        self.client.pending_try_locks().collect()
     }
 
     /// Unlocks and cancels of this node's clients in flight to the

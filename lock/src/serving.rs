@@ -107,6 +107,14 @@ impl Serving {
         self.table.holders().map(|(n, g)| (n.clone(), g.owner, g.token)).collect()
     }
 
+    pub fn stalled(&self, now: Duration) -> Vec<LockName> {
+        if self.issuer.exhausted() {
+            return Vec::new();
+        }
+        let names = self.table.names_with_waiters().into_iter().filter(|n| !self.contested(n));
+        names.filter(|n| self.table.get(n).is_some_and(|e| e.grantable(now))).collect()
+    }
+
     pub fn queues(&self) -> Vec<(LockName, Vec<Waiting>)> {
         self.table
             .names_with_waiters()

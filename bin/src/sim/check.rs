@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use swimlock_lock::{Event, LockNode, LossReason};
-use swimlock_wire::{LockName, NodeId, Owner, Token};
+use std::time::Duration;
+
+use swimlock_lock::{Event, LockNode, LossReason, Waiting};
+use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,18 @@ struct RoundSnapshot {
     known: BTreeMap<NodeId, BTreeMap<LockName, Token>>,
 }
 
+/// One coordinator's queues and holders after its latest step, to judge
+/// the grants of its next step by (invariant 8).
+#[derive(Clone, Debug, Default)]
+struct QueueSnapshot {
+    term: u32,
+    /// Whether it could grant: if not, requests re-queued with older
+    /// tickets may come first, and only their tickets order them.
+    open: bool,
+    waiting: BTreeMap<LockName, Vec<Waiting>>,
+    holders: BTreeMap<LockName, Token>,
+}
+
 /// The observer. It keeps its own record of what was granted, independent
 /// of the state machines' bookkeeping.
 #[derive(Debug, Default)]
@@ -46,6 +60,8 @@ pub struct Checker {
     /// Highest token ever granted per name, received or not (seen in a
     /// coordinator's table or in a client's grant).
     best: BTreeMap<LockName, Token>,
+    /// Each coordinator's queues after its latest step.
+    queues: BTreeMap<NodeId, QueueSnapshot>,
     /// Fresh grants seen (re-entry not counted).
     pub grants: u64,
 }
@@ -55,6 +71,7 @@ impl Checker {
     pub fn crashed(&mut self, node: NodeId) {
         self.known.remove(&node);
         self.rounds.remove(&node);
+        self.queues.remove(&node);
     }
 
     /// Called after every step for a coordinator. A new round is recorded
@@ -112,6 +129,93 @@ impl Checker {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Called after every step of a coordinator, with the try-lock requests
+    /// in flight anywhere (by node and request id). Checks that its queues
+    /// are in ticket order and hold no try-lock; that every grant of this
+    /// step went to the earliest of the requests that were waiting before
+    /// it and still wait after it (the others left: timed out, cancelled,
+    /// their node departed), which is FIFO (invariant 8); and that while
+    /// it may grant, no free lock has waiters (an unlock hands the lock on),
+    /// unless a timer of the node is due and has not run yet.
+    pub fn observe_queues(
+        &mut self,
+        node: &LockNode,
+        now: Duration,
+        try_locks: &BTreeSet<(NodeId, ReqId)>,
+        timer_due: bool,
+    ) -> Result<(), Violation> {
+        let id = node.id();
+        let Some(term) = node.round_term() else {
+            self.queues.remove(&id);
+            return Ok(());
+        };
+        let waiting: BTreeMap<LockName, Vec<Waiting>> = node.queues().into_iter().collect();
+        let holders: BTreeMap<LockName, Token> =
+            node.table().into_iter().map(|(name, _, token)| (name, token)).collect();
+        for (name, queue) in &waiting {
+            if let Some(pair) = queue.windows(2).find(|w| w[0].ticket >= w[1].ticket) {
+                return Err(Violation::new(
+                    8,
+                    Some(name),
+                    format!(
+                        "{id}'s queue for {name} has ticket {} before {}",
+                        pair[0].ticket, pair[1].ticket
+                    ),
+                ));
+            }
+            if let Some(w) = queue.iter().find(|w| try_locks.contains(&(w.owner.node, w.req))) {
+                return Err(Violation::new(
+                    0,
+                    Some(name),
+                    format!("try_lock {} of {} waits in {id}'s queue for {name}", w.req.0, w.owner),
+                ));
+            }
+        }
+        let tag = node.config().tag;
+        let prev = self.queues.get(&id).filter(|p| p.term == term);
+        for (name, token) in holders.iter().filter(|(_, t)| t.tag() == tag && t.term() >= term) {
+            let Some(prev) = prev.filter(|p| p.holders.get(name) != Some(token)) else { continue };
+            let Some(before) = prev.waiting.get(name) else { continue };
+            let owner = node.table().into_iter().find(|(n, ..)| n == name).map(|(_, o, _)| o);
+            let still_waits = |w: &Waiting| {
+                waiting.get(name).is_some_and(|q| q.iter().any(|x| x.owner == w.owner && x.req == w.req))
+            };
+            let granted = before.iter().find(|w| Some(w.owner) == owner).map(|w| w.ticket);
+            if granted.is_none() && !prev.open {
+                continue;
+            }
+            let passed = before.iter().find(|w| still_waits(w) && granted.is_none_or(|t| w.ticket < t));
+            if let Some(w) = passed {
+                return Err(Violation::new(
+                    8,
+                    Some(name),
+                    format!(
+                        "{id} granted {name} ({token}) to {} (ticket {}) while {} (ticket {}) waited before it",
+                        owner.map_or_else(|| "?".to_string(), |o| o.to_string()),
+                        granted.map_or_else(|| "none".to_string(), |t| t.to_string()),
+                        w.owner,
+                        w.ticket
+                    ),
+                ));
+            }
+        }
+        let open = node.grants_open(now);
+        // A grace or lock-delay that has ended is acted on by the node's
+        // timer, which may be due but not yet run (a paused node resumes).
+        if open
+            && !timer_due
+            && let Some(name) = node.stalled(now).first()
+        {
+            return Err(Violation::new(
+                0,
+                Some(name),
+                format!("{id} may grant, yet {name} is free while requests wait for it"),
+            ));
+        }
+        self.queues.insert(id, QueueSnapshot { term, open, waiting, holders });
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! *Drain*: every client goes away; every lock must be released and every
 //! request answered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -907,6 +907,15 @@ impl World {
         // The coordinator's table first: a round's snapshot must not see the
         // grants this very step delivered.
         self.checker.observe_coordinator(self.hosts[host].node.as_ref().expect("alive").lock())?;
+        let coordinator_node = self.hosts[host].node.as_ref().expect("alive").lock();
+        let try_locks = if coordinator_node.queues().is_empty() {
+            BTreeSet::new()
+        } else {
+            self.lock_nodes().iter().flat_map(|n| n.pending_try_locks().into_iter().map(|r| (n.id(), r))).collect()
+        };
+        let engine = self.hosts[host].node.as_ref().expect("alive");
+        let timer_due = engine.poll_timeout().is_some_and(|t| t <= self.now);
+        self.checker.observe_queues(coordinator_node, self.now, &try_locks, timer_due)?;
         // Holds that ended in this step first, then the grants it made.
         let lost: Vec<(ClientId, LockName)> = events
             .iter()
