@@ -911,7 +911,10 @@ impl World {
         let try_locks = if coordinator_node.queues().is_empty() {
             BTreeSet::new()
         } else {
-            self.lock_nodes().iter().flat_map(|n| n.pending_try_locks().into_iter().map(|r| (n.id(), r))).collect()
+            self.lock_nodes()
+                .iter()
+                .flat_map(|n| n.pending_try_locks().into_iter().map(|r| (n.id(), r)))
+                .collect()
         };
         let engine = self.hosts[host].node.as_ref().expect("alive");
         let timer_due = engine.poll_timeout().is_some_and(|t| t <= self.now);
