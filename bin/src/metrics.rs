@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use swimlock_lock::Stats;
+use swimlock_lock::{Alert, Stats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -64,7 +64,12 @@ struct Instruments {
     replay_evictions: Counter,
     keyring_keys: Gauge,
     insecure: Gauge,
+    alerts: [Counter; ALERT_KINDS.len()],
+    halted: Gauge,
 }
+
+/// The `kind` label of `swimlock_alerts_total`, one per [`Alert`] variant.
+const ALERT_KINDS: [&str; 3] = ["term_jump", "terms_exhausted", "report_too_large"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +118,8 @@ impl Metrics {
                 replay_evictions: metrics::counter!("swimlock_replay_table_evictions_total"),
                 keyring_keys: metrics::gauge!("swimlock_keyring_keys"),
                 insecure: metrics::gauge!("swimlock_insecure"),
+                alerts: ALERT_KINDS.map(|k| metrics::counter!("swimlock_alerts_total", "kind" => k)),
+                halted: metrics::gauge!("swimlock_granting_halted"),
             }
         });
         let client = metrics::with_local_recorder(&recorder, ClientCounters::register);
@@ -129,6 +136,16 @@ impl Metrics {
         self.recorder.handle()
     }
 
+    /// Counts an alert by kind.
+    pub fn record_alert(&self, alert: &Alert) {
+        let kind = match alert {
+            Alert::TermJump { .. } => 0,
+            Alert::TermsExhausted => 1,
+            Alert::ReportTooLarge { .. } => 2,
+        };
+        self.m.alerts[kind].increment(1);
+    }
+
     /// One acquired lock's wait, from request to grant.
     pub fn record_acquire_latency(&self, latency: Duration) {
         self.m.acquire_latency.record(latency.as_secs_f64());
@@ -141,6 +158,7 @@ impl Metrics {
         self.m.view_members.set(view.members.len() as f64);
         self.m.view_id.set(view.id as f64);
         self.m.is_coordinator.set(if lock.is_coordinator() { 1.0 } else { 0.0 });
+        self.m.halted.set(if lock.halted().is_some() { 1.0 } else { 0.0 });
         self.m.locks_held.set(lock.held_count() as f64);
         let table = lock.table_stats().unwrap_or_default();
         self.m.table_held.set(table.held as f64);
@@ -287,6 +305,14 @@ fn describe() {
     );
     describe_gauge!("swimlock_keyring_keys", "Keys in this node's keyring (0 when insecure).");
     describe_gauge!("swimlock_insecure", "1 when the node runs without sealing (--insecure), else 0.");
+    describe_counter!(
+        "swimlock_alerts_total",
+        "Conditions that need the operator, by kind (the log says what to do)."
+    );
+    describe_gauge!(
+        "swimlock_granting_halted",
+        "1 while this coordinator grants nothing until `swimlock accept-term` (see the log)."
+    );
 }
 
 /// Serves the rendered metrics over HTTP on `listener` until the task is

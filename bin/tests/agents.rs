@@ -366,3 +366,73 @@ fn restarted_node_with_state_dir_never_repeats_a_token() {
     }
     assert!(tokens[1] > tokens[0], "token after restart {} not above {}", tokens[1], tokens[0]);
 }
+
+/// A lock-delay too short for the lease is refused at start (exit 78,
+/// EX_CONFIG), with the inequality and every value in it named.
+#[test]
+fn a_lock_delay_below_the_lease_bound_is_refused() {
+    let out = Command::new(BIN)
+        .args(["agent", "--bind", "127.0.0.1:7", "--insecure", "--lease", "5s", "--lock-delay", "1s"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run swimlock agent");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in ["lock_delay 1s", "lease 5s", "(1 + 5%)", "detection 500ms", "4.75s"] {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
+}
+
+/// A member whose state directory holds a term far above the cluster's
+/// (copied or stale) stops the coordinator's grants, raises the alert in
+/// the status and the metrics, and `swimlock accept-term` resumes them
+/// above that term.
+#[test]
+fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
+    const JUMP: u32 = 200_000;
+    let _serial = serial();
+    let dir = TempDir::new("jump");
+    let coordinator = Agent::start(dir.path(), "jump-1", None, &[]);
+    wait_until(FORM, "the first node to serve", || {
+        coordinator.status().is_some_and(|s| s["table"]["serving"] == serde_json::Value::Bool(true))
+    });
+    let state = dir.path().join("jump-2-state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("term"), format!("{JUMP}\n")).unwrap();
+    let _member =
+        Agent::start(dir.path(), "jump-2", Some(coordinator.udp), &["--state-dir", state.to_str().unwrap()]);
+    wait_until(FORM, "the coordinator to halt on the reported term", || {
+        coordinator.status().and_then(|s| s["halted_on_term"].as_u64()).is_some_and(|t| t >= u64::from(JUMP))
+    });
+    let halted_on = coordinator.status().unwrap()["halted_on_term"].as_u64().unwrap();
+    let text = coordinator.scrape().unwrap();
+    assert_eq!(metric(&text, "swimlock_granting_halted"), Some(1.0));
+    assert!(metric_with(&text, "swimlock_alerts_total", "kind=\"term_jump\"").is_some_and(|n| n >= 1.0));
+    let plain = coordinator.cli(&["status", "--client", &coordinator.client_arg()]);
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("accept-term"));
+
+    let client = coordinator.client_arg();
+    let refused = swimlock(&["lock", "j", "--timeout", "1s", "--client", &client, "--", "true"]);
+    assert_eq!(refused.status.code(), Some(75), "nothing is granted while halted");
+
+    let accepted = swimlock(&["accept-term", &halted_on.to_string(), "--client", &client]);
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("accepted terms up to"));
+    let granted = swimlock(&[
+        "lock",
+        "j",
+        "--timeout",
+        "5s",
+        "--client",
+        &client,
+        "--",
+        "sh",
+        "-c",
+        "echo $SWIMLOCK_TOKEN",
+    ]);
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let token: u64 = String::from_utf8_lossy(&granted.stdout).trim().parse().unwrap();
+    let term = swimlock_wire::Token(token).term();
+    assert!(term > halted_on as u32, "granted under term {term}, not above the accepted {halted_on}");
+    assert_eq!(metric(&coordinator.scrape().unwrap(), "swimlock_granting_halted"), Some(0.0));
+}

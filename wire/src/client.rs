@@ -77,6 +77,14 @@ pub enum Request {
         /// What to do.
         op: KeyringOp,
     },
+    /// The operator accepts coordinator terms up to `term`: a coordinator
+    /// that stopped granting because a member reported a term far above
+    /// the cluster's (an alert, shown in `Status::halted_on_term`) starts a
+    /// round above it. Answered with [`Reply::TermAccepted`].
+    AcceptTerm {
+        /// The highest term accepted.
+        term: u32,
+    },
 }
 
 /// A frame from the node.
@@ -176,6 +184,12 @@ pub enum Reply {
     Authenticated,
     /// The answer to `Keyring`.
     Keyring(Box<KeyringReport>),
+    /// `AcceptTerm` applied on this node.
+    TermAccepted {
+        /// Whether this node's coordinator had stopped on a term (and now
+        /// resumes if `term` covers it).
+        was_halted: bool,
+    },
 }
 
 /// The outcome of a keyring command across the view, as `consul keyring`
@@ -320,6 +334,10 @@ pub struct Status {
     pub table: Option<TableInfo>,
     /// Sealed or insecure, and the key ids.
     pub security: SecurityInfo,
+    /// Set when this node coordinates and has stopped granting on a term
+    /// jump: the term a member reported, which waits for
+    /// `swimlock accept-term`.
+    pub halted_on_term: Option<u32>,
 }
 
 /// Why a client frame was refused.
@@ -426,6 +444,7 @@ mod tests {
             name().prop_map(|name| Request::Unlock { name }),
             Just(Request::Status),
             ".{0,40}".prop_map(|token| Request::Auth { token }),
+            any::<u32>().prop_map(|term| Request::AcceptTerm { term }),
         ];
         (any::<u64>(), request).prop_map(|(id, request)| ClientRequest { id, request })
     }
@@ -465,6 +484,7 @@ mod tests {
                         primary_key: Some(7),
                         keys: vec![7, 9],
                     },
+                    halted_on_term: (view_id % 3 == 0).then_some(view_digest as u32),
                 },
             )
     }
@@ -480,6 +500,7 @@ mod tests {
             status().prop_map(|s| Reply::Status(Box::new(s))),
             ".{0,30}".prop_map(|message| Reply::Error { message }),
             Just(Reply::Authenticated),
+            any::<bool>().prop_map(|was_halted| Reply::TermAccepted { was_halted }),
         ];
         let lost = prop_oneof![Just(LostReason::Duplicate), Just(LostReason::QuorumLost)];
         prop_oneof![

@@ -492,6 +492,12 @@ impl NodeTask {
             }
             // The endpoint checks passwords itself; in-process clients need none.
             Request::Auth { .. } => self.reply(client, id, Reply::Authenticated),
+            Request::AcceptTerm { term } => {
+                let was_halted = self.node.lock_node().halted();
+                warn!(term, ?was_halted, "the operator accepts coordinator terms up to {term}");
+                self.node.accept_term(now, term);
+                self.reply(client, id, Reply::TermAccepted { was_halted: was_halted.is_some() });
+            }
             Request::Keyring { op } => {
                 info!(?op, "keyring command");
                 match self.node.keyring_command(now, op, KEYRING_TIMEOUT) {
@@ -541,7 +547,10 @@ impl NodeTask {
                 self.on_lost(client, name, token, reason)
             }
             NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
-            NodeEvent::Lock(Event::Alert(alert)) => on_alert(alert),
+            NodeEvent::Lock(Event::Alert(alert)) => {
+                self.metrics.record_alert(&alert);
+                on_alert(alert);
+            }
             NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
             NodeEvent::JoinTimedOut => warn!(
                 "no seed answered within the join timeout; forming a group of this node alone \
@@ -705,6 +714,7 @@ impl NodeTask {
                     keys: Vec::new(),
                 },
             },
+            halted_on_term: self.node.lock_node().halted(),
         }
     }
 }
@@ -716,7 +726,8 @@ fn on_alert(alert: swimlock_lock::Alert) {
             term,
             limit,
             "a member reported a coordinator term far above any this cluster reached; granting stopped \
-             until an operator accepts it (a bug, a stale state directory or a forgery)"
+             until an operator accepts it with `swimlock accept-term {term}` (a bug, a stale state \
+             directory or a forgery: check the members' state directories first)"
         ),
         swimlock_lock::Alert::TermsExhausted => {
             error!("coordinator terms are used up: tokens cannot grow any more; granting stopped")

@@ -61,6 +61,11 @@ enum Commands {
     Lock(lock::LockArgs),
     /// Show the local node's view, coordinator and locks.
     Status(status::StatusArgs),
+    /// After a "term jump" alert (metric swimlock_granting_halted = 1): let
+    /// the coordinator grant under terms up to TERM again. Check first that
+    /// the member reporting it was not started on a copied or stale state
+    /// directory; tokens above TERM can then never be issued again.
+    AcceptTerm(status::AcceptTermArgs),
     /// Print a new cluster key (32 random bytes, base64).
     Keygen,
     /// Change the cluster's keys through the local agent, on every member:
@@ -85,6 +90,7 @@ pub fn main() -> ExitCode {
         Commands::Agent(args) => agent(*args),
         Commands::Lock(args) => runtime().block_on(lock::run(args)),
         Commands::Status(args) => runtime().block_on(status::run(args)),
+        Commands::AcceptTerm(args) => runtime().block_on(status::accept_term(args)),
         Commands::Keygen => keyring::keygen(),
         Commands::Keyring(args) => runtime().block_on(keyring::run(args)),
         Commands::Demo(args) => runtime().block_on(demo::run(args)),

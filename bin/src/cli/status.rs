@@ -1,4 +1,4 @@
-//! `swimlock status`.
+//! `swimlock status` and `swimlock accept-term`.
 
 use std::process::ExitCode;
 
@@ -20,6 +20,40 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `swimlock accept-term`.
+#[derive(Args, Debug)]
+pub struct AcceptTermArgs {
+    /// The highest coordinator term to accept: the term the alert named.
+    pub term: u32,
+    /// Client endpoint of the agent whose coordinator stopped (the one
+    /// whose `swimlock status` shows "granting halted").
+    #[arg(long, default_value = DEFAULT_CLIENT, value_name = "ADDR")]
+    pub client: String,
+}
+
+/// Tells the agent the operator accepts terms up to `args.term`.
+pub async fn accept_term(args: AcceptTermArgs) -> ExitCode {
+    let token = std::env::var(crate::agent::CLIENT_TOKEN_ENV).ok();
+    let result = match Client::connect_with_token(&args.client, token.as_deref()).await {
+        Ok(client) => client.accept_term(args.term).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(true) => {
+            println!("accepted terms up to {}; the coordinator starts a round above it", args.term);
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("accepted terms up to {} (this node's coordinator had not stopped)", args.term);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swimlock accept-term: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 /// Asks the agent and prints.
@@ -64,6 +98,7 @@ pub fn to_json(s: &Status) -> serde_json::Value {
         "insecure": s.security.insecure,
         "primary_key": s.security.primary_key.map(|k| format!("{k:08x}")),
         "keys": s.security.keys.iter().map(|k| format!("{k:08x}")).collect::<Vec<_>>(),
+        "halted_on_term": s.halted_on_term,
         "table": s.table.as_ref().map(|t| json!({
             "held": t.held,
             "waiters": t.waiters,
@@ -103,6 +138,13 @@ pub fn to_text(s: &Status) -> String {
         s.members.len()
     );
     let _ = writeln!(out, "coordinator  {coordinator}");
+    if let Some(term) = s.halted_on_term {
+        let _ = writeln!(
+            out,
+            "ALERT        granting halted: a member reported term {term}, far above this cluster's; \
+             see the log, then `swimlock accept-term {term}`"
+        );
+    }
     let _ = writeln!(out, "members (oldest first):");
     let width = s.members.iter().map(|m| m.name.len()).max().unwrap_or(0);
     for m in &s.members {

@@ -334,6 +334,16 @@ impl Client {
         }
     }
 
+    /// Accepts coordinator terms up to `term` on this node (see
+    /// `swimlock accept-term`); `Ok(true)` if its coordinator had stopped
+    /// granting on a term jump.
+    pub async fn accept_term(&self, term: u32) -> Result<bool, ClientError> {
+        match self.request(Request::AcceptTerm { term }, None).await?.0 {
+            Reply::TermAccepted { was_halted } => Ok(was_halted),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn acquire(&self, request: Request, name: LockName) -> Result<LockGuard, ClientError> {
         match self.request(request, Some(name.clone())).await? {
             (Reply::Acquired { token, holds }, Some(lost)) => Ok(LockGuard {

@@ -392,6 +392,14 @@ impl Node {
         self.after_input(now);
     }
 
+    /// The operator accepts coordinator terms up to `term` (see
+    /// [`swimlock_lock::Alert::TermJump`]).
+    pub fn accept_term(&mut self, now: Duration, term: u32) {
+        self.notice_gap(now);
+        self.lock.accept_term(now, term);
+        self.after_input(now);
+    }
+
     /// `lock(name, timeout)` for `client`; the outcome arrives as a
     /// [`NodeEvent::Lock`] carrying the returned id.
     pub fn lock(&mut self, now: Duration, client: ClientId, name: LockName, timeout: Duration) -> ReqId {
