@@ -449,6 +449,7 @@ struct LockFile {
     lease: Option<String>,
     own_lease: Option<String>,
     clock_margin_pct: Option<u32>,
+    max_term_step: Option<u32>,
     retransmit_initial: Option<String>,
     retransmit_max: Option<String>,
     queued_keepalive: Option<String>,
@@ -533,6 +534,9 @@ impl AgentArgs {
         set(&mut l.lease, "lock.lease", self.lease.as_ref().or(lf.lease.as_ref()))?;
         if let Some(pct) = lf.clock_margin_pct {
             l.clock_margin_pct = pct;
+        }
+        if let Some(step) = lf.max_term_step {
+            l.max_term_step = step;
         }
         // By default the own lease fits in the detection time it must beat
         // (shorter than the default where faster detection is configured).
