@@ -131,6 +131,12 @@ fn regression_seeds() {
     // already seen granted (before terms travelled in gossip); 40020 (long
     // waits): a stale coordinator back from a pause granted beside its
     // successor.
+    // 2067 (scripted): a member paused past failure detection came back,
+    // took a view without the coordinator for a departure and granted at
+    // once, trusting the old coordinator's short leases (the simulator did
+    // not tell a scripted node of its gap, as an agent's membership does).
+    let summary = run_seeds([2_067].into_iter(), &base(5), 2);
+    assert_clean(&summary, &base(5));
     let summary = run_seeds([30_207].into_iter(), &gossip(5), 2);
     assert_clean(&summary, &gossip(5));
     let waits = RunConfig { long_waits: true, ..gossip(5) };

@@ -530,6 +530,14 @@ impl World {
                 self.mix(&[8, host as u64]);
                 let inbox = self.hosts[host].paused.take()?;
                 self.trace(|| format!("resume h{host} ({} inputs queued)", inbox.len()));
+                // What the agent's node does from its membership timers: a
+                // gap as long as failure detection means it did not run.
+                let paused_at = self.hosts[host].last_pause.map_or(self.now, |(from, _)| from);
+                if let Some(Engine::Scripted(node)) = self.hosts[host].node.as_mut()
+                    && self.now - paused_at >= node.config().detection_min
+                {
+                    node.note_gap(self.now);
+                }
                 for ev in inbox {
                     self.queue.push(self.now, ev);
                 }
