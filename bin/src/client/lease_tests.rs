@@ -86,6 +86,7 @@ async fn a_grant_is_counted_from_when_the_request_was_sent() {
     let guard = locked(&client, &mut node, MS(300), 1_000).await;
     assert_eq!(Instant::now(), sent + MS(300));
     assert_eq!(guard.safe_until(), (sent + MS(1_000)).into_std());
+    assert_eq!(guard.lease(), Some((sent + MS(1_000), MS(700))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,6 +119,7 @@ async fn answers_move_the_deadline_and_one_question_is_asked_at_a_time() {
         }
     };
     timeout(MS(100), settled).await.expect("the answer moves the deadline");
+    assert_eq!(guard.lease().unwrap().1, MS(1_900), "the lease left when the answer came");
     // The next question a quarter of what was left later.
     let id = node.question("a").await;
     assert_eq!(Instant::now(), granted + MS(600) + MS(1_900) / 4);
@@ -181,6 +183,7 @@ async fn the_nodes_notice_first_then_no_lease_report() {
     })
     .await;
     assert_eq!(guard.lost().await.cause, LostCause::Duplicate);
+    assert_eq!(guard.lease(), None);
     assert!(guard.safe_until() <= std::time::Instant::from(Instant::now()), "no lease left after a loss");
     assert!(timeout(Duration::from_secs(5), guard.lost()).await.is_err(), "reported twice");
     assert!(node.next_within(MS(1)).await.is_none(), "no question about a lost lock");

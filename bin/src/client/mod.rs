@@ -171,6 +171,8 @@ impl fmt::Display for Lost {
 struct LockState {
     /// The end of the lease on this process's clock.
     safe_until: Instant,
+    /// The lease that was left when the answer setting `safe_until` came.
+    left_at_answer: Duration,
     /// Lost, or the node stopping.
     notice: Option<Lost>,
 }
@@ -244,7 +246,7 @@ impl Shared {
     fn granted(&mut self, name: LockName, token: Token, holds: u32, safe_until: Instant) -> Grant {
         let now = Instant::now();
         let left = safe_until.saturating_duration_since(now);
-        let fresh = || watch::channel(LockState { safe_until, notice: None });
+        let fresh = || watch::channel(LockState { safe_until, left_at_answer: left, notice: None });
         let next_query = now + left / 4;
         match self.held.get_mut(&name) {
             Some(held) if holds > 1 && held.token == token && !held.expired => {
@@ -252,6 +254,7 @@ impl Shared {
                 held.state.send_if_modified(|s| {
                     if safe_until > s.safe_until {
                         s.safe_until = safe_until;
+                        s.left_at_answer = left;
                     }
                     false
                 });
@@ -296,6 +299,7 @@ impl Shared {
                 held.state.send_if_modified(|s| {
                     if until > s.safe_until {
                         s.safe_until = until;
+                        s.left_at_answer = until.saturating_duration_since(now);
                     }
                     latest = s.safe_until;
                     false
@@ -880,6 +884,16 @@ impl LockGuard {
     /// [`LostCause::LeaseExpired`] when it passes without a fresher answer.
     pub fn safe_until(&self) -> std::time::Instant {
         self.state.borrow().safe_until.into_std()
+    }
+
+    /// [`LockGuard::safe_until`], and the lease that was left when the
+    /// answer that set it arrived; `None` once the lock is known lost (read
+    /// together, so a deadline cut short by a loss is never taken for a
+    /// renewal).
+    pub(crate) fn lease(&self) -> Option<(Instant, Duration)> {
+        let state = self.state.borrow();
+        let lost = state.notice.as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }));
+        (!lost).then_some((state.safe_until, state.left_at_answer))
     }
 
     /// Completes with the next notice about the lock: lost (duplicate after
