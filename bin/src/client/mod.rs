@@ -293,7 +293,7 @@ impl Shared {
         match reply {
             Reply::Lease { lease_ms: Some(ms) } => {
                 let now = Instant::now();
-                let until = sent + Duration::from_millis(ms);
+                let until = deadline(sent, ms);
                 let mut latest = until;
                 // Each answer is a lower bound of the node's deadline: keep the latest.
                 held.state.send_if_modified(|s| {
@@ -318,8 +318,9 @@ impl Shared {
         }
     }
 
-    /// Lets go of one hold of `name` in hold epoch `generation`: whether the
-    /// node must be told (it still holds it as far as this client knows).
+    /// Lets go of one hold of `name` in hold epoch `generation`. `Ok` when
+    /// the node must be told (it still holds it as far as this client
+    /// knows).
     fn release_hold(&mut self, name: &LockName, generation: u64) -> Result<(), ClientError> {
         if self.closed {
             return Err(ClientError::Closed);
@@ -333,6 +334,12 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The end of a lease of `ms` counted from `sent`; one that does not fit
+/// the clock counts as none.
+fn deadline(sent: Instant, ms: u64) -> Instant {
+    sent.checked_add(Duration::from_millis(ms)).unwrap_or(sent)
 }
 
 /// Announces `lost` to the guards of `held`. The lease ends with the loss.
@@ -666,7 +673,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
                 // so a loss that follows at once is never missed.
                 let grant = match (&reply, lock) {
                     (&Reply::AcquiredWithLease { token, holds, lease_ms }, Some((name, sent))) => {
-                        Some(shared.granted(name, token, holds, sent + Duration::from_millis(lease_ms)))
+                        Some(shared.granted(name, token, holds, deadline(sent, lease_ms)))
                     }
                     _ => None,
                 };
