@@ -225,3 +225,38 @@ async fn the_lease_task_does_not_keep_a_dropped_client_connected() {
     let closed = timeout(Duration::from_secs(1), node.next()).await.expect("the connection closes");
     assert!(closed.is_none(), "{closed:?}");
 }
+
+/// The lease task wakes about once per quarter lease however often the
+/// client locks and unlocks (with nothing held, it stays armed until the
+/// deadline it had rather than going idle and being woken by the next
+/// grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locking_in_a_loop_does_not_wake_the_lease_task_per_grant() {
+    let (client, mut node) = connected();
+    let serve = tokio::spawn(async move {
+        let mut token = 0;
+        while let Some(request) = node.next().await {
+            let reply = match request.request {
+                Request::LockWithLease { .. } => {
+                    token += 1;
+                    Reply::AcquiredWithLease { token: Token(token), holds: 1, lease_ms: 400 }
+                }
+                Request::Unlock { .. } => Reply::Unlocked,
+                Request::Lease { .. } => Reply::Lease { lease_ms: Some(400) },
+                other => panic!("{other:?}"),
+            };
+            node.reply(request.id, reply).await;
+        }
+    });
+    let started = Instant::now();
+    for _ in 0..2_000 {
+        drop(client.lock("a", Duration::from_secs(1)).await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let rounds = client.inner.shared.lock().unwrap().lease_rounds;
+    // A question is due 100 ms after each grant: a few rounds per 100 ms.
+    let bound = 3 * (elapsed.as_millis() as u64 / 100 + 1);
+    eprintln!("2,000 grants in {elapsed:?}: {rounds} rounds of the lease task (bound {bound})");
+    assert!(rounds <= bound, "{rounds} rounds of the lease task for 2,000 grants in {elapsed:?}");
+    serve.abort();
+}
