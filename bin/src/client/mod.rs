@@ -171,8 +171,9 @@ impl fmt::Display for Lost {
 struct LockState {
     /// The end of the lease on this process's clock.
     safe_until: Instant,
-    /// The lease that was left when the answer setting `safe_until` came.
-    left_at_answer: Duration,
+    /// The lease the answer that set `safe_until` carried: what was left
+    /// when the node took the request.
+    lease: Duration,
     /// Lost, or the node stopping.
     notice: Option<Lost>,
 }
@@ -244,20 +245,27 @@ impl Shared {
         }
     }
 
-    /// A grant of `name` safe until `safe_until`: a new hold epoch, or one
-    /// more hold of the current one.
-    fn granted(&mut self, name: LockName, token: Token, holds: u32, safe_until: Instant) -> Grant {
-        let now = Instant::now();
-        let left = safe_until.saturating_duration_since(now);
-        let fresh = || watch::channel(LockState { safe_until, left_at_answer: left, notice: None });
-        let next_query = now + left / 4;
+    /// A grant of `name` with `lease_ms` for a request sent at `sent`: a new
+    /// hold epoch, or one more hold of the current one. Reads no clock: the
+    /// grant is on the lock's hot path.
+    fn granted(
+        &mut self,
+        name: LockName,
+        (token, holds): (Token, u32),
+        sent: Instant,
+        lease_ms: u64,
+    ) -> Grant {
+        let safe_until = deadline(sent, lease_ms);
+        let lease = safe_until - sent;
+        let fresh = || watch::channel(LockState { safe_until, lease, notice: None });
+        let next_query = sent + lease / 4;
         match self.held.get_mut(&name) {
             Some(held) if holds > 1 && held.token == token && !held.expired => {
                 held.holds = holds;
                 held.state.send_if_modified(|s| {
                     if safe_until > s.safe_until {
                         s.safe_until = safe_until;
-                        s.left_at_answer = left;
+                        s.lease = lease;
                     }
                     false
                 });
@@ -295,19 +303,19 @@ impl Shared {
         }
         match reply {
             Reply::Lease { lease_ms: Some(ms) } => {
-                let now = Instant::now();
                 let until = deadline(sent, ms);
                 let mut latest = until;
                 // Each answer is a lower bound of the node's deadline: keep the latest.
                 held.state.send_if_modified(|s| {
                     if until > s.safe_until {
                         s.safe_until = until;
-                        s.left_at_answer = until.saturating_duration_since(now);
+                        s.lease = until - sent;
                     }
                     latest = s.safe_until;
                     false
                 });
-                held.next_query = now + latest.saturating_duration_since(now) / 4;
+                // Past already if the answer was slow: then ask again at once.
+                held.next_query = sent + latest.saturating_duration_since(sent) / 4;
                 let next = held.next_query;
                 self.wake_leases_by(next);
             }
@@ -557,8 +565,7 @@ impl Client {
 
     /// Releases one hold of `name` in hold epoch `generation`.
     async fn unlock(&self, name: &LockName, generation: u64) -> Result<(), ClientError> {
-        self.release_hold(name, generation)?;
-        match self.request(Request::Unlock { name: name.clone() }, None).await?.0 {
+        match self.ask(Request::Unlock { name: name.clone() }, Ask::Release(name, generation)).await?.0 {
             Reply::Unlocked => Ok(()),
             Reply::NotHeld => Err(ClientError::NotHeld),
             other => Err(unexpected(other)),
@@ -587,6 +594,12 @@ impl Client {
         request: Request,
         lock: Option<LockName>,
     ) -> Result<(Reply, Option<Grant>), ClientError> {
+        self.ask(request, lock.map_or(Ask::Plain, Ask::Lock)).await
+    }
+
+    /// [`Client::request`], with what `ask` says done in the same hold of
+    /// the shared state.
+    async fn ask(&self, request: Request, ask: Ask<'_>) -> Result<(Reply, Option<Grant>), ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -594,8 +607,15 @@ impl Client {
             if shared.closed {
                 return Err(ClientError::Closed);
             }
-            // Taken before the request can reach the node.
-            let lock = lock.map(|name| (name, Instant::now()));
+            let lock = match ask {
+                Ask::Plain => None,
+                // Taken before the request can reach the node.
+                Ask::Lock(name) => Some((name, Instant::now())),
+                Ask::Release(name, generation) => {
+                    shared.release_hold(name, generation)?;
+                    None
+                }
+            };
             shared.waiting.insert(id, Waiter::Call { lock, tx });
         }
         if let Err(e) = self.inner.send(ClientRequest { id, request }) {
@@ -608,6 +628,15 @@ impl Client {
             Err(_) => Err(ClientError::Closed),
         }
     }
+}
+
+/// What a request does to the client's own state as it is sent.
+enum Ask<'a> {
+    Plain,
+    /// A lock request: stamped with its send time.
+    Lock(LockName),
+    /// An unlock: one hold of this hold epoch released.
+    Release(&'a LockName, u64),
 }
 
 /// An open connection to a node's client endpoint that is not yet a
@@ -676,7 +705,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
                 // so a loss that follows at once is never missed.
                 let grant = match (&reply, lock) {
                     (&Reply::AcquiredWithLease { token, holds, lease_ms }, Some((name, sent))) => {
-                        Some(shared.granted(name, token, holds, deadline(sent, lease_ms)))
+                        Some(shared.granted(name, (token, holds), sent, lease_ms))
                     }
                     _ => None,
                 };
@@ -904,14 +933,13 @@ impl LockGuard {
         self.state.borrow().safe_until.into_std()
     }
 
-    /// [`LockGuard::safe_until`], and the lease that was left when the
-    /// answer that set it arrived; `None` once the lock is known lost (read
-    /// together, so a deadline cut short by a loss is never taken for a
-    /// renewal).
+    /// [`LockGuard::safe_until`], and the lease left that the answer which
+    /// set it reported; `None` once the lock is known lost (read together,
+    /// so a deadline cut short by a loss is never taken for a renewal).
     pub(crate) fn lease(&self) -> Option<(Instant, Duration)> {
         let state = self.state.borrow();
         let lost = state.notice.as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }));
-        (!lost).then_some((state.safe_until, state.left_at_answer))
+        (!lost).then_some((state.safe_until, state.lease))
     }
 
     /// Completes with the next notice about the lock: lost (duplicate after
