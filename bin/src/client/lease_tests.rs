@@ -86,7 +86,7 @@ async fn a_grant_is_counted_from_when_the_request_was_sent() {
     let guard = locked(&client, &mut node, MS(300), 1_000).await;
     assert_eq!(Instant::now(), sent + MS(300));
     assert_eq!(guard.safe_until(), (sent + MS(1_000)).into_std());
-    assert_eq!(guard.lease(), Some((sent + MS(1_000), MS(1_000))));
+    assert_eq!(guard.lease(), Some((sent + MS(1_000), MS(700))), "700 ms left when the grant came");
 }
 
 #[tokio::test(start_paused = true)]
@@ -98,6 +98,8 @@ async fn a_grant_that_waited_counts_the_wait() {
     let guard = locked(&client, &mut node, Duration::from_secs(5), 7_000).await;
     assert_eq!(guard.safe_until(), (sent + Duration::from_secs(7)).into_std());
     assert_eq!(guard.safe_until() - std::time::Instant::from(Instant::now()), Duration::from_secs(2));
+    // What the wrapper's grace is a quarter of: the lease left, not the wait.
+    assert_eq!(guard.lease().unwrap().1, Duration::from_secs(2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -119,10 +121,10 @@ async fn answers_move_the_deadline_and_one_question_is_asked_at_a_time() {
         }
     };
     timeout(MS(100), settled).await.expect("the answer moves the deadline");
-    assert_eq!(guard.lease().unwrap().1, MS(2_000), "the lease the answer reported");
-    // The next question a quarter of that after the previous one.
+    assert_eq!(guard.lease().unwrap().1, MS(1_900), "the lease left when the answer came");
+    // The next question a quarter of what was left later.
     let id = node.question("a").await;
-    assert_eq!(Instant::now(), asked + MS(500));
+    assert_eq!(Instant::now(), granted + MS(600) + MS(1_900) / 4);
     // Left unanswered for 1 s: no second question meanwhile.
     assert!(node.next_within(Duration::from_secs(1)).await.is_none(), "a second question in flight");
     node.reply(id, Reply::Lease { lease_ms: Some(2_000) }).await;

@@ -171,9 +171,9 @@ impl fmt::Display for Lost {
 struct LockState {
     /// The end of the lease on this process's clock.
     safe_until: Instant,
-    /// The lease the answer that set `safe_until` carried: what was left
-    /// when the node took the request.
-    lease: Duration,
+    /// The lease that was left when the answer setting `safe_until` came
+    /// (for a grant that waited, the wait is not part of it).
+    left_at_answer: Duration,
     /// Lost, or the node stopping.
     notice: Option<Lost>,
 }
@@ -246,8 +246,7 @@ impl Shared {
     }
 
     /// A grant of `name` with `lease_ms` for a request sent at `sent`: a new
-    /// hold epoch, or one more hold of the current one. Reads no clock: the
-    /// grant is on the lock's hot path.
+    /// hold epoch, or one more hold of the current one.
     fn granted(
         &mut self,
         name: LockName,
@@ -256,16 +255,18 @@ impl Shared {
         lease_ms: u64,
     ) -> Grant {
         let safe_until = deadline(sent, lease_ms);
-        let lease = safe_until - sent;
-        let fresh = || watch::channel(LockState { safe_until, lease, notice: None });
-        let next_query = sent + lease / 4;
+        // Not from `sent`: a request that waited carries its wait in the lease.
+        let now = Instant::now();
+        let left = safe_until.saturating_duration_since(now);
+        let fresh = || watch::channel(LockState { safe_until, left_at_answer: left, notice: None });
+        let next_query = now + left / 4;
         match self.held.get_mut(&name) {
             Some(held) if holds > 1 && held.token == token && !held.expired => {
                 held.holds = holds;
                 held.state.send_if_modified(|s| {
                     if safe_until > s.safe_until {
                         s.safe_until = safe_until;
-                        s.lease = lease;
+                        s.left_at_answer = left;
                     }
                     false
                 });
@@ -303,19 +304,19 @@ impl Shared {
         }
         match reply {
             Reply::Lease { lease_ms: Some(ms) } => {
+                let now = Instant::now();
                 let until = deadline(sent, ms);
                 let mut latest = until;
                 // Each answer is a lower bound of the node's deadline: keep the latest.
                 held.state.send_if_modified(|s| {
                     if until > s.safe_until {
                         s.safe_until = until;
-                        s.lease = until - sent;
+                        s.left_at_answer = until.saturating_duration_since(now);
                     }
                     latest = s.safe_until;
                     false
                 });
-                // Past already if the answer was slow: then ask again at once.
-                held.next_query = sent + latest.saturating_duration_since(sent) / 4;
+                held.next_query = now + latest.saturating_duration_since(now) / 4;
                 let next = held.next_query;
                 self.wake_leases_by(next);
             }
@@ -933,13 +934,14 @@ impl LockGuard {
         self.state.borrow().safe_until.into_std()
     }
 
-    /// [`LockGuard::safe_until`], and the lease left that the answer which
-    /// set it reported; `None` once the lock is known lost (read together,
-    /// so a deadline cut short by a loss is never taken for a renewal).
+    /// [`LockGuard::safe_until`], and the lease that was left when the
+    /// answer that set it arrived; `None` once the lock is known lost (read
+    /// together, so a deadline cut short by a loss is never taken for a
+    /// renewal).
     pub(crate) fn lease(&self) -> Option<(Instant, Duration)> {
         let state = self.state.borrow();
         let lost = state.notice.as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }));
-        (!lost).then_some((state.safe_until, state.lease))
+        (!lost).then_some((state.safe_until, state.left_at_answer))
     }
 
     /// Completes with the next notice about the lock: lost (duplicate after
