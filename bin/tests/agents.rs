@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use swimlock::client::Client;
+use swimlock_wire::client;
 use swimlock_wire::frame::{ClusterId, ENVELOPE_LEN, Kind, encode_gossip, encode_lock};
 use swimlock_wire::lock::{LockFrame, LockMsg, UnlockRsp};
 use swimlock_wire::{NodeId, ReqId};
@@ -435,4 +436,88 @@ fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
     let term = swimlock_wire::Token(token).term();
     assert!(term > halted_on as u32, "granted under term {term}, not above the accepted {halted_on}");
     assert_eq!(metric(&coordinator.scrape().unwrap(), "swimlock_granting_halted"), Some(0.0));
+}
+
+/// One request over a raw client connection; its reply, skipping pushed
+/// messages.
+fn call(stream: &mut std::net::TcpStream, id: u64, request: client::Request) -> client::Reply {
+    use std::io::{Read, Write};
+    let frame = client::encode(&client::ClientRequest { id, request }).unwrap();
+    stream.write_all(&frame).unwrap();
+    loop {
+        let mut prefix = [0u8; client::PREFIX_LEN];
+        stream.read_exact(&mut prefix).unwrap();
+        let mut body = vec![0u8; client::body_len(prefix).unwrap()];
+        stream.read_exact(&mut body).unwrap();
+        if let client::ServerMessage::Reply { id: got, reply } = client::decode(&body).unwrap()
+            && got == id
+        {
+            return reply;
+        }
+    }
+}
+
+/// The lease on the client protocol, spoken raw: a `LockWithLease` grant
+/// carries the lease left (2 s on a member, 400 ms for the coordinator's
+/// own clients, counted from when the agent took the request), `Lease`
+/// reports it as the agent renews it, and `None` for a lock the connection
+/// does not hold; the earlier `Lock` still answers a plain `Acquired`.
+#[test]
+fn the_lease_is_served_on_the_client_protocol() {
+    use client::{FailReason, Reply, Request};
+    let _serial = serial();
+    let cluster = Cluster::start("lease", 2, &[]);
+    cluster.wait_formed(&[0, 1], FORM);
+    let connect = |i: usize| {
+        let s = std::net::TcpStream::connect(cluster.agents[i].client).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let name = |n: &str| swimlock_wire::LockName::new(n).unwrap();
+    let (mut member, mut own, mut other) = (connect(1), connect(0), connect(1));
+
+    let granted = call(&mut member, 1, Request::LockWithLease { name: name("raw"), timeout_ms: 5_000 });
+    let Reply::AcquiredWithLease { token, holds: 1, lease_ms } = granted else { panic!("{granted:?}") };
+    eprintln!("member's grant: token {token}, lease {lease_ms} ms");
+    assert!((1_500..=2_000).contains(&lease_ms), "lease {lease_ms} ms");
+    let again = call(&mut member, 2, Request::Lock { name: name("raw"), timeout_ms: 5_000 });
+    assert_eq!(again, Reply::Acquired { token, holds: 2 }, "the earlier request, the earlier answer");
+    let busy = call(&mut other, 3, Request::TryLockWithLease { name: name("raw") });
+    assert_eq!(busy, Reply::Failed { reason: FailReason::Busy });
+    assert_eq!(call(&mut other, 4, Request::Lease { name: name("raw") }), Reply::Lease { lease_ms: None });
+
+    let own_grant = call(&mut own, 5, Request::TryLockWithLease { name: name("own") });
+    let Reply::AcquiredWithLease { lease_ms: own_ms, .. } = own_grant else { panic!("{own_grant:?}") };
+    eprintln!("coordinator's own client's grant: lease {own_ms} ms");
+    assert!((200..=400).contains(&own_ms), "own lease {own_ms} ms");
+
+    // Held for 3 s, longer than either lease: the agents renew, and every
+    // answer shows it.
+    let until = Instant::now() + Duration::from_secs(3);
+    let (mut least, mut least_own, mut asked) = (u64::MAX, u64::MAX, 0);
+    while Instant::now() < until {
+        let Reply::Lease { lease_ms: Some(ms) } =
+            call(&mut member, 10 + asked, Request::Lease { name: name("raw") })
+        else {
+            panic!("the member's lease is gone");
+        };
+        let Reply::Lease { lease_ms: Some(own_ms) } =
+            call(&mut own, 10 + asked, Request::Lease { name: name("own") })
+        else {
+            panic!("the own lease is gone");
+        };
+        assert!(ms <= 2_000 && own_ms <= 400, "{ms} ms, {own_ms} ms");
+        (least, least_own, asked) = (least.min(ms), least_own.min(own_ms), asked + 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{asked} lease questions in 3 s: least lease left {least} ms (member), {least_own} ms (own)");
+    assert!(least >= 1_000 && least_own >= 100, "renewals fell behind: {least} ms, {least_own} ms");
+    let released = call(&mut member, 100, Request::Unlock { name: name("raw") });
+    assert_eq!(released, Reply::Unlocked);
+    assert!(matches!(
+        call(&mut member, 101, Request::Lease { name: name("raw") }),
+        Reply::Lease { lease_ms: Some(_) }
+    ));
+    assert_eq!(call(&mut member, 102, Request::Unlock { name: name("raw") }), Reply::Unlocked);
+    assert_eq!(call(&mut member, 103, Request::Lease { name: name("raw") }), Reply::Lease { lease_ms: None });
 }

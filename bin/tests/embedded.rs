@@ -174,3 +174,28 @@ async fn an_embedded_node_needs_a_key_or_an_explicit_insecure() {
     assert!(!format!("{status:?}").contains(&key().to_base64()));
     node.shutdown().await;
 }
+
+/// An in-process client counts its leases down like a remote one: a grant
+/// carries the lease (400 ms for a client of the coordinator's own node),
+/// and the client's questions keep it ahead while the node runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_clients_keep_their_leases() {
+    let port = free_port();
+    let node = agent::spawn(config(port, port)).unwrap();
+    let client = node.client().await.unwrap();
+    wait_members(&client, 1).await;
+    let guard = client.lock("embedded/lease", Duration::from_secs(5)).await.unwrap();
+    let first = guard.safe_until();
+    let left = first.saturating_duration_since(Instant::now());
+    assert!(left > Duration::ZERO && left <= Duration::from_millis(400), "lease left {left:?}");
+    // Three times the lease: held only if the client's questions renew it.
+    let until = Instant::now() + Duration::from_millis(1_200);
+    while Instant::now() < until {
+        assert!(!guard.is_lost(), "lost while the node runs");
+        assert!(guard.safe_until() > Instant::now(), "the lease ran out while the node runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(guard.safe_until() > first + Duration::from_millis(800), "safe_until did not move");
+    guard.unlock().await.unwrap();
+    node.shutdown().await;
+}

@@ -11,6 +11,18 @@
 //! answered when it is decided (granted, refused or timed out), so replies
 //! may come in another order than the requests. [`ServerMessage::Lost`] is
 //! pushed, unasked, when a lock the connection held is lost.
+//!
+//! Leases: a lock is safe to use only until its lease ends, and a node
+//! renews its clients' leases with the coordinator. A node that is paused or
+//! cut off can tell its clients nothing, so a client that must stop in time
+//! counts down itself: it takes its locks with `LockWithLease` (or
+//! `TryLockWithLease`), whose grant carries the lease left, and asks
+//! `Lease` again before that runs out. Each answer counts the lease from
+//! when the node took the request, so the client's deadline, its own send
+//! time plus the lease, is never later than the node's.
+//!
+//! Variants are only ever added at the end of these enums: postcard encodes
+//! a variant by its index, and older clients keep working.
 
 use std::net::SocketAddr;
 
@@ -76,6 +88,27 @@ pub enum Request {
     Keyring {
         /// What to do.
         op: KeyringOp,
+    },
+    /// `Lock`, answered on a grant with [`Reply::AcquiredWithLease`], which
+    /// carries the lease (failures as for `Lock`).
+    LockWithLease {
+        /// The lock.
+        name: LockName,
+        /// How long to wait, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// `TryLock`, answered on a grant with [`Reply::AcquiredWithLease`].
+    TryLockWithLease {
+        /// The lock.
+        name: LockName,
+    },
+    /// How much of this connection's lease of `name` is left: answered with
+    /// [`Reply::Lease`]. The node renews leases on its own; asking again
+    /// (every quarter of the lease left, say) tells a client whether its
+    /// node still does.
+    Lease {
+        /// The lock.
+        name: LockName,
     },
     /// The operator accepts coordinator terms up to `term`: a coordinator
     /// that stopped granting because a member reported a term far above
@@ -184,6 +217,27 @@ pub enum Reply {
     Authenticated,
     /// The answer to `Keyring`.
     Keyring(Box<KeyringReport>),
+    /// `LockWithLease`/`TryLockWithLease` succeeded.
+    AcquiredWithLease {
+        /// The fencing token (the same on re-entry).
+        token: Token,
+        /// How many times this connection now holds the lock.
+        holds: u32,
+        /// The lease left, in milliseconds (floored), counted from when the
+        /// node took the request: for a request that waited, the wait is
+        /// included. A client that adds it to the moment it *sent* the
+        /// request gets a deadline no later than the node's own, whatever
+        /// the delays on the way; the lock is safe to use until then unless
+        /// a later answer moves it.
+        lease_ms: u64,
+    },
+    /// The answer to `Lease`.
+    Lease {
+        /// The lease left, in milliseconds (floored), counted from when the
+        /// node took the request (see [`Reply::AcquiredWithLease`]); `None`
+        /// if this connection does not hold the lock.
+        lease_ms: Option<u64>,
+    },
     /// `AcceptTerm` applied on this node.
     TermAccepted {
         /// Whether this node's coordinator had stopped on a term (and now
@@ -444,6 +498,9 @@ mod tests {
             name().prop_map(|name| Request::Unlock { name }),
             Just(Request::Status),
             ".{0,40}".prop_map(|token| Request::Auth { token }),
+            (name(), any::<u64>()).prop_map(|(name, timeout_ms)| Request::LockWithLease { name, timeout_ms }),
+            name().prop_map(|name| Request::TryLockWithLease { name }),
+            name().prop_map(|name| Request::Lease { name }),
             any::<u32>().prop_map(|term| Request::AcceptTerm { term }),
         ];
         (any::<u64>(), request).prop_map(|(id, request)| ClientRequest { id, request })
@@ -500,9 +557,17 @@ mod tests {
             status().prop_map(|s| Reply::Status(Box::new(s))),
             ".{0,30}".prop_map(|message| Reply::Error { message }),
             Just(Reply::Authenticated),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(t, holds, lease_ms)| {
+                Reply::AcquiredWithLease { token: Token(t), holds, lease_ms }
+            }),
+            prop::option::of(any::<u64>()).prop_map(|lease_ms| Reply::Lease { lease_ms }),
             any::<bool>().prop_map(|was_halted| Reply::TermAccepted { was_halted }),
         ];
-        let lost = prop_oneof![Just(LostReason::Duplicate), Just(LostReason::QuorumLost)];
+        let lost = prop_oneof![
+            Just(LostReason::Duplicate),
+            Just(LostReason::QuorumLost),
+            Just(LostReason::LeaseExpired)
+        ];
         prop_oneof![
             (any::<u64>(), reply).prop_map(|(id, reply)| ServerMessage::Reply { id, reply }),
             (name(), any::<u64>(), lost).prop_map(|(name, t, reason)| ServerMessage::Lost {
@@ -554,6 +619,47 @@ mod tests {
             let _ = decode_frame::<ClientRequest>(&bytes);
             let _ = decode_frame::<ServerMessage>(&bytes);
         }
+    }
+
+    /// Bytes of the frames every client so far sends and reads: variants
+    /// added since must leave them as they were.
+    #[test]
+    fn earlier_encodings_stay_as_they_were() {
+        let lock = ClientRequest {
+            id: 300,
+            request: Request::Lock { name: LockName::new("ab").unwrap(), timeout_ms: 1_000 },
+        };
+        // id 300 (varint ac 02), variant 0, name "ab", timeout 1000 (e8 07).
+        assert_eq!(encode(&lock).unwrap(), [8, 0, 0, 0, 0xac, 0x02, 0, 2, b'a', b'b', 0xe8, 0x07]);
+        let try_lock =
+            ClientRequest { id: 1, request: Request::TryLock { name: LockName::new("a").unwrap() } };
+        assert_eq!(encode(&try_lock).unwrap(), [4, 0, 0, 0, 1, 1, 1, b'a']);
+        let unlock = ClientRequest { id: 1, request: Request::Unlock { name: LockName::new("a").unwrap() } };
+        assert_eq!(encode(&unlock).unwrap(), [4, 0, 0, 0, 1, 2, 1, b'a']);
+        let acquired = ServerMessage::Reply { id: 300, reply: Reply::Acquired { token: Token(5), holds: 1 } };
+        // Reply (0), id, Acquired (0), token 5, holds 1.
+        assert_eq!(encode(&acquired).unwrap(), [6, 0, 0, 0, 0, 0xac, 0x02, 0, 5, 1]);
+        let lost = ServerMessage::Lost {
+            name: LockName::new("a").unwrap(),
+            token: Token(5),
+            reason: LostReason::LeaseExpired,
+        };
+        assert_eq!(encode(&lost).unwrap(), [5, 0, 0, 0, 1, 1, b'a', 5, 2]);
+        // The lease variants come after every earlier one.
+        let with_lease = ClientRequest {
+            id: 1,
+            request: Request::LockWithLease { name: LockName::new("a").unwrap(), timeout_ms: 1 },
+        };
+        assert_eq!(encode(&with_lease).unwrap(), [5, 0, 0, 0, 1, 6, 1, b'a', 1]);
+        let lease = ClientRequest { id: 1, request: Request::Lease { name: LockName::new("a").unwrap() } };
+        assert_eq!(encode(&lease).unwrap(), [4, 0, 0, 0, 1, 8, 1, b'a']);
+        let granted = ServerMessage::Reply {
+            id: 1,
+            reply: Reply::AcquiredWithLease { token: Token(5), holds: 1, lease_ms: 2_000 },
+        };
+        assert_eq!(encode(&granted).unwrap(), [7, 0, 0, 0, 0, 1, 8, 5, 1, 0xd0, 0x0f]);
+        let none = ServerMessage::Reply { id: 1, reply: Reply::Lease { lease_ms: None } };
+        assert_eq!(encode(&none).unwrap(), [4, 0, 0, 0, 0, 1, 9, 0]);
     }
 
     #[test]

@@ -67,6 +67,11 @@ struct PendingOp {
     client: ClientId,
     id: u64,
     started: Instant,
+    /// When the task took the request, on the node's clock: a grant's lease
+    /// is counted from here (see [`Reply::AcquiredWithLease`]).
+    received: Duration,
+    /// Whether the grant is answered with its lease.
+    with_lease: bool,
 }
 
 pub(crate) struct NodeTask {
@@ -463,21 +468,42 @@ impl NodeTask {
         }
         let id = request.id;
         if self.stopping.is_some()
-            && matches!(request.request, Request::Lock { .. } | Request::TryLock { .. })
+            && matches!(
+                request.request,
+                Request::Lock { .. }
+                    | Request::TryLock { .. }
+                    | Request::LockWithLease { .. }
+                    | Request::TryLockWithLease { .. }
+            )
         {
             let message = "the agent is stopping".to_string();
             self.reply(client, id, Reply::Error { message });
             return;
         }
+        let op = |with_lease| PendingOp { client, id, started: Instant::now(), received: now, with_lease };
         match request.request {
             Request::Lock { name, timeout_ms } => {
                 let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
                 let req = self.node.lock(now, client, name, timeout);
-                self.ops.insert(req, PendingOp { client, id, started: Instant::now() });
+                self.ops.insert(req, op(false));
             }
             Request::TryLock { name } => {
                 let req = self.node.try_lock(now, client, name);
-                self.ops.insert(req, PendingOp { client, id, started: Instant::now() });
+                self.ops.insert(req, op(false));
+            }
+            Request::LockWithLease { name, timeout_ms } => {
+                let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
+                let req = self.node.lock(now, client, name, timeout);
+                self.ops.insert(req, op(true));
+            }
+            Request::TryLockWithLease { name } => {
+                let req = self.node.try_lock(now, client, name);
+                self.ops.insert(req, op(true));
+            }
+            Request::Lease { name } => {
+                let lease = self.node.lock_node().safe_until(client, &name);
+                let lease_ms = lease.map(|until| lease_ms(until, now));
+                self.reply(client, id, Reply::Lease { lease_ms });
             }
             Request::Unlock { name } => {
                 let reply = match self.node.unlock(now, client, &name) {
@@ -520,11 +546,16 @@ impl NodeTask {
     fn on_event(&mut self, event: NodeEvent) {
         match event {
             NodeEvent::View { view, merge } => self.on_view(&view, merge),
-            NodeEvent::Lock(Event::Acquired { req, client, name, token, holds, .. }) => {
+            NodeEvent::Lock(Event::Acquired { req, client, name, token, holds, safe_until }) => {
                 debug!(client = client.0, lock = %name, %token, holds, "lock acquired");
                 if let Some(op) = self.ops.remove(&req) {
                     self.metrics.record_acquire_latency(op.started.elapsed());
-                    self.reply(op.client, op.id, Reply::Acquired { token, holds });
+                    let reply = if op.with_lease {
+                        Reply::AcquiredWithLease { token, holds, lease_ms: lease_ms(safe_until, op.received) }
+                    } else {
+                        Reply::Acquired { token, holds }
+                    };
+                    self.reply(op.client, op.id, reply);
                     // Granted while stopping (asked before): let go of it too.
                     if let Some(stopping) = &self.stopping {
                         let left = stopping.deadline.saturating_duration_since(Instant::now());
@@ -737,6 +768,13 @@ fn on_alert(alert: swimlock_lock::Alert) {
             "a member's reconciliation answer is over the size limits and was refused; its locks are unknown"
         ),
     }
+}
+
+/// The lease left at `from` of a lock safe until `until` (both on the
+/// node's clock), in whole milliseconds, rounded down so that a client that
+/// counts it from an earlier moment never outlasts the node.
+fn lease_ms(until: Duration, from: Duration) -> u64 {
+    u64::try_from(until.saturating_sub(from).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Sleeps until `deadline`, or for ever without one.

@@ -5,8 +5,19 @@
 //! wrapper cannot leave the command running once the lock is released (see
 //! [`super::guardian`]). Then it waits for the first of: the command exits
 //! (release, exit with its code), the lock is lost (stop the group, exit
-//! 76), the agent is stopping (stop the group, release, exit 79), or a stop
-//! signal (pass SIGTERM on to the group, keep the lock until it exits).
+//! 76), the lease runs out (the same), the agent is stopping (stop the
+//! group, release, exit 79), or a stop signal (pass SIGTERM on to the group,
+//! keep the lock until it exits).
+//!
+//! The lease: a paused or cut-off agent can tell the wrapper nothing, so the
+//! wrapper counts down itself. The grant carries the lease left, and the
+//! client asks the agent again every quarter of what is left; each answer
+//! moves the deadline `safe_until` (never later than the agent's own). If
+//! none moves it in time, the command's group gets SIGTERM at
+//! `safe_until - g` and SIGKILL at `safe_until`, with `g` the smaller of
+//! `--kill-grace` and a quarter of the lease left at the latest answer; the
+//! wrapper exits 76. Whatever else stops the command, SIGKILL comes by
+//! `safe_until` at the latest.
 
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -26,6 +37,8 @@ use crate::client::{ClientError, Connection, LockGuard, Lost, LostCause};
 
 /// Longest wait when no --timeout is given (the agent caps waits too).
 const FOREVER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `--kill-grace` when none is given.
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often a stopping group is checked (and SIGKILL repeated, once due).
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
@@ -43,9 +56,11 @@ pub struct LockArgs {
     pub client: String,
     /// When the lock is lost or the agent stops, how long the command's
     /// process group has between SIGTERM and SIGKILL (shortened to fit in
-    /// the agent's stop grace).
-    #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
-    pub kill_grace: Duration,
+    /// the agent's stop grace, and in the lease: SIGKILL comes when the
+    /// lease runs out at the latest, SIGTERM at most a quarter of the lease
+    /// before) [default: 5s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub kill_grace: Option<Duration>,
     /// The command to run while holding the lock, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -118,53 +133,119 @@ pub async fn run(args: LockArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let code = supervise(child, guard, guardian.group(), args.kill_grace).await;
+    let grace = KillGrace {
+        grace: args.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
+        explicit: args.kill_grace.is_some(),
+    };
+    let code = supervise(child, guard, guardian.group(), grace).await;
     guardian.dismiss();
     code
 }
 
 /// Why the command is being stopped.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Stop {
     /// The lock is lost: it may be granted elsewhere already.
     Lost,
+    /// No answer from the agent renewed the lease in time.
+    LeaseRanOut,
     /// The agent is stopping and waits for the lock back.
     AgentStopping,
 }
 
-/// When the command's group gets SIGTERM and SIGKILL. Only ever moved
-/// earlier; every reason to stop the command goes through
-/// [`StopPlan::stop_by`]. A lease would add its deadline here too:
-/// `stop_by(safe_until - kill_grace, safe_until)`, replaced on each renewal.
+/// `--kill-grace`, and whether it was given (only then is its shortening
+/// worth a warning).
+#[derive(Clone, Copy, Debug)]
+struct KillGrace {
+    grace: Duration,
+    explicit: bool,
+}
+
+impl KillGrace {
+    /// The time between SIGTERM and SIGKILL when the lease runs out, with
+    /// `left` of it left at the latest answer: a quarter of that at most.
+    fn for_lease(self, left: Duration) -> Duration {
+        self.grace.min(left / 4)
+    }
+}
+
+/// A SIGTERM time and a SIGKILL time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadlines {
+    term_at: Instant,
+    kill_at: Instant,
+}
+
+/// When the command's group gets SIGTERM and SIGKILL. The lease's
+/// deadlines are replaced by each renewal until the lease's SIGTERM time
+/// has come; the stops asked for other reasons only ever move earlier.
+/// SIGKILL is due at the earlier of the two, so never after the lease.
 #[derive(Debug, Default)]
 struct StopPlan {
-    term_at: Option<Instant>,
-    kill_at: Option<Instant>,
+    /// SIGTERM at `safe_until - g`, SIGKILL at `safe_until`.
+    lease: Option<Deadlines>,
+    /// Every other reason to stop the command.
+    asked: Option<Deadlines>,
     term_sent: bool,
+    /// The lease's SIGTERM time came: renewals no longer count.
+    lease_ran_out: bool,
+}
+
+/// What a [`StopPlan`] says is due.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Due {
+    term: bool,
+    kill: bool,
+    /// The lease's SIGTERM time came (reported once).
+    lease_ran_out: bool,
 }
 
 impl StopPlan {
+    /// The lease ends at `safe_until`; SIGTERM `grace` before. Ignored once
+    /// the lease's SIGTERM time has come.
+    fn lease(&mut self, safe_until: Instant, grace: Duration) {
+        if !self.lease_ran_out {
+            let term_at = safe_until.checked_sub(grace).unwrap_or(safe_until);
+            self.lease = Some(Deadlines { term_at, kill_at: safe_until });
+        }
+    }
+
+    /// Stop the command for another reason, by these deadlines or earlier.
     fn stop_by(&mut self, term_at: Instant, kill_at: Instant) {
-        self.term_at = Some(self.term_at.map_or(term_at, |t| t.min(term_at)));
-        self.kill_at = Some(self.kill_at.map_or(kill_at, |t| t.min(kill_at)));
+        let (term_at, kill_at) = match self.asked {
+            Some(d) => (d.term_at.min(term_at), d.kill_at.min(kill_at)),
+            None => (term_at, kill_at),
+        };
+        self.asked = Some(Deadlines { term_at, kill_at });
+    }
+
+    fn term_at(&self) -> Option<Instant> {
+        [self.lease, self.asked].into_iter().flatten().map(|d| d.term_at).min()
+    }
+
+    fn kill_at(&self) -> Option<Instant> {
+        [self.lease, self.asked].into_iter().flatten().map(|d| d.kill_at).min()
     }
 
     /// The next moment something is due, if any.
     fn next(&self) -> Option<Instant> {
-        if self.term_sent { self.kill_at } else { self.term_at }
+        if self.term_sent { self.kill_at() } else { self.term_at() }
     }
 
-    /// Sends what is due at `now` to `group` (whose leader, the guardian,
-    /// ignores SIGTERM and is spared SIGKILL).
-    fn act(&mut self, now: Instant, group: Pid) {
-        if !self.term_sent && self.term_at.is_some_and(|t| t <= now) {
-            let _ = killpg(group, Signal::SIGTERM);
+    /// What is due at `now`. SIGTERM is reported once; SIGKILL on every
+    /// call from its time on (a process forked since is caught too).
+    fn due(&mut self, now: Instant) -> Due {
+        let mut due = Due::default();
+        if !self.lease_ran_out && self.lease.is_some_and(|d| d.term_at <= now) {
+            self.lease_ran_out = true;
+            due.lease_ran_out = true;
+        }
+        if !self.term_sent && self.term_at().is_some_and(|t| t <= now) {
             self.term_sent = true;
+            due.term = true;
         }
-        if self.kill_at.is_some_and(|t| t <= now) {
-            // Repeated on every round: a process forked since is caught too.
-            let _ = signal_members(group, group, Signal::SIGKILL);
-        }
+        due.kill = self.kill_at().is_some_and(|t| t <= now);
+        due
     }
 }
 
@@ -174,29 +255,59 @@ fn group_alive(group: Pid) -> bool {
     live_members(group, group).is_some_and(|live| !live.is_empty())
 }
 
-/// Waits for the command, the loss of the lock, the agent's stop, or a stop
-/// signal, and stops the command's group when needed.
-async fn supervise(mut child: Child, mut guard: LockGuard, group: Pid, grace: Duration) -> ExitCode {
+/// Waits for the command, the loss of the lock, the end of its lease, the
+/// agent's stop, or a stop signal, and stops the command's group when
+/// needed.
+async fn supervise(mut child: Child, mut guard: LockGuard, group: Pid, grace: KillGrace) -> ExitCode {
     let mut stop_signal = std::pin::pin!(super::wait_for_stop_signal());
     let mut plan = StopPlan::default();
     let mut stop: Option<Stop> = None;
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let mut killed_logged = false;
+    if let Some((_, left)) = guard.lease() {
+        warn_if_shortened(grace, left);
+    }
     loop {
         if status.is_some() && (stop.is_none() || !group_alive(group)) {
             break;
         }
         let now = Instant::now();
-        if !killed_logged && plan.kill_at.is_some_and(|t| t <= now) && group_alive(group) {
-            eprintln!("swimlock lock: process group {group} still running after {grace:?}; sending SIGKILL");
-            killed_logged = true;
+        // Read at every wake-up: the client moves it without telling anyone.
+        if let Some((safe_until, left)) = guard.lease() {
+            plan.lease(safe_until, grace.for_lease(left));
         }
-        plan.act(now, group);
-        let wake = plan.next().or_else(|| stop.as_ref().map(|_| now + GROUP_POLL));
-        let wake = wake.map(|w| w.min(now + GROUP_POLL));
+        let due = plan.due(now);
+        if due.lease_ran_out && stop != Some(Stop::Lost) {
+            let left = plan.kill_at().map_or(Duration::ZERO, |k| k.saturating_duration_since(now));
+            eprintln!(
+                "swimlock lock: no lease renewal from the agent for {} (token {}); its lease runs out in {}; \
+                 stopping the command (process group {group})",
+                guard.name(),
+                guard.token(),
+                humantime::format_duration(Duration::from_millis(left.as_millis() as u64)),
+            );
+            stop = Some(Stop::LeaseRanOut);
+        }
+        if due.term {
+            let _ = killpg(group, Signal::SIGTERM);
+        }
+        if due.kill {
+            if !killed_logged && group_alive(group) {
+                eprintln!("swimlock lock: process group {group} still running; sending SIGKILL");
+                killed_logged = true;
+            }
+            // Repeated on every round: a process forked since is caught too.
+            let _ = signal_members(group, group, Signal::SIGKILL);
+        }
+        // While a stop is under way, look at the group often; otherwise
+        // sleep until the plan's next deadline (the lease's SIGTERM time).
+        let wake = match (plan.next(), stop.is_some() || plan.term_sent) {
+            (next, true) => Some(next.map_or(now + GROUP_POLL, |n| n.min(now + GROUP_POLL))),
+            (next, false) => next,
+        };
         tokio::select! {
             exited = child.wait(), if status.is_none() => status = Some(exited),
-            lost = guard.lost() => on_notice(&lost, &mut stop, &mut plan, grace, group),
+            lost = guard.lost() => on_notice(&lost, &mut stop, &mut plan, grace.grace, group),
             () = &mut stop_signal => {
                 // Asked to stop: pass it on and keep the lock until the command is gone.
                 let _ = killpg(group, Signal::SIGTERM);
@@ -207,6 +318,15 @@ async fn supervise(mut child: Child, mut guard: LockGuard, group: Pid, grace: Du
     }
     match stop {
         Some(Stop::Lost) => ExitCode::from(EXIT_LOST),
+        Some(Stop::LeaseRanOut) => {
+            eprintln!(
+                "swimlock lock: no lease renewal from the agent for {} (token {}) before its lease ran out \
+                 (the agent may be paused or cut off); the command's group was stopped",
+                guard.name(),
+                guard.token()
+            );
+            ExitCode::from(EXIT_LOST)
+        }
         Some(Stop::AgentStopping) => {
             release(guard).await;
             eprintln!(
@@ -225,6 +345,22 @@ async fn supervise(mut child: Child, mut guard: LockGuard, group: Pid, grace: Du
                 None => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Says so when a `--kill-grace` given explicitly does not fit in the lease
+/// (known only once granted) and is shortened.
+fn warn_if_shortened(grace: KillGrace, left: Duration) {
+    let fitted = grace.for_lease(left);
+    if grace.explicit && fitted < grace.grace {
+        let ms = |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64));
+        eprintln!(
+            "swimlock lock: --kill-grace {} does not fit in the lease ({} left at the grant); \
+             if the lease runs out unrenewed, SIGTERM comes {} before SIGKILL",
+            ms(grace.grace),
+            ms(left),
+            ms(fitted)
+        );
     }
 }
 
@@ -249,6 +385,8 @@ fn on_notice(lost: &Lost, stop: &mut Option<Stop>, plan: &mut StopPlan, grace: D
             *stop = Some(Stop::AgentStopping);
             plan.stop_by(now, now + kill_after);
         }
+        // The client's own count: the lease's SIGTERM went out before it.
+        LostCause::LeaseExpired if *stop == Some(Stop::LeaseRanOut) => {}
         _ => {
             eprintln!("swimlock lock: {lost}; stopping the command (process group {group})");
             if stop.is_none() {
@@ -284,5 +422,77 @@ fn exit_code(status: ExitStatus) -> ExitCode {
         (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
         (None, Some(signal)) => ExitCode::from((128 + signal).clamp(0, 255) as u8),
         (None, None) => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn renewals_replace_the_lease_deadlines_until_its_sigterm_time() {
+        let t0 = Instant::now();
+        let mut plan = StopPlan::default();
+        plan.lease(t0 + MS(2_000), MS(500));
+        assert_eq!((plan.next(), plan.kill_at()), (Some(t0 + MS(1_500)), Some(t0 + MS(2_000))));
+        assert_eq!(plan.due(t0 + MS(1_000)), Due::default());
+        // A renewal moves both later.
+        plan.lease(t0 + MS(3_000), MS(400));
+        assert_eq!((plan.next(), plan.kill_at()), (Some(t0 + MS(2_600)), Some(t0 + MS(3_000))));
+        assert_eq!(plan.due(t0 + MS(2_000)), Due::default(), "the earlier deadline no longer counts");
+        // No renewal by the SIGTERM time: SIGTERM, then SIGKILL at the deadline.
+        assert_eq!(plan.due(t0 + MS(2_600)), Due { term: true, kill: false, lease_ran_out: true });
+        assert_eq!(plan.next(), Some(t0 + MS(3_000)));
+        // Too late: a renewal now changes nothing.
+        plan.lease(t0 + MS(5_000), MS(500));
+        assert_eq!(plan.kill_at(), Some(t0 + MS(3_000)));
+        assert_eq!(plan.due(t0 + MS(2_900)), Due::default(), "SIGTERM and the report only once");
+        let kill = Due { term: false, kill: true, lease_ran_out: false };
+        assert_eq!(plan.due(t0 + MS(3_000)), kill);
+        assert_eq!(plan.due(t0 + MS(3_020)), kill, "SIGKILL again on every round");
+    }
+
+    #[test]
+    fn other_stops_only_move_earlier_and_are_killed_by_the_end_of_the_lease() {
+        let t0 = Instant::now();
+        let mut plan = StopPlan::default();
+        plan.lease(t0 + MS(2_000), MS(500));
+        // The lock is lost with a 5 s kill grace: SIGTERM now, SIGKILL at
+        // the end of the lease rather than 5 s later.
+        plan.stop_by(t0 + MS(100), t0 + MS(5_100));
+        assert_eq!((plan.next(), plan.kill_at()), (Some(t0 + MS(100)), Some(t0 + MS(2_000))));
+        plan.stop_by(t0 + MS(900), t0 + MS(1_900));
+        assert_eq!(plan.asked, Some(Deadlines { term_at: t0 + MS(100), kill_at: t0 + MS(1_900) }));
+        plan.stop_by(t0 + MS(900), t0 + MS(9_000));
+        assert_eq!(plan.kill_at(), Some(t0 + MS(1_900)), "never later");
+        assert_eq!(plan.due(t0 + MS(100)), Due { term: true, kill: false, lease_ran_out: false });
+        // A renewal still moves the lease (its SIGTERM time has not come),
+        // but not the stop already asked for.
+        plan.lease(t0 + MS(4_000), MS(500));
+        assert_eq!(plan.kill_at(), Some(t0 + MS(1_900)));
+        assert!(plan.due(t0 + MS(1_900)).kill);
+    }
+
+    #[test]
+    fn a_stop_asked_before_the_lease_is_known_keeps_its_deadlines() {
+        let t0 = Instant::now();
+        let mut plan = StopPlan::default();
+        plan.stop_by(t0, t0 + MS(5_000));
+        assert_eq!(plan.due(t0), Due { term: true, kill: false, lease_ran_out: false });
+        plan.lease(t0 + MS(400), MS(100));
+        // Its SIGTERM time is past: reported, but SIGTERM is not sent twice.
+        assert_eq!(plan.due(t0 + MS(300)), Due { term: false, kill: false, lease_ran_out: true });
+        assert_eq!(plan.next(), Some(t0 + MS(400)));
+    }
+
+    #[test]
+    fn the_kill_grace_of_a_lease_is_at_most_a_quarter_of_what_was_left() {
+        let grace = KillGrace { grace: MS(5_000), explicit: false };
+        assert_eq!(grace.for_lease(MS(2_000)), MS(500));
+        assert_eq!(grace.for_lease(MS(400)), MS(100));
+        assert_eq!(KillGrace { grace: MS(200), explicit: true }.for_lease(MS(2_000)), MS(200));
+        assert_eq!(grace.for_lease(Duration::ZERO), Duration::ZERO);
     }
 }

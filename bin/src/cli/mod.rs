@@ -15,7 +15,8 @@ use crate::agent::AgentArgs;
 
 /// Exit code: the lock was not acquired within --timeout.
 pub const EXIT_TIMEOUT: u8 = 75;
-/// Exit code: the lock was lost while the command ran.
+/// Exit code: the lock was lost while the command ran, or its lease ran
+/// out without a renewal from the agent.
 pub const EXIT_LOST: u8 = 76;
 /// Exit code: the agent could not be reached or refused.
 pub const EXIT_UNAVAILABLE: u8 = 69;
@@ -52,7 +53,12 @@ enum Commands {
     /// SWIMLOCK_TOKEN (the fencing token) set; the lock is released when it
     /// exits, and swimlock exits with its code. Exit 75: not acquired within
     /// --timeout. Exit 76: the lock was lost, and the command's whole process
-    /// group was stopped (SIGTERM, then SIGKILL after --kill-grace). Exit 79:
+    /// group was stopped (SIGTERM, then SIGKILL after --kill-grace). Exit 76
+    /// too when the agent does not renew the lease in time (it may be paused
+    /// or cut off): swimlock counts the lease down itself and stops the
+    /// group by the time it runs out (SIGTERM up to a quarter of the lease
+    /// before, SIGKILL at its end); any stop ends with SIGKILL by then at
+    /// the latest. Exit 79:
     /// the agent is stopping; the group was stopped the same way, then the
     /// lock released. Exit 69: the agent could not be reached; 77: it refused
     /// the client token; 71: no guardian process could be started. If

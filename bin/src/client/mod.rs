@@ -30,12 +30,23 @@
 //! [`LockGuard::lost`] then resolves with [`LostCause::AgentStopping`] while
 //! the lock is still held, and the application should stop the work the
 //! lock protects and unlock (or drop the guard) within the grace it names.
+//!
+//! Leases: a lock is safe to use until [`LockGuard::safe_until`]. The node
+//! renews its clients' leases with the coordinator, but a node that is
+//! paused or cut off can tell its clients nothing, so each client counts
+//! down itself: a grant carries the lease left, and a background task asks
+//! the node again every quarter of what is left (one question per held
+//! lock at a time). Each answer is counted from when the question was sent,
+//! so `safe_until` is never later than the node's own deadline. When it
+//! passes without a fresher answer, [`LockGuard::lost`] resolves with
+//! [`LostCause::LeaseExpired`] (and the node's own notice of the same loss,
+//! if one follows, is not reported again).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use swimlock_wire::client::{
@@ -43,7 +54,8 @@ use swimlock_wire::client::{
 };
 use swimlock_wire::{ClientId, LockName, Token, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::agent::Command;
 
@@ -100,8 +112,12 @@ pub enum LostCause {
     /// released.
     ConnectionClosed,
     /// The lease ran out before the coordinator renewed it (the node was
-    /// paused, or cut off from the coordinator).
+    /// paused, or cut off from the coordinator), or before the node answered
+    /// this client's lease question (the node may be paused).
     LeaseExpired,
+    /// The node answered a lease question saying this client does not hold
+    /// the lock (its own notice of why did not come first).
+    NotHeld,
     /// Not lost yet: the node is stopping and asks for the lock back. It
     /// stays held for at most `grace`; stop the work it protects, then
     /// unlock (or drop the guard). When the grace ends the node leaves the
@@ -131,7 +147,10 @@ impl fmt::Display for Lost {
             LostCause::Duplicate => "held twice after a partition healed; the other holder kept it",
             LostCause::QuorumLost => "this node's side of the cluster lost its majority",
             LostCause::ConnectionClosed => "the connection to the agent closed",
-            LostCause::LeaseExpired => "its lease ran out before the coordinator renewed it",
+            LostCause::LeaseExpired => {
+                "its lease ran out before it was renewed (or before the agent said it was)"
+            }
+            LostCause::NotHeld => "the agent says this client does not hold it",
             LostCause::AgentStopping { grace } => {
                 let grace = humantime::format_duration(Duration::from_millis(grace.as_millis() as u64));
                 return write!(
@@ -145,20 +164,205 @@ impl fmt::Display for Lost {
     }
 }
 
-type LostTx = watch::Sender<Option<Lost>>;
-type LostRx = watch::Receiver<Option<Lost>>;
+/// What the guards of one held lock read: its lease and the latest notice.
+/// A renewal changes it silently (nobody is woken); a notice wakes
+/// [`LockGuard::lost`].
+#[derive(Clone, Debug)]
+struct LockState {
+    /// The end of the lease on this process's clock.
+    safe_until: Instant,
+    /// The lease that was left when the answer setting `safe_until` came
+    /// (for a grant that waited, the wait is not part of it).
+    left_at_answer: Duration,
+    /// Lost, or the node stopping.
+    notice: Option<Lost>,
+}
+
+type StateTx = watch::Sender<LockState>;
+type StateRx = watch::Receiver<LockState>;
+
+/// A grant as the caller receives it: the lock's state and which hold
+/// epoch of the lock it belongs to.
+struct Grant {
+    state: StateRx,
+    generation: u64,
+}
+
 /// Where the connection task hands a reply (and, for a grant, the lock's
-/// loss channel).
-type ReplyTx = oneshot::Sender<(Reply, Option<LostRx>)>;
+/// state).
+type ReplyTx = oneshot::Sender<(Reply, Option<Grant>)>;
+
+/// An answer awaited.
+enum Waiter {
+    /// A caller; a lock request names the lock and when it was sent.
+    Call { lock: Option<(LockName, Instant)>, tx: ReplyTx },
+    /// A lease question of [`keep_leases`], for one hold epoch of a lock.
+    Lease { name: LockName, generation: u64, sent: Instant },
+}
+
+/// A lock this client holds, as far as it knows.
+struct Held {
+    token: Token,
+    /// Tells this hold epoch from an earlier one of the same name (lost,
+    /// then granted again).
+    generation: u64,
+    /// Guards not yet released.
+    holds: u32,
+    state: StateTx,
+    /// When the next lease question is due.
+    next_query: Instant,
+    /// A lease question is awaiting its answer.
+    asking: bool,
+    /// The lease ran out here first: reported lost, not asked about again.
+    expired: bool,
+}
 
 /// State shared by the API and whoever delivers the node's messages.
 #[derive(Default)]
 pub(crate) struct Shared {
-    /// Replies awaited, by request id; lock requests remember their name.
-    waiting: BTreeMap<u64, (Option<LockName>, ReplyTx)>,
-    /// Per held lock, its token and where its loss is announced.
-    lost: BTreeMap<LockName, (Token, LostTx)>,
+    /// Answers awaited, by request id.
+    waiting: BTreeMap<u64, Waiter>,
+    /// The locks held.
+    held: BTreeMap<LockName, Held>,
     closed: bool,
+    next_generation: u64,
+    /// When [`keep_leases`] wakes next; `None` while it waits to be told.
+    lease_wake: Option<Instant>,
+    /// Wakes [`keep_leases`]: only when a lease question falls due before
+    /// it would wake anyway, or the connection closed.
+    lease_task: Arc<Notify>,
+    /// Rounds of [`keep_leases`] so far.
+    #[cfg(test)]
+    lease_rounds: u64,
+}
+
+impl Shared {
+    /// Makes sure [`keep_leases`] wakes by `at`.
+    fn wake_leases_by(&mut self, at: Instant) {
+        if self.lease_wake.is_none_or(|w| w > at) {
+            self.lease_wake = Some(at);
+            self.lease_task.notify_one();
+        }
+    }
+
+    /// A grant of `name` with `lease_ms` for a request sent at `sent`: a new
+    /// hold epoch, or one more hold of the current one.
+    fn granted(
+        &mut self,
+        name: LockName,
+        (token, holds): (Token, u32),
+        sent: Instant,
+        lease_ms: u64,
+    ) -> Grant {
+        let safe_until = deadline(sent, lease_ms);
+        // Not from `sent`: a request that waited carries its wait in the lease.
+        let now = Instant::now();
+        let left = safe_until.saturating_duration_since(now);
+        let fresh = || watch::channel(LockState { safe_until, left_at_answer: left, notice: None });
+        let next_query = now + left / 4;
+        match self.held.get_mut(&name) {
+            Some(held) if holds > 1 && held.token == token && !held.expired => {
+                held.holds = holds;
+                held.state.send_if_modified(|s| {
+                    if safe_until > s.safe_until {
+                        s.safe_until = safe_until;
+                        s.left_at_answer = left;
+                    }
+                    false
+                });
+                Grant { state: held.state.subscribe(), generation: held.generation }
+            }
+            // Counted out here, but the node still holds it: the new guard
+            // gets a live state; the earlier guards keep their notice and
+            // still release their holds.
+            Some(held) if holds > 1 && held.token == token => {
+                let (tx, rx) = fresh();
+                *held = Held { holds, state: tx, next_query, asking: false, expired: false, ..*held };
+                let generation = held.generation;
+                self.wake_leases_by(next_query);
+                Grant { state: rx, generation }
+            }
+            _ => {
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                let (tx, rx) = fresh();
+                let held =
+                    Held { token, generation, holds, state: tx, next_query, asking: false, expired: false };
+                self.held.insert(name, held);
+                self.wake_leases_by(next_query);
+                Grant { state: rx, generation }
+            }
+        }
+    }
+
+    /// The answer to a lease question sent at `sent`.
+    fn lease_answer(&mut self, name: LockName, generation: u64, sent: Instant, reply: Reply) {
+        let Some(held) = self.held.get_mut(&name).filter(|h| h.generation == generation) else { return };
+        held.asking = false;
+        if held.expired {
+            return;
+        }
+        match reply {
+            Reply::Lease { lease_ms: Some(ms) } => {
+                let now = Instant::now();
+                let until = deadline(sent, ms);
+                let mut latest = until;
+                // Each answer is a lower bound of the node's deadline: keep the latest.
+                held.state.send_if_modified(|s| {
+                    if until > s.safe_until {
+                        s.safe_until = until;
+                        s.left_at_answer = until.saturating_duration_since(now);
+                    }
+                    latest = s.safe_until;
+                    false
+                });
+                held.next_query = now + latest.saturating_duration_since(now) / 4;
+                let next = held.next_query;
+                self.wake_leases_by(next);
+            }
+            Reply::Lease { lease_ms: None } => {
+                if let Some(held) = self.held.remove(&name) {
+                    let token = held.token;
+                    announce(&held, Lost { name, token, cause: LostCause::NotHeld });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Lets go of one hold of `name` in hold epoch `generation`. `Ok` when
+    /// the node must be told (it still holds it as far as this client
+    /// knows).
+    fn release_hold(&mut self, name: &LockName, generation: u64) -> Result<(), ClientError> {
+        if self.closed {
+            return Err(ClientError::Closed);
+        }
+        let Some(held) = self.held.get_mut(name).filter(|h| h.generation == generation) else {
+            return Err(ClientError::NotHeld);
+        };
+        held.holds = held.holds.saturating_sub(1);
+        if held.holds == 0 {
+            self.held.remove(name);
+        }
+        Ok(())
+    }
+}
+
+/// The end of a lease of `ms` counted from `sent`; one that does not fit
+/// the clock counts as none.
+fn deadline(sent: Instant, ms: u64) -> Instant {
+    sent.checked_add(Duration::from_millis(ms)).unwrap_or(sent)
+}
+
+/// Announces `lost` to the guards of `held`. The lease ends with the loss.
+fn announce(held: &Held, lost: Lost) {
+    let now = Instant::now();
+    held.state.send_modify(|s| {
+        if !matches!(lost.cause, LostCause::AgentStopping { .. }) {
+            s.safe_until = s.safe_until.min(now);
+        }
+        s.notice = Some(lost);
+    });
 }
 
 /// Where requests go.
@@ -272,7 +476,14 @@ impl Client {
         let (out, requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(run_stream(stream, requests, shared.clone()));
-        Client { inner: Arc::new(Inner { out: Outbound::Stream(out), shared, next_id: AtomicU64::new(1) }) }
+        Client::start(Inner { out: Outbound::Stream(out), shared, next_id: AtomicU64::new(1) })
+    }
+
+    /// Starts the lease task of a new client.
+    fn start(inner: Inner) -> Client {
+        let inner = Arc::new(inner);
+        tokio::spawn(keep_leases(Arc::downgrade(&inner), inner.shared.clone()));
+        Client { inner }
     }
 
     /// A client of an in-process node.
@@ -283,20 +494,20 @@ impl Client {
         commands.send(Command::Connect { session, reply }).map_err(|_| ClientError::Closed)?;
         let client = client.await.map_err(|_| ClientError::Closed)?;
         let out = Outbound::Local { commands, client };
-        Ok(Client { inner: Arc::new(Inner { out, shared, next_id: AtomicU64::new(1) }) })
+        Ok(Client::start(Inner { out, shared, next_id: AtomicU64::new(1) }))
     }
 
     /// Waits up to `timeout` for `name`, behind earlier waiters.
     pub async fn lock(&self, name: &str, timeout: Duration) -> Result<LockGuard, ClientError> {
         let name = LockName::new(name).map_err(ClientError::BadName)?;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.acquire(Request::Lock { name: name.clone(), timeout_ms }, name).await
+        self.acquire(Request::LockWithLease { name: name.clone(), timeout_ms }, name).await
     }
 
     /// Takes `name` if it is free now; `None` if another owner holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
         let name = LockName::new(name).map_err(ClientError::BadName)?;
-        match self.acquire(Request::TryLock { name: name.clone() }, name).await {
+        match self.acquire(Request::TryLockWithLease { name: name.clone() }, name).await {
             Ok(guard) => Ok(Some(guard)),
             Err(ClientError::Busy) => Ok(None),
             Err(e) => Err(e),
@@ -346,12 +557,13 @@ impl Client {
 
     async fn acquire(&self, request: Request, name: LockName) -> Result<LockGuard, ClientError> {
         match self.request(request, Some(name.clone())).await? {
-            (Reply::Acquired { token, holds }, Some(lost)) => Ok(LockGuard {
+            (Reply::AcquiredWithLease { token, holds, .. }, Some(grant)) => Ok(LockGuard {
                 client: self.clone(),
                 name,
                 token,
                 holds,
-                lost,
+                generation: grant.generation,
+                state: grant.state,
                 reported: None,
                 released: false,
             }),
@@ -362,25 +574,43 @@ impl Client {
         }
     }
 
-    async fn unlock(&self, name: &LockName) -> Result<(), ClientError> {
-        match self.request(Request::Unlock { name: name.clone() }, None).await?.0 {
+    /// Releases one hold of `name` in hold epoch `generation`.
+    async fn unlock(&self, name: &LockName, generation: u64) -> Result<(), ClientError> {
+        match self.ask(Request::Unlock { name: name.clone() }, Ask::Release(name, generation)).await?.0 {
             Reply::Unlocked => Ok(()),
             Reply::NotHeld => Err(ClientError::NotHeld),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Sends an unlock and does not wait for the answer (guard drop).
-    fn unlock_nowait(&self, name: &LockName) {
+    /// Releases one hold without waiting for the answer (guard drop).
+    fn unlock_nowait(&self, name: &LockName, generation: u64) {
+        if self.release_hold(name, generation).is_err() {
+            // Lost, or the connection closed: the node holds nothing to release.
+            return;
+        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.inner.send(ClientRequest { id, request: Request::Unlock { name: name.clone() } });
     }
 
+    fn release_hold(&self, name: &LockName, generation: u64) -> Result<(), ClientError> {
+        self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).release_hold(name, generation)
+    }
+
+    /// Sends `request` and waits for its answer. A lock request (`lock`
+    /// names the lock) is stamped with its send time, from which the lease
+    /// of its grant is counted.
     async fn request(
         &self,
         request: Request,
         lock: Option<LockName>,
-    ) -> Result<(Reply, Option<LostRx>), ClientError> {
+    ) -> Result<(Reply, Option<Grant>), ClientError> {
+        self.ask(request, lock.map_or(Ask::Plain, Ask::Lock)).await
+    }
+
+    /// [`Client::request`], with what `ask` says done in the same hold of
+    /// the shared state.
+    async fn ask(&self, request: Request, ask: Ask<'_>) -> Result<(Reply, Option<Grant>), ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -388,7 +618,16 @@ impl Client {
             if shared.closed {
                 return Err(ClientError::Closed);
             }
-            shared.waiting.insert(id, (lock, tx));
+            let lock = match ask {
+                Ask::Plain => None,
+                // Taken before the request can reach the node.
+                Ask::Lock(name) => Some((name, Instant::now())),
+                Ask::Release(name, generation) => {
+                    shared.release_hold(name, generation)?;
+                    None
+                }
+            };
+            shared.waiting.insert(id, Waiter::Call { lock, tx });
         }
         if let Err(e) = self.inner.send(ClientRequest { id, request }) {
             self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&id);
@@ -400,6 +639,15 @@ impl Client {
             Err(_) => Err(ClientError::Closed),
         }
     }
+}
+
+/// What a request does to the client's own state as it is sent.
+enum Ask<'a> {
+    Plain,
+    /// A lock request: stamped with its send time.
+    Lock(LockName),
+    /// An unlock: one hold of this hold epoch released.
+    Release(&'a LockName, u64),
 }
 
 /// An open connection to a node's client endpoint that is not yet a
@@ -462,57 +710,149 @@ fn unexpected(reply: Reply) -> ClientError {
 fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
     match msg {
-        ServerMessage::Reply { id, reply } => {
-            let Some((lock, tx)) = shared.waiting.remove(&id) else { return };
-            // The loss channel exists before the caller sees the grant, so a
-            // loss that follows at once is never missed.
-            let lost = match (&reply, lock) {
-                (Reply::Acquired { holds, token }, Some(name)) => {
-                    let fresh = *holds == 1 || !shared.lost.contains_key(&name);
-                    if fresh {
-                        shared.lost.insert(name.clone(), (*token, watch::channel(None).0));
+        ServerMessage::Reply { id, reply } => match shared.waiting.remove(&id) {
+            Some(Waiter::Call { lock, tx }) => {
+                // The lock's state exists before the caller sees the grant,
+                // so a loss that follows at once is never missed.
+                let grant = match (&reply, lock) {
+                    (&Reply::AcquiredWithLease { token, holds, lease_ms }, Some((name, sent))) => {
+                        Some(shared.granted(name, (token, holds), sent, lease_ms))
                     }
-                    shared.lost.get(&name).map(|(_, tx)| tx.subscribe())
-                }
-                _ => None,
-            };
-            let _ = tx.send((reply, lost));
-        }
+                    _ => None,
+                };
+                let _ = tx.send((reply, grant));
+            }
+            Some(Waiter::Lease { name, generation, sent }) => {
+                shared.lease_answer(name, generation, sent, reply)
+            }
+            None => {}
+        },
         ServerMessage::Lost { name, token, reason } => {
             let cause = match reason {
                 proto::LostReason::Duplicate => LostCause::Duplicate,
                 proto::LostReason::QuorumLost => LostCause::QuorumLost,
                 proto::LostReason::LeaseExpired => LostCause::LeaseExpired,
             };
-            if let Some((_, tx)) = shared.lost.remove(&name) {
-                let _ = tx.send(Some(Lost { name, token, cause }));
+            // Only the hold epoch it is about; one already reported lost
+            // here (its lease ran out first) is not reported again.
+            if shared.held.get(&name).is_some_and(|h| h.token == token)
+                && let Some(held) = shared.held.remove(&name)
+                && !held.expired
+            {
+                announce(&held, Lost { name, token, cause });
             }
         }
         ServerMessage::Stopping { grace_ms } => {
-            // The locks stay in the map: a real loss may still follow.
+            // The locks stay held: a real loss may still follow.
             let cause = LostCause::AgentStopping { grace: Duration::from_millis(grace_ms) };
-            for (name, (token, tx)) in &shared.lost {
-                let _ = tx.send(Some(Lost { name: name.clone(), token: *token, cause }));
+            for (name, held) in shared.held.iter().filter(|(_, h)| !h.expired) {
+                announce(held, Lost { name: name.clone(), token: held.token, cause });
             }
         }
         ServerMessage::Closing { reason } => {
             // The connection closes next; say why to whoever waits.
             let message = reason.to_string();
-            for (_, (_, tx)) in std::mem::take(&mut shared.waiting) {
-                let _ = tx.send((Reply::Error { message: message.clone() }, None));
+            for (_, waiter) in std::mem::take(&mut shared.waiting) {
+                if let Waiter::Call { tx, .. } = waiter {
+                    let _ = tx.send((Reply::Error { message: message.clone() }, None));
+                }
             }
         }
     }
 }
 
-/// The connection is gone: pending requests fail, held locks are lost.
+/// The connection is gone: pending requests fail, held locks are lost, the
+/// lease task ends.
 fn close(shared: &Mutex<Shared>) {
     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
     shared.closed = true;
     shared.waiting.clear();
-    for (name, (token, tx)) in std::mem::take(&mut shared.lost) {
-        let _ = tx.send(Some(Lost { name, token, cause: LostCause::ConnectionClosed }));
+    for (name, held) in std::mem::take(&mut shared.held) {
+        if !held.expired {
+            announce(&held, Lost { name, token: held.token, cause: LostCause::ConnectionClosed });
+        }
     }
+    shared.lease_task.notify_one();
+}
+
+/// The lease task of one client: asks the node about each held lock every
+/// quarter of the lease left (one question per lock at a time), and reports
+/// a lock lost when its lease runs out before a fresher answer. Holds the
+/// client weakly: it never keeps the connection open, and ends when the
+/// connection closes.
+async fn keep_leases(inner: Weak<Inner>, shared: Arc<Mutex<Shared>>) {
+    let wake = shared.lock().unwrap_or_else(|e| e.into_inner()).lease_task.clone();
+    let mut questions = Vec::new();
+    loop {
+        let at = {
+            let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.closed {
+                return;
+            }
+            #[cfg(test)]
+            {
+                shared.lease_rounds += 1;
+            }
+            let now = Instant::now();
+            // With nothing held, stay armed until the deadline already set:
+            // a client that locks and unlocks in a loop then wakes this task
+            // about once per quarter lease, not once per grant.
+            let at = due_leases(&mut shared, now, &mut questions).or(shared.lease_wake.filter(|w| *w > now));
+            shared.lease_wake = at;
+            at
+        };
+        if !questions.is_empty() {
+            let Some(inner) = inner.upgrade() else { return };
+            for (name, generation) in questions.drain(..) {
+                let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let request = Request::Lease { name: name.clone() };
+                {
+                    let mut shared = inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+                    let sent = Instant::now();
+                    shared.waiting.insert(id, Waiter::Lease { name, generation, sent });
+                }
+                if inner.send(ClientRequest { id, request }).is_err() {
+                    return;
+                }
+            }
+        }
+        let sleep = async {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = wake.notified() => {}
+            () = sleep => {}
+        }
+    }
+}
+
+/// At `now`: reports the locks whose lease ran out, marks the lease
+/// questions due (pushed to `questions`), and returns when something is due
+/// next.
+fn due_leases(shared: &mut Shared, now: Instant, questions: &mut Vec<(LockName, u64)>) -> Option<Instant> {
+    let mut next: Option<Instant> = None;
+    for (name, held) in shared.held.iter_mut().filter(|(_, h)| !h.expired) {
+        let until = held.state.borrow().safe_until;
+        if until <= now {
+            held.expired = true;
+            announce(held, Lost { name: name.clone(), token: held.token, cause: LostCause::LeaseExpired });
+            continue;
+        }
+        if !held.asking && held.next_query <= now {
+            held.asking = true;
+            questions.push((name.clone(), held.generation));
+            // When the next one is due if this one is answered at once.
+            held.next_query = now + until.saturating_duration_since(now) / 4;
+        }
+        // An answer that is late wakes the task itself; until then only
+        // the end of the lease matters.
+        let due = if held.asking && held.next_query <= now { until } else { held.next_query.min(until) };
+        next = Some(next.map_or(due, |n| n.min(due)));
+    }
+    next
 }
 
 async fn run_stream<S: AsyncRead + AsyncWrite>(
@@ -560,7 +900,9 @@ pub struct LockGuard {
     name: LockName,
     token: Token,
     holds: u32,
-    lost: LostRx,
+    /// The hold epoch this guard belongs to.
+    generation: u64,
+    state: StateRx,
     /// The last notice [`LockGuard::lost`] returned.
     reported: Option<Lost>,
     released: bool,
@@ -586,24 +928,48 @@ impl LockGuard {
     /// Whether the lock is known to be lost (a [`LostCause::AgentStopping`]
     /// notice alone does not count: the lock is still held then).
     pub fn is_lost(&self) -> bool {
-        self.lost.borrow().as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }))
+        let state = self.state.borrow();
+        state.notice.as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }))
+    }
+
+    /// Until when the lock is safe to use, as far as this client knows: the
+    /// lease its node last reported, counted from when this client asked,
+    /// so never later than the node's own deadline. Work that the lock
+    /// protects must be over by then. Moved later by the lease questions
+    /// the client asks in the background (no notice is sent when it moves:
+    /// read it again); once the lock is lost, it is no later than when that
+    /// became known. [`LockGuard::lost`] resolves with
+    /// [`LostCause::LeaseExpired`] when it passes without a fresher answer.
+    pub fn safe_until(&self) -> std::time::Instant {
+        self.state.borrow().safe_until.into_std()
+    }
+
+    /// [`LockGuard::safe_until`], and the lease that was left when the
+    /// answer that set it arrived; `None` once the lock is known lost (read
+    /// together, so a deadline cut short by a loss is never taken for a
+    /// renewal).
+    pub(crate) fn lease(&self) -> Option<(Instant, Duration)> {
+        let state = self.state.borrow();
+        let lost = state.notice.as_ref().is_some_and(|l| !matches!(l.cause, LostCause::AgentStopping { .. }));
+        (!lost).then_some((state.safe_until, state.left_at_answer))
     }
 
     /// Completes with the next notice about the lock: lost (duplicate after
-    /// a partition healed, quorum lost, connection to the node closed), or
+    /// a partition healed, quorum lost, lease run out, connection to the
+    /// node closed), or
     /// [`LostCause::AgentStopping`], after which it can complete once more
     /// with the loss. Pending while the lock is held and nothing happened.
     /// Each notice is returned once.
     pub async fn lost(&mut self) -> Lost {
         loop {
-            let current = self.lost.borrow_and_update().clone();
+            let current = self.state.borrow_and_update().notice.clone();
             if let Some(lost) = current
                 && self.reported.as_ref() != Some(&lost)
             {
                 self.reported = Some(lost.clone());
                 return lost;
             }
-            if self.lost.changed().await.is_err() {
+            if self.state.changed().await.is_err() {
                 // The channel goes away only once the lock was released.
                 return std::future::pending().await;
             }
@@ -613,14 +979,17 @@ impl LockGuard {
     /// Releases this hold and waits for the node to accept it.
     pub async fn unlock(mut self) -> Result<(), ClientError> {
         self.released = true;
-        self.client.unlock(&self.name).await
+        self.client.unlock(&self.name, self.generation).await
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if !self.released && !self.is_lost() {
-            self.client.unlock_nowait(&self.name);
+        if !self.released {
+            self.client.unlock_nowait(&self.name, self.generation);
         }
     }
 }
+
+#[cfg(test)]
+mod lease_tests;
