@@ -336,11 +336,22 @@ fn check_exclusion(list: &[&Hold], timeline: &Timeline, mode: Mode, report: &mut
                 report.excused_ended_lost += usize::from(first.lost.is_some());
                 continue;
             }
-            let why = match mode {
-                Mode::Majority => "majority mode".to_string(),
-                Mode::Available => {
-                    "available mode, and no partition between their nodes explains it".to_string()
+            let last = timeline.separations(a.node, b.node).into_iter().rfind(|s| s.0 <= to);
+            let why = match (mode, last) {
+                (Mode::Majority, _) => "majority mode".to_string(),
+                (Mode::Available, None) => {
+                    "available mode, and the network never separated their nodes".to_string()
                 }
+                (Mode::Available, Some(s)) => format!(
+                    "available mode: the network separated n{} and n{} from {:.3}s to {:.3}s, but the overlap \
+                     lasted until {:.3}s, past the merge's bound {:.3}s",
+                    a.node,
+                    b.node,
+                    s.0.as_secs_f64(),
+                    s.1.as_secs_f64(),
+                    to.as_secs_f64(),
+                    timeline.resolved(s.1).as_secs_f64()
+                ),
             };
             report.violations.push(format!(
                 "two holders of {} at once for {:.0} ms ({why}):\n  {}\n  {}\n  the network and the processes around them:\n{}",

@@ -315,26 +315,21 @@ fn apply(
             summary.heal.extend(reunite(rt, rig, healed, "a one-way cut healed", liveness));
         }
         Step::KillCoordinator { down } => {
-            let live = rig.live();
-            let Some(c) = rt.block_on(rig.coordinator(&live)) else {
-                liveness.push(format!("live nodes {live:?} agreed on no coordinator (step {k})"));
-                return;
-            };
-            let Some(&other) = live.iter().find(|&&i| i != c) else { return };
-            let addr = format!("unix:{}", rig.nodes[other].socket.display());
-            let probe = rt.block_on(Client::connect(&addr)).expect("probe client");
             let killed = Instant::now();
-            rig.kill(c);
-            let name = format!("probe{k}");
-            match rt.block_on(probe.lock(&name, Duration::from_secs(20))) {
-                Ok(guard) => {
-                    summary.failover.push(killed.elapsed());
-                    let _ = rt.block_on(guard.unlock());
+            let c = match failover(rt, rig, &format!("probe{k}")) {
+                Ok((c, took)) => {
+                    summary.failover.push(took);
+                    c
                 }
-                Err(e) => liveness
-                    .push(format!("no grant on n{other} within 20 s of killing coordinator n{c}: {e}")),
-            }
-            drop(probe);
+                Err((Some(c), e)) => {
+                    liveness.push(e);
+                    c
+                }
+                Err((None, e)) => {
+                    liveness.push(e);
+                    return;
+                }
+            };
             std::thread::sleep(down.saturating_sub(killed.elapsed()));
             rig.start(c);
             let started = Instant::now();
@@ -365,6 +360,39 @@ fn apply(
             rig.start(*node);
             let started = Instant::now();
             summary.rejoin.extend(reunite(rt, rig, started, "a restart", liveness));
+        }
+    }
+}
+
+/// Kills the coordinator (SIGKILL) and asks another live node for the
+/// fresh lock `name`: the killed node and the time from the kill to the
+/// grant. The error names the killed node, if one was killed.
+pub fn failover(
+    rt: &tokio::runtime::Runtime,
+    rig: &mut Rig,
+    name: &str,
+) -> Result<(usize, Duration), (Option<usize>, String)> {
+    let live = rig.live();
+    let Some(c) = rt.block_on(rig.coordinator(&live)) else {
+        return Err((None, format!("live nodes {live:?} agreed on no coordinator")));
+    };
+    let Some(&other) = live.iter().find(|&&i| i != c) else {
+        return Err((None, "no other live node".into()));
+    };
+    let addr = format!("unix:{}", rig.nodes[other].socket.display());
+    // Connected before the kill, so the figure is the cluster's alone.
+    let probe =
+        rt.block_on(Client::connect(&addr)).map_err(|e| (None, format!("probe client on n{other}: {e}")))?;
+    let killed = Instant::now();
+    rig.kill(c);
+    match rt.block_on(probe.lock(name, Duration::from_secs(20))) {
+        Ok(guard) => {
+            let took = killed.elapsed();
+            let _ = rt.block_on(guard.unlock());
+            Ok((c, took))
+        }
+        Err(e) => {
+            Err((Some(c), format!("no grant on n{other} within 20 s of killing coordinator n{c}: {e}")))
         }
     }
 }

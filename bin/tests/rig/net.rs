@@ -413,21 +413,35 @@ impl Rig {
     /// Whether `live` nodes share one view of exactly themselves and its
     /// coordinator serves.
     pub async fn one_view(&self, live: &[usize]) -> bool {
-        let mut statuses = Vec::new();
+        let mut first: Option<Status> = None;
+        let mut serving = false;
+        // One answer off is enough to say no: stop asking then (status
+        // requests are work for agents that may be busy converging).
+        for &i in live {
+            let Some(s) = self.status(i, Duration::from_secs(1)).await else { return false };
+            if s.members.len() != live.len() || first.as_ref().is_some_and(|f| f.view_digest != s.view_digest)
+            {
+                return false;
+            }
+            let coordinates = s.coordinator.as_ref().is_some_and(|c| c.name == s.name);
+            serving |= coordinates && s.table.as_ref().is_some_and(|t| t.serving);
+            first.get_or_insert(s);
+        }
+        first.is_none() || serving
+    }
+
+    /// How many nodes of `live` see views of each size, for a message.
+    pub async fn views(&self, live: &[usize]) -> String {
+        let mut sizes: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
+        let mut silent = 0;
         for &i in live {
             match self.status(i, Duration::from_secs(1)).await {
-                Some(s) => statuses.push(s),
-                None => return false,
+                Some(s) => *sizes.entry(s.members.len()).or_default() += 1,
+                None => silent += 1,
             }
         }
-        let Some(first) = statuses.first() else { return true };
-        let same =
-            statuses.iter().all(|s| s.members.len() == live.len() && s.view_digest == first.view_digest);
-        let coordinator = first.coordinator.as_ref().and_then(|c| self.index_of(&c.name));
-        let serving = coordinator
-            .and_then(|c| live.iter().position(|&i| i == c))
-            .is_some_and(|k| statuses[k].table.as_ref().is_some_and(|t| t.serving));
-        same && serving
+        let sizes: Vec<String> = sizes.iter().map(|(size, nodes)| format!("{nodes} see {size}")).collect();
+        format!("views: {}; {silent} did not answer", sizes.join(", "))
     }
 
     /// Waits until `live` nodes share one view (see [`Rig::one_view`]);
@@ -446,6 +460,28 @@ impl Rig {
     /// Nodes whose agent runs and is not paused.
     pub fn live(&self) -> Vec<usize> {
         (0..self.len()).filter(|&i| self.nodes[i].running() && !self.nodes[i].paused).collect()
+    }
+
+    /// Bytes node `i` sent on its link (every datagram whole: IP, UDP,
+    /// envelope).
+    pub fn tx_bytes(&self, i: usize) -> u64 {
+        let out = in_ns(&self.nodes[i].netns, "cat").arg("/sys/class/net/eth0/statistics/tx_bytes").output();
+        let out = out.expect("read tx_bytes");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("tx_bytes is a number")
+    }
+
+    /// CPU time (user + system) and resident memory of node `i`'s agent.
+    pub fn usage(&self, i: usize) -> Option<(Duration, u64)> {
+        let pid = self.nodes[i].pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kb: u64 =
+            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        // USER_HZ is 100 on Linux.
+        Some((Duration::from_millis(ticks * 10), rss_kb * 1024))
     }
 
     /// The last lines of node `i`'s log.
