@@ -98,7 +98,8 @@ fn idle_figures(rig: &Rig, window: Duration) -> String {
 #[ignore = "long profile: 64 agents"]
 fn sixty_four_agents_scale() {
     let _serial = common::serial();
-    let n = 64;
+    // SWIMLOCK_RIG_SCALE_N: another size, to find where a problem starts.
+    let n = std::env::var("SWIMLOCK_RIG_SCALE_N").map_or(64, |v| v.parse().expect("a node count"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // Timings for a loaded machine, e.g. "--probe-period 300ms --suspect-timeout 1500ms".
     let extra = std::env::var("SWIMLOCK_RIG_AGENT_ARGS").unwrap_or_default();
