@@ -141,3 +141,99 @@ fn sixty_four_agents_scale() {
     println!("{line}");
     eprintln!("{line}");
 }
+
+/// The checker on made-up histories: it flags what it must and excuses
+/// only what a partition explains.
+mod checker {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use crate::rig::check::check;
+    use crate::rig::history::{Event, OpKind, Outcome, What};
+    use crate::rig::net::{Change, Mode};
+
+    fn ms(t: u64) -> Duration {
+        Duration::from_millis(t)
+    }
+
+    /// Worker `w` on node `w` holds `r0` with `token` from `from` to `to`.
+    fn hold(w: usize, token: u64, from: u64, to: u64, lost: Option<&str>) -> Vec<Event> {
+        let op = w as u64 * 1000 + token;
+        let ev = |t, what| Event { t: ms(t), worker: w, node: w, what };
+        let name = "r0".to_string();
+        let end = match lost {
+            Some(cause) => What::Lost { name: name.clone(), token, cause: cause.into() },
+            None => What::Release { name: name.clone(), token },
+        };
+        vec![
+            ev(from - 1, What::Invoke { op, name: name.clone(), kind: OpKind::TryLock }),
+            ev(from, What::Answer { op, outcome: Outcome::Granted { token, holds: 1 } }),
+            ev(from + 1, What::Write { name, token, accepted: true }),
+            ev(to, end),
+        ]
+    }
+
+    fn history(holds: Vec<Vec<Event>>) -> Vec<Event> {
+        let mut events: Vec<Event> = holds.into_iter().flatten().collect();
+        events.sort_by_key(|e| e.t);
+        events
+    }
+
+    /// Node 0 and node 1 apart from 1 s to 3 s; one view seen at 3.2 s.
+    fn split() -> Vec<(Duration, Change)> {
+        let apart = vec![BTreeSet::from([1]), BTreeSet::from([0])];
+        vec![
+            (ms(0), Change::Net { blocked: vec![BTreeSet::new(); 2], loss: 0 }),
+            (ms(1000), Change::Net { blocked: apart, loss: 0 }),
+            (ms(3000), Change::Net { blocked: vec![BTreeSet::new(); 2], loss: 0 }),
+            (ms(3200), Change::OneView),
+        ]
+    }
+
+    #[test]
+    fn majority_mode_flags_two_holders_and_names_them() {
+        let events = history(vec![hold(0, 10, 100, 500, None), hold(1, 11, 400, 800, None)]);
+        let report = check(&events, &[], Mode::Majority, ms(1000));
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        let v = &report.violations[0];
+        assert!(v.contains("w0@n0 token 10") && v.contains("w1@n1 token 11"), "{v}");
+    }
+
+    #[test]
+    fn available_mode_excuses_only_what_the_partition_and_the_merge_explain() {
+        // Both sides hold during the split; the loser is told at the merge.
+        let events = history(vec![hold(0, 10, 1500, 3300, Some("Duplicate")), hold(1, 20, 2000, 3500, None)]);
+        let report = check(&events, &split(), Mode::Available, ms(5000));
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert_eq!((report.excused_overlaps, report.excused_ended_lost), (1, 1));
+        // Nobody told: the overlap outlives the merge.
+        let events = history(vec![hold(0, 10, 1500, 6000, None), hold(1, 20, 2000, 6500, None)]);
+        let report = check(&events, &split(), Mode::Available, ms(7000));
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(report.violations[0].contains("past the merge's bound 4.700s"), "{}", report.violations[0]);
+        // No partition at all.
+        let events = history(vec![hold(0, 10, 100, 500, None), hold(1, 11, 400, 800, None)]);
+        assert_eq!(check(&events, &[], Mode::Available, ms(1000)).violations.len(), 1);
+    }
+
+    #[test]
+    fn a_paused_holder_told_lost_stopped_at_the_pause() {
+        let changes = vec![(ms(200), Change::Pause(0)), (ms(3000), Change::Resume(0))];
+        let events =
+            history(vec![hold(0, 10, 100, 3100, Some("LeaseExpired")), hold(1, 11, 2500, 2800, None)]);
+        assert!(check(&events, &changes, Mode::Majority, ms(4000)).violations.is_empty());
+        // Not told: it held all along.
+        let events = history(vec![hold(0, 10, 100, 3100, None), hold(1, 11, 2500, 2800, None)]);
+        assert_eq!(check(&events, &changes, Mode::Majority, ms(4000)).violations.len(), 1);
+    }
+
+    #[test]
+    fn tokens_must_grow_and_never_repeat() {
+        let events = history(vec![hold(0, 10, 100, 200, None), hold(1, 9, 300, 400, None)]);
+        let report = check(&events, &[], Mode::Majority, ms(1000));
+        assert!(report.violations.iter().any(|v| v.contains("lower token")), "{:?}", report.violations);
+        let events = history(vec![hold(0, 10, 100, 200, None), hold(1, 10, 300, 400, None)]);
+        let report = check(&events, &[], Mode::Majority, ms(1000));
+        assert!(report.violations.iter().any(|v| v.contains("granted twice")), "{:?}", report.violations);
+    }
+}

@@ -319,18 +319,15 @@ impl Rig {
         exited
     }
 
-    /// Splits the network into `groups`: a node drops datagrams from every
-    /// node outside its group. Nodes in no group are cut from everyone.
+    /// Splits the network into `groups`: two nodes hear each other only
+    /// if some group holds both. A node in two groups bridges them (it
+    /// hears both, they do not hear each other); a node in no group is
+    /// cut from everyone.
     pub fn partition(&mut self, groups: &[Vec<usize>]) {
         let n = self.len();
-        let group_of = |i: usize| groups.iter().position(|g| g.contains(&i));
-        self.blocked = (0..n)
-            .map(|dst| {
-                (0..n)
-                    .filter(|&src| src != dst && (group_of(src) != group_of(dst) || group_of(dst).is_none()))
-                    .collect()
-            })
-            .collect();
+        let together = |a: usize, b: usize| groups.iter().any(|g| g.contains(&a) && g.contains(&b));
+        self.blocked =
+            (0..n).map(|dst| (0..n).filter(|&src| src != dst && !together(src, dst)).collect()).collect();
         self.apply();
     }
 
