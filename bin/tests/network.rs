@@ -32,34 +32,34 @@ fn run(n: usize, schedule: impl Fn(usize, u64) -> Schedule) {
 }
 
 #[test]
-fn three_nodes_partitions() {
+fn rig_three_nodes_partitions() {
     run(3, nemesis::partitions);
 }
 
 #[test]
-fn three_nodes_crashes() {
+fn rig_three_nodes_crashes() {
     run(3, nemesis::crashes);
 }
 
 #[test]
-fn five_nodes_partitions() {
+fn rig_five_nodes_partitions() {
     run(5, nemesis::partitions);
 }
 
 #[test]
-fn five_nodes_crashes() {
+fn rig_five_nodes_crashes() {
     run(5, nemesis::crashes);
 }
 
 #[test]
 #[ignore = "long profile: about 2 minutes per mode"]
-fn five_nodes_long_nemesis_available() {
+fn rig_long_nemesis_available() {
     run(5, |n, seed| nemesis::mixed(n, seed, Mode::Available, 12));
 }
 
 #[test]
 #[ignore = "long profile: about 2 minutes per mode"]
-fn five_nodes_long_nemesis_majority() {
+fn rig_long_nemesis_majority() {
     run(5, |n, seed| nemesis::mixed(n, seed, Mode::Majority, 12));
 }
 
@@ -96,7 +96,7 @@ fn idle_figures(rig: &Rig, window: Duration) -> String {
 
 #[test]
 #[ignore = "long profile: 64 agents"]
-fn sixty_four_agents_scale() {
+fn rig_scale_sixty_four_agents() {
     let _serial = common::serial();
     // SWIMLOCK_RIG_SCALE_N: another size, to find where a problem starts.
     let n = std::env::var("SWIMLOCK_RIG_SCALE_N").map_or(64, |v| v.parse().expect("a node count"));
