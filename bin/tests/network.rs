@@ -52,6 +52,11 @@ fn rig_five_nodes_crashes() {
 }
 
 #[test]
+fn rig_five_nodes_latency() {
+    run(5, nemesis::latency);
+}
+
+#[test]
 #[ignore = "long profile: about 2 minutes per mode"]
 fn rig_long_nemesis_available() {
     run(5, |n, seed| nemesis::mixed(n, seed, Mode::Available, 12));

@@ -7,7 +7,8 @@
 //! - [`history`]: the events the clients saw and the fenced register;
 //! - [`workload`]: the clients;
 //! - [`check`]: the checker;
-//! - [`nemesis`]: seeded fault schedules and the run that applies one.
+//! - [`nemesis`]: seeded fault schedules and the run that applies one;
+//! - [`relay`]: link latency, since this kernel has no netem.
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` installs them).
 
@@ -17,4 +18,5 @@ pub mod check;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod relay;
 pub mod workload;

@@ -16,6 +16,7 @@ use swimlock::client::Client;
 use super::check::{Report, check};
 use super::history::History;
 use super::net::{Mode, Rig};
+use super::relay::Latency;
 use super::workload::Workload;
 
 /// How long a cluster may take to form, or to become one view again.
@@ -71,6 +72,8 @@ pub struct Schedule {
     pub mode: Mode,
     /// Random datagram loss, percent, on every node's input.
     pub loss: u8,
+    /// Delay of every datagram to a node, if any.
+    pub latency: Option<Latency>,
     /// The faults, in order, with a quiet second between them.
     pub steps: Vec<Step>,
 }
@@ -111,6 +114,7 @@ pub fn partitions(n: usize, seed: u64) -> Schedule {
         name: "partitions".into(),
         mode: Mode::Available,
         loss: 1,
+        latency: None,
         steps: vec![
             Step::Partition { groups, hold: Duration::from_millis(rng.random_range(3000..5000)) },
             Step::OneWay { from, to, hold: Duration::from_millis(rng.random_range(2000..4000)) },
@@ -127,6 +131,7 @@ pub fn crashes(n: usize, seed: u64) -> Schedule {
         name: "crashes".into(),
         mode: Mode::Majority,
         loss: 0,
+        latency: None,
         steps: vec![
             Step::KillCoordinator { down: Duration::from_millis(rng.random_range(1000..3000)) },
             Step::PauseHolder { hold: Duration::from_millis(rng.random_range(2500..4000)) },
@@ -165,7 +170,24 @@ pub fn mixed(n: usize, seed: u64, mode: Mode, count: usize) -> Schedule {
             }
         })
         .collect();
-    Schedule { name: format!("mixed-{count}"), mode, loss: 1, steps }
+    Schedule { name: format!("mixed-{count}"), mode, loss: 1, latency: None, steps }
+}
+
+/// Available mode, 1% loss and 1-3 ms of latency with jitter on every
+/// link: a coordinator kill and a majority/minority split.
+pub fn latency(n: usize, seed: u64) -> Schedule {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let groups = split(&mut rng, n);
+    Schedule {
+        name: "latency".into(),
+        mode: Mode::Available,
+        loss: 1,
+        latency: Some(Latency { base: Duration::from_millis(2), jitter: Duration::from_millis(1) }),
+        steps: vec![
+            Step::KillCoordinator { down: Duration::from_millis(rng.random_range(1000..3000)) },
+            Step::Partition { groups, hold: Duration::from_millis(rng.random_range(3000..5000)) },
+        ],
+    }
 }
 
 /// What a run measured and the checker's report.
@@ -200,9 +222,11 @@ impl Summary {
     pub fn line(&self, n: usize, schedule: &Schedule, seed: u64) -> String {
         let r = &self.report;
         let verdict = if r.violations.is_empty() { "PASS" } else { "FAIL" };
+        let latency =
+            schedule.latency.map_or(String::new(), |l| format!(", latency {:?}±{:?}", l.base, l.jitter));
         let lost: Vec<String> = r.lost.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
-            "network: {n} nodes, {} ({}, loss {}%), seed {seed}: {verdict} in {:.1}s; converge {:.2}s; \
+            "network: {n} nodes, {} ({}, loss {}%{latency}), seed {seed}: {verdict} in {:.1}s; converge {:.2}s; \
              heal {}; failover {}; rejoin {}; lost {} ({}); stale writes rejected {}; holds {}, ops {}, \
              writes {}, overlaps excused by a partition {} ({} ended by Lost)",
             schedule.name,
@@ -231,7 +255,7 @@ pub fn run(n: usize, schedule: &Schedule, seed: u64) -> Summary {
     let started = Instant::now();
     eprintln!("network: {n} nodes, schedule {} seed {seed}: {:?}", schedule.name, schedule.steps);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut rig = Rig::new(n, schedule.mode, &[]);
+    let mut rig = Rig::with_latency(n, schedule.mode, &[], schedule.latency, seed);
     let all: Vec<usize> = (0..n).collect();
     let mut summary = Summary::default();
     let mut liveness = Vec::new();

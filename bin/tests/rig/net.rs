@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use swimlock::client::Client;
 use swimlock_wire::client::Status;
 
+use super::relay::{Latency, Relay};
 use crate::common::{BIN, Proc, TempDir, key_file};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -30,6 +31,8 @@ const TABLE: &str = "swimrig";
 const CHAIN: &str = "rig_in";
 /// The agents' UDP port (each namespace has its own ports).
 const PORT: u16 = 7946;
+/// The port of a node's latency relay.
+const RELAY_PORT: u16 = 7947;
 
 /// The lock mode the agents run in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,8 @@ pub struct Node {
     pub netns: String,
     /// The agent's UDP address inside the bridge's subnet.
     pub addr: SocketAddr,
+    /// The address the agent advertises: `addr`, or its relay's.
+    pub advertise: SocketAddr,
     /// The agent's client endpoint (a Unix socket: reachable from the test
     /// process without entering the namespace).
     pub socket: PathBuf,
@@ -114,6 +119,7 @@ pub struct Rig {
     bridge_ns: Option<String>,
     blocked: Vec<BTreeSet<usize>>,
     loss: u8,
+    relays: Vec<Relay>,
     dir: TempDir,
 }
 
@@ -154,6 +160,12 @@ impl Rig {
     /// order (node 0 is the oldest, so it coordinates), every agent seeded
     /// with every other node. `extra` goes to every agent's command line.
     pub fn new(n: usize, mode: Mode, extra: &[&str]) -> Rig {
+        Rig::with_latency(n, mode, extra, None, 0)
+    }
+
+    /// [`Rig::new`], with every datagram to a node delayed by `latency`
+    /// (a relay per node; `seed` draws the delays).
+    pub fn with_latency(n: usize, mode: Mode, extra: &[&str], latency: Option<Latency>, seed: u64) -> Rig {
         assert!((1..=250).contains(&n), "the subnet holds 250 nodes");
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("swr{}x{k}", std::process::id());
@@ -166,6 +178,7 @@ impl Rig {
             bridge_ns: None,
             blocked: vec![BTreeSet::new(); n],
             loss: 0,
+            relays: Vec::new(),
             dir: TempDir::new(&prefix),
         };
         // Each piece is registered in `rig` as soon as it exists, so a
@@ -177,6 +190,12 @@ impl Rig {
         ip(&["-n", &br, "link", "set", "br0", "up"]);
         for i in 0..n {
             rig.add_node(&prefix, &br, i);
+            if let Some(latency) = latency {
+                let node = &mut rig.nodes[i];
+                node.advertise = SocketAddr::new(node.addr.ip(), RELAY_PORT);
+                let relay = Relay::start(&node.netns, node.advertise, node.addr, latency, seed ^ i as u64);
+                rig.relays.push(relay);
+            }
         }
         for i in 0..n {
             rig.start(i);
@@ -194,6 +213,7 @@ impl Rig {
             name: format!("n{i}"),
             netns: ns.clone(),
             addr,
+            advertise: addr,
             socket: dir.join("client.sock"),
             state_dir: dir.join("state"),
             log: dir.join("agent.log"),
@@ -249,8 +269,13 @@ impl Rig {
     /// address; a restarted agent is a new, younger member).
     pub fn start(&mut self, i: usize) {
         assert!(!self.nodes[i].running(), "n{i} already runs");
-        let seeds: Vec<String> =
-            self.nodes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, n)| n.addr.to_string()).collect();
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.advertise.to_string())
+            .collect();
         let key = key_file(self.dir.path());
         let members = self.nodes.len().to_string();
         let node = &self.nodes[i];
@@ -260,6 +285,7 @@ impl Rig {
         cmd.arg("agent")
             .args(["--name", &node.name])
             .args(["--bind", &node.addr.to_string()])
+            .args(["--advertise", &node.advertise.to_string()])
             .args(["--client", "off", "--metrics", "off"])
             .arg("--unix-socket")
             .arg(&node.socket)
@@ -366,7 +392,7 @@ impl Rig {
             }
             if self.loss > 0 {
                 script += &format!(
-                    "add rule inet {TABLE} {CHAIN} meta l4proto udp numgen random mod 100 < {} drop\n",
+                    "add rule inet {TABLE} {CHAIN} iifname \"eth0\" meta l4proto udp numgen random mod 100 < {} drop\n",
                     self.loss
                 );
             }
