@@ -119,6 +119,12 @@ const MAX_DETECT_MS: u64 = 1_200;
 /// the suspicion timeout plus the view settle time (`Config::detection_min`
 /// of the lock machine relies on it).
 const MIN_DETECT_MS: u64 = 600;
+/// How long after a pause a scripted node installs the current view (an
+/// agent's view settle time).
+const RESUME_VIEW_DELAY: Duration = Duration::from_millis(200);
+/// The generation of that view: current whatever changed meanwhile (the
+/// view is computed when it is installed).
+const AFTER_PAUSE: u64 = u64::MAX;
 /// Longest pause of a host (SIGSTOP to SIGCONT).
 const MAX_PAUSE_MS: u64 = 5_000;
 
@@ -505,7 +511,8 @@ impl World {
             Ev::Boot { host } => self.hosts[host].node.as_ref().map(|_| host),
             Ev::InstallView { host, generation } => {
                 self.mix(&[3, host as u64]);
-                if generation == self.generation { self.install_view(host) } else { None }
+                let current = generation == self.generation || generation == AFTER_PAUSE;
+                if current { self.install_view(host) } else { None }
             }
             Ev::Workload { host } => {
                 self.mix(&[4, host as u64]);
@@ -537,6 +544,13 @@ impl World {
                     && self.now - paused_at >= node.config().detection_min
                 {
                     node.note_gap(self.now);
+                }
+                // An agent's membership handles the gossip queued during the
+                // pause at once and installs the view it gives a settle time
+                // later: a scripted node learns the current view as soon.
+                if !self.cfg.gossip && self.hosts[host].node.is_some() {
+                    let at = self.now + RESUME_VIEW_DELAY;
+                    self.queue.push(at, Ev::InstallView { host, generation: AFTER_PAUSE });
                 }
                 for ev in inbox {
                     self.queue.push(self.now, ev);
