@@ -416,6 +416,12 @@ fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
     let refused = swimlock(&["lock", "j", "--timeout", "1s", "--client", &client, "--", "true"]);
     assert_eq!(refused.status.code(), Some(75), "nothing is granted while halted");
 
+    let too_low = swimlock(&["accept-term", &(halted_on - 1).to_string(), "--client", &client]);
+    assert_eq!(too_low.status.code(), Some(1), "a lower term leaves it halted, and says so");
+    assert!(String::from_utf8_lossy(&too_low.stderr).contains(&format!("accept {halted_on}")));
+    let beyond = swimlock(&["accept-term", "8388608", "--client", &client]);
+    assert_eq!(beyond.status.code(), Some(2), "a term no token can carry is refused");
+    assert_eq!(coordinator.status().unwrap()["halted_on_term"].as_u64(), Some(halted_on));
     let accepted = swimlock(&["accept-term", &halted_on.to_string(), "--client", &client]);
     assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
     assert!(String::from_utf8_lossy(&accepted.stdout).contains("accepted terms up to"));

@@ -108,10 +108,7 @@ impl Serving {
     }
 
     pub fn stalled(&self, now: Duration) -> Vec<LockName> {
-        if self.issuer.exhausted() {
-            return Vec::new();
-        }
-        let names = self.table.names_with_waiters().into_iter().filter(|n| !self.contested(n));
+        let names = self.table.names_with_waiters().into_iter().filter(|n| !self.held_back(now, n));
         names.filter(|n| self.table.get(n).is_some_and(|e| e.grantable(now))).collect()
     }
 
@@ -305,6 +302,13 @@ impl Serving {
         !self.hold && self.grace_until.is_none_or(|t| t <= now)
     }
 
+    /// Whether nothing of `name` may be granted now, whatever its entry
+    /// says: grants are paused, a duplicate of it is unresolved, or the
+    /// term has no tokens left.
+    fn held_back(&self, now: Duration, name: &LockName) -> bool {
+        !self.may_grant(now) || self.contested(name) || self.issuer.exhausted()
+    }
+
     /// Whether a loser of a duplicate on `name` has not acknowledged yet.
     fn contested(&self, name: &LockName) -> bool {
         !self.dups.is_empty() && self.dups.keys().any(|(_, _, n, _)| n == name)
@@ -333,7 +337,7 @@ impl Serving {
 
     /// Grants the lock to its first waiter, if it is free.
     fn grant_next(&mut self, now: Duration, term: u32, name: &LockName, out: &mut Outbox) {
-        if !self.may_grant(now) || self.contested(name) || self.issuer.exhausted() {
+        if self.held_back(now, name) {
             return;
         }
         let Some(next) = self.table.pop_grantable(name, now) else { return };

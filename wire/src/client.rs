@@ -240,9 +240,10 @@ pub enum Reply {
     },
     /// `AcceptTerm` applied on this node.
     TermAccepted {
-        /// Whether this node's coordinator had stopped on a term (and now
-        /// resumes if `term` covers it).
-        was_halted: bool,
+        /// The term this node's coordinator still stops on, if it does (the
+        /// term accepted was lower); `None` when it grants, or does not
+        /// coordinate.
+        still_halted_on: Option<u32>,
     },
 }
 
@@ -561,7 +562,8 @@ mod tests {
                 Reply::AcquiredWithLease { token: Token(t), holds, lease_ms }
             }),
             prop::option::of(any::<u64>()).prop_map(|lease_ms| Reply::Lease { lease_ms }),
-            any::<bool>().prop_map(|was_halted| Reply::TermAccepted { was_halted }),
+            prop::option::of(any::<u32>())
+                .prop_map(|still_halted_on| Reply::TermAccepted { still_halted_on }),
         ];
         let lost = prop_oneof![
             Just(LostReason::Duplicate),

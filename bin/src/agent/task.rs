@@ -519,10 +519,10 @@ impl NodeTask {
             // The endpoint checks passwords itself; in-process clients need none.
             Request::Auth { .. } => self.reply(client, id, Reply::Authenticated),
             Request::AcceptTerm { term } => {
-                let was_halted = self.node.lock_node().halted();
-                warn!(term, ?was_halted, "the operator accepts coordinator terms up to {term}");
+                warn!(term, halted_on = ?self.node.lock_node().halted(), "the operator accepts coordinator terms up to {term}");
                 self.node.accept_term(now, term);
-                self.reply(client, id, Reply::TermAccepted { was_halted: was_halted.is_some() });
+                let still_halted_on = self.node.lock_node().halted();
+                self.reply(client, id, Reply::TermAccepted { still_halted_on });
             }
             Request::Keyring { op } => {
                 info!(?op, "keyring command");

@@ -25,7 +25,9 @@ pub struct StatusArgs {
 /// Options of `swimlock accept-term`.
 #[derive(Args, Debug)]
 pub struct AcceptTermArgs {
-    /// The highest coordinator term to accept: the term the alert named.
+    /// The highest coordinator term to accept: the term the alert named
+    /// (at most 8388607, the largest term a token carries).
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=i64::from(swimlock_wire::Token::MAX_TERM)))]
     pub term: u32,
     /// Client endpoint of the agent whose coordinator stopped (the one
     /// whose `swimlock status` shows "granting halted").
@@ -41,13 +43,17 @@ pub async fn accept_term(args: AcceptTermArgs) -> ExitCode {
         Err(e) => Err(e),
     };
     match result {
-        Ok(true) => {
-            println!("accepted terms up to {}; the coordinator starts a round above it", args.term);
+        Ok(None) => {
+            println!("accepted terms up to {}; this node's coordinator grants (above them)", args.term);
             ExitCode::SUCCESS
         }
-        Ok(false) => {
-            println!("accepted terms up to {} (this node's coordinator had not stopped)", args.term);
-            ExitCode::SUCCESS
+        Ok(Some(halted_on)) => {
+            eprintln!(
+                "swimlock accept-term: accepted terms up to {}, but the coordinator stops on term \
+                 {halted_on}, which is higher: accept {halted_on} to let it grant",
+                args.term
+            );
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("swimlock accept-term: {e}");

@@ -546,11 +546,11 @@ impl Client {
     }
 
     /// Accepts coordinator terms up to `term` on this node (see
-    /// `swimlock accept-term`); `Ok(true)` if its coordinator had stopped
-    /// granting on a term jump.
-    pub async fn accept_term(&self, term: u32) -> Result<bool, ClientError> {
+    /// `swimlock accept-term`); `Ok(Some(t))` if its coordinator still
+    /// stops on term `t`, above the one accepted.
+    pub async fn accept_term(&self, term: u32) -> Result<Option<u32>, ClientError> {
         match self.request(Request::AcceptTerm { term }, None).await?.0 {
-            Reply::TermAccepted { was_halted } => Ok(was_halted),
+            Reply::TermAccepted { still_halted_on } => Ok(still_halted_on),
             other => Err(unexpected(other)),
         }
     }
