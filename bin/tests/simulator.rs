@@ -31,7 +31,7 @@ fn one_seed_gives_one_trace() {
         let b = run(RunConfig { seed: 7, ..cfg.clone() });
         let c = run(RunConfig { seed: 8, ..cfg.clone() });
         assert_eq!(a.trace_hash, b.trace_hash);
-        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.counts.steps, b.counts.steps);
         assert_ne!(a.trace_hash, c.trace_hash);
     }
 }
@@ -41,7 +41,11 @@ fn a_thousand_seeds_keep_every_invariant() {
     let base = base(5);
     let summary = run_seeds(0..1_000, &base, 2);
     println!("{}", summary.line());
-    assert!(summary.grants > 10_000 && summary.merges > 100 && summary.failovers > 100, "{}", summary.line());
+    assert!(
+        summary.counts.grants > 10_000 && summary.counts.merges > 100 && summary.counts.failovers > 100,
+        "{}",
+        summary.line()
+    );
     assert_clean(&summary, &base);
 }
 
@@ -50,7 +54,7 @@ fn real_membership_keeps_every_invariant() {
     let base = gossip(5);
     let summary = run_seeds(30_000..30_300, &base, 2);
     println!("{}", summary.line());
-    assert!(summary.merges > 100 && summary.duplicates > 50, "{}", summary.line());
+    assert!(summary.counts.merges > 100 && summary.counts.duplicates > 50, "{}", summary.line());
     assert_clean(&summary, &base);
 }
 
@@ -69,8 +73,8 @@ fn majority_mode_never_has_two_holders_anywhere() {
         assert!(matches!(base.mode, Mode::Majority { .. }));
         let summary = run_seeds(seeds, &base, 2);
         println!("{}", summary.line());
-        assert_eq!(summary.duplicates, 0, "a majority never has two sides granting");
-        assert!(summary.pauses > 0 && summary.restarts > 0, "{}", summary.line());
+        assert_eq!(summary.counts.duplicates, 0, "a majority never has two sides granting");
+        assert!(summary.counts.pauses > 0 && summary.counts.restarts > 0, "{}", summary.line());
         assert_clean(&summary, &base);
     }
 }

@@ -13,7 +13,7 @@ mod net;
 mod world;
 
 pub use check::Violation;
-pub use world::{Outcome, RunConfig, run};
+pub use world::{Counts, Outcome, RunConfig, run};
 
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
@@ -68,28 +68,8 @@ pub struct SimArgs {
 pub struct Summary {
     /// Seeds run.
     pub seeds: u64,
-    /// Events processed.
-    pub steps: u64,
-    /// Fresh grants.
-    pub grants: u64,
-    /// Coordinator takeovers.
-    pub failovers: u64,
-    /// Merge views.
-    pub merges: u64,
-    /// Duplicates resolved.
-    pub duplicates: u64,
-    /// Hosts paused.
-    pub pauses: u64,
-    /// Hosts restarted.
-    pub restarts: u64,
-    /// Hosts that formed a group alone after the join timeout.
-    pub alone: u64,
-    /// Hosts restarted at once at their address.
-    pub bounces: u64,
-    /// Runs with two hosts of one node tag.
-    pub twin_tags: u64,
-    /// Holders of one lock on two sides of a partition (available mode).
-    pub split_holds: u64,
+    /// What they did, summed.
+    pub counts: Counts,
     /// Runs with a broken invariant.
     pub failures: Vec<Outcome>,
 }
@@ -97,17 +77,7 @@ pub struct Summary {
 impl Summary {
     fn add(&mut self, o: Outcome) {
         self.seeds += 1;
-        self.steps += o.steps;
-        self.grants += o.grants;
-        self.failovers += o.failovers;
-        self.merges += o.merges;
-        self.duplicates += o.duplicates;
-        self.pauses += o.pauses;
-        self.restarts += o.restarts;
-        self.alone += o.alone;
-        self.bounces += o.bounces;
-        self.twin_tags += o.twin_tags;
-        self.split_holds += o.split_holds;
+        self.counts.add(&o.counts);
         if o.violation.is_some() {
             self.failures.push(o);
         }
@@ -115,20 +85,21 @@ impl Summary {
 
     /// The one-line summary `swimlock sim` prints.
     pub fn line(&self) -> String {
+        let c = &self.counts;
         format!(
             "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} split holds {} violations {}",
             self.seeds,
-            self.steps,
-            self.grants,
-            self.failovers,
-            self.merges,
-            self.duplicates,
-            self.restarts,
-            self.alone,
-            self.bounces,
-            self.twin_tags,
-            self.pauses,
-            self.split_holds,
+            c.steps,
+            c.grants,
+            c.failovers,
+            c.merges,
+            c.duplicates,
+            c.restarts,
+            c.alone,
+            c.bounces,
+            c.twin_tags,
+            c.pauses,
+            c.split_holds,
             self.failures.len()
         )
     }

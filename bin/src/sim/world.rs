@@ -69,11 +69,9 @@ impl RunConfig {
     }
 }
 
-/// What one run did and found.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    /// The seed.
-    pub seed: u64,
+/// What a run did, counted (and, in [`super::Summary`], summed over runs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
     /// Events processed.
     pub steps: u64,
     /// Fresh grants received by clients.
@@ -98,6 +96,32 @@ pub struct Outcome {
     /// Two holders of one lock on two sides of a partition (allowed in
     /// `available` mode only).
     pub split_holds: u64,
+}
+
+impl Counts {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &Counts) {
+        self.steps += other.steps;
+        self.grants += other.grants;
+        self.failovers += other.failovers;
+        self.merges += other.merges;
+        self.duplicates += other.duplicates;
+        self.pauses += other.pauses;
+        self.restarts += other.restarts;
+        self.alone += other.alone;
+        self.bounces += other.bounces;
+        self.twin_tags += other.twin_tags;
+        self.split_holds += other.split_holds;
+    }
+}
+
+/// What one run did and found.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// What it did.
+    pub counts: Counts,
     /// The first broken invariant, with the time it was seen.
     pub violation: Option<(Duration, Violation)>,
     /// Hash of the whole schedule: one seed, one hash.
@@ -424,8 +448,8 @@ impl World {
     pub fn run(mut self) -> Outcome {
         while let Some((at, ev)) = self.queue.pop() {
             self.now = at;
-            self.outcome.steps += 1;
-            if self.outcome.steps > MAX_STEPS {
+            self.outcome.counts.steps += 1;
+            if self.outcome.counts.steps > MAX_STEPS {
                 let what = format!("more than {MAX_STEPS} steps: a timer or message loop that never ends");
                 self.outcome.violation = Some((self.now, Violation { invariant: 0, what, name: None }));
                 break;
@@ -448,14 +472,14 @@ impl World {
                 break;
             }
         }
-        self.outcome.grants = self.checker.grants;
-        self.outcome.twin_tags = u64::from(self.twin_tags);
-        self.outcome.split_holds = self.ledger.allowed_overlaps;
-        self.outcome.failovers = self.takeovers;
+        self.outcome.counts.grants = self.checker.grants;
+        self.outcome.counts.twin_tags = u64::from(self.twin_tags);
+        self.outcome.counts.split_holds = self.ledger.allowed_overlaps;
+        self.outcome.counts.failovers = self.takeovers;
         for host in &self.hosts {
             if let Some(node) = host.node.as_ref().map(Engine::lock) {
-                self.outcome.merges += node.stats().merges;
-                self.outcome.duplicates += node.stats().duplicates_resolved;
+                self.outcome.counts.merges += node.stats().merges;
+                self.outcome.counts.duplicates += node.stats().duplicates_resolved;
             }
         }
         self.outcome
@@ -693,7 +717,7 @@ impl World {
                 let host = alive[self.rng.random_range(0..alive.len())];
                 self.crash(host);
                 self.restart(host);
-                self.outcome.bounces += 1;
+                self.outcome.counts.bounces += 1;
             }
             70..85 => {
                 let running: Vec<usize> =
@@ -705,7 +729,7 @@ impl World {
                 let pause = Duration::from_millis(self.rng.random_range(50..=MAX_PAUSE_MS));
                 self.hosts[host].paused = Some(Vec::new());
                 self.hosts[host].last_pause = Some((self.now, self.now + pause));
-                self.outcome.pauses += 1;
+                self.outcome.counts.pauses += 1;
                 self.queue.push(self.now + pause, Ev::Resume { host });
                 self.trace(|| format!("pause h{host} for {pause:?}"));
             }
@@ -719,7 +743,7 @@ impl World {
 
     fn restart(&mut self, host: usize) {
         self.hosts[host] = self.fresh_host(host);
-        self.outcome.restarts += 1;
+        self.outcome.counts.restarts += 1;
         self.queue.push(self.now, Ev::Boot { host });
         self.trace(|| format!("restart h{host}"));
         self.topology_changed();
@@ -729,8 +753,8 @@ impl World {
         let id = self.hosts[host].id;
         self.trace(|| format!("crash h{host} ({id})"));
         if let Some(node) = self.hosts[host].node.take().as_ref().map(Engine::lock) {
-            self.outcome.merges += node.stats().merges;
-            self.outcome.duplicates += node.stats().duplicates_resolved;
+            self.outcome.counts.merges += node.stats().merges;
+            self.outcome.counts.duplicates += node.stats().duplicates_resolved;
         }
         self.hosts[host].armed = None;
         self.hosts[host].paused = None;
@@ -860,7 +884,7 @@ impl World {
                         }
                         NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
                         NodeEvent::JoinTimedOut => {
-                            self.outcome.alone += 1;
+                            self.outcome.counts.alone += 1;
                             joined_alone = true;
                             views.push(format!("h{host} join timed out: a group of its own"));
                         }
@@ -1018,7 +1042,7 @@ impl World {
         let coordinating = engine.lock().is_coordinator();
         let next = engine.poll_timeout();
         let h = &mut self.hosts[host];
-        if coordinating && !h.was_coordinator && self.outcome.steps > 1 {
+        if coordinating && !h.was_coordinator && self.outcome.counts.steps > 1 {
             self.takeovers += 1;
         }
         h.was_coordinator = coordinating;
