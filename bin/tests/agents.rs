@@ -421,6 +421,9 @@ fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
     assert!(String::from_utf8_lossy(&too_low.stderr).contains(&format!("accept {halted_on}")));
     let beyond = swimlock(&["accept-term", "8388608", "--client", &client]);
     assert_eq!(beyond.status.code(), Some(2), "a term no token can carry is refused");
+    let mut raw = std::net::TcpStream::connect(coordinator.client).unwrap();
+    let reply = call(&mut raw, 1, client::Request::AcceptTerm { term: swimlock_wire::Token::MAX_TERM + 1 });
+    assert!(matches!(reply, client::Reply::Error { .. }), "the agent refuses it too: {reply:?}");
     assert_eq!(coordinator.status().unwrap()["halted_on_term"].as_u64(), Some(halted_on));
     let accepted = swimlock(&["accept-term", &halted_on.to_string(), "--client", &client]);
     assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));

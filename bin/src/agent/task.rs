@@ -480,25 +480,18 @@ impl NodeTask {
             self.reply(client, id, Reply::Error { message });
             return;
         }
-        let op = |with_lease| PendingOp { client, id, started: Instant::now(), received: now, with_lease };
+        let with_lease =
+            matches!(request.request, Request::LockWithLease { .. } | Request::TryLockWithLease { .. });
+        let op = PendingOp { client, id, started: Instant::now(), received: now, with_lease };
         match request.request {
-            Request::Lock { name, timeout_ms } => {
+            Request::Lock { name, timeout_ms } | Request::LockWithLease { name, timeout_ms } => {
                 let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
                 let req = self.node.lock(now, client, name, timeout);
-                self.ops.insert(req, op(false));
+                self.ops.insert(req, op);
             }
-            Request::TryLock { name } => {
+            Request::TryLock { name } | Request::TryLockWithLease { name } => {
                 let req = self.node.try_lock(now, client, name);
-                self.ops.insert(req, op(false));
-            }
-            Request::LockWithLease { name, timeout_ms } => {
-                let timeout = Duration::from_millis(timeout_ms).min(MAX_LOCK_WAIT);
-                let req = self.node.lock(now, client, name, timeout);
-                self.ops.insert(req, op(true));
-            }
-            Request::TryLockWithLease { name } => {
-                let req = self.node.try_lock(now, client, name);
-                self.ops.insert(req, op(true));
+                self.ops.insert(req, op);
             }
             Request::Lease { name } => {
                 let lease = self.node.lock_node().safe_until(client, &name);
@@ -518,6 +511,13 @@ impl NodeTask {
             }
             // The endpoint checks passwords itself; in-process clients need none.
             Request::Auth { .. } => self.reply(client, id, Reply::Authenticated),
+            Request::AcceptTerm { term } if term > swimlock_wire::Token::MAX_TERM => {
+                let message = format!(
+                    "term {term} is above {}, the largest a token carries",
+                    swimlock_wire::Token::MAX_TERM
+                );
+                self.reply(client, id, Reply::Error { message });
+            }
             Request::AcceptTerm { term } => {
                 warn!(term, halted_on = ?self.node.lock_node().halted(), "the operator accepts coordinator terms up to {term}");
                 self.node.accept_term(now, term);
