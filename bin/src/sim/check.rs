@@ -42,7 +42,7 @@ struct QueueSnapshot {
     /// tickets may come first, and only their tickets order them.
     open: bool,
     waiting: BTreeMap<LockName, Vec<Waiting>>,
-    holders: BTreeMap<LockName, Token>,
+    holders: BTreeMap<LockName, (Owner, Token)>,
 }
 
 /// The observer. It keeps its own record of what was granted, independent
@@ -153,8 +153,8 @@ impl Checker {
             return Ok(());
         };
         let waiting: BTreeMap<LockName, Vec<Waiting>> = node.queues().into_iter().collect();
-        let holders: BTreeMap<LockName, Token> =
-            node.table().into_iter().map(|(name, _, token)| (name, token)).collect();
+        let holders: BTreeMap<LockName, (Owner, Token)> =
+            node.table().into_iter().map(|(name, owner, token)| (name, (owner, token))).collect();
         for (name, queue) in &waiting {
             if let Some(pair) = queue.windows(2).find(|w| w[0].ticket >= w[1].ticket) {
                 return Err(Violation::new(
@@ -176,14 +176,16 @@ impl Checker {
         }
         let tag = node.config().tag;
         let prev = self.queues.get(&id).filter(|p| p.term == term);
-        for (name, token) in holders.iter().filter(|(_, t)| t.tag() == tag && t.term() >= term) {
-            let Some(prev) = prev.filter(|p| p.holders.get(name) != Some(token)) else { continue };
+        for (name, &(owner, token)) in holders.iter().filter(|(_, (_, t))| t.tag() == tag && t.term() >= term)
+        {
+            let Some(prev) = prev.filter(|p| p.holders.get(name).map(|h| h.1) != Some(token)) else {
+                continue;
+            };
             let Some(before) = prev.waiting.get(name) else { continue };
-            let owner = node.table().into_iter().find(|(n, ..)| n == name).map(|(_, o, _)| o);
             let still_waits = |w: &Waiting| {
                 waiting.get(name).is_some_and(|q| q.iter().any(|x| x.owner == w.owner && x.req == w.req))
             };
-            let granted = before.iter().find(|w| Some(w.owner) == owner).map(|w| w.ticket);
+            let granted = before.iter().find(|w| w.owner == owner).map(|w| w.ticket);
             if granted.is_none() && !prev.open {
                 continue;
             }
@@ -194,7 +196,7 @@ impl Checker {
                     Some(name),
                     format!(
                         "{id} granted {name} ({token}) to {} (ticket {}) while {} (ticket {}) waited before it",
-                        owner.map_or_else(|| "?".to_string(), |o| o.to_string()),
+                        owner,
                         granted.map_or_else(|| "none".to_string(), |t| t.to_string()),
                         w.owner,
                         w.ticket
