@@ -302,7 +302,21 @@ pub struct LockNode {
     /// happened meanwhile (a view installed at once after the gap is made of
     /// what it knew before).
     stale_until: Option<Duration>,
+    /// Whether membership told this node that others declared it down.
+    held: HeldDown,
     out: Outbox,
+}
+
+/// Where a node stands after membership told it that others declared it
+/// down (see [`LockNode::hold_down`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeldDown {
+    /// Nobody declared it down since its last view after a renewal.
+    No,
+    /// Declared down; its identity is not renewed yet.
+    Down,
+    /// Renewed; waiting for the first view after the renewal.
+    Renewed,
 }
 
 impl LockNode {
@@ -335,6 +349,7 @@ impl LockNode {
             gap_at: None,
             view_at: Duration::ZERO,
             stale_until: None,
+            held: HeldDown::No,
             out: Outbox {
                 me,
                 transmits: VecDeque::new(),
@@ -368,6 +383,7 @@ impl LockNode {
             // hold locks its table does not list: a new round, as after a
             // merge, before anything is granted again.
             if self.coord.is_some()
+                && self.held == HeldDown::No
                 && let Some(view) = self.view.clone()
             {
                 self.become_coord(now, &view);
@@ -377,9 +393,10 @@ impl LockNode {
         now
     }
 
-    /// Whether the coordinator role must hold still (see `stale_until`).
+    /// Whether the coordinator role must hold still (see `stale_until`
+    /// and [`LockNode::hold_down`]).
     fn stale(&self) -> bool {
-        self.stale_until.is_some()
+        self.stale_until.is_some() || self.held != HeldDown::No
     }
 
     /// Ends an input: messages to itself delivered, a higher term
@@ -405,8 +422,17 @@ impl LockNode {
         self.note_departures(now, &previous, &view.members);
         let quorum = self.has_quorum(&view);
         let coordinate = view.coordinator() == Some(self.me) && quorum;
+        // The first view after a renewal starts a new round, as a merge does.
+        let rejoined = self.held == HeldDown::Renewed;
+        if rejoined {
+            self.held = HeldDown::No;
+        }
         match (&mut self.coord, coordinate) {
-            (Some(coord), true) if !view.merge => coord.on_view(now, &view.members, &mut self.out),
+            // Held down: no new role and no new round before the renewal.
+            (_, true) if self.held == HeldDown::Down => {}
+            (Some(coord), true) if !view.merge && !rejoined => {
+                coord.on_view(now, &view.members, &mut self.out)
+            }
             (_, true) => self.become_coord(now, &view),
             (Some(_), false) => self.cease_coord(),
             (None, false) => {}
@@ -504,7 +530,7 @@ impl LockNode {
     }
 
     fn dispatch(&mut self, now: Duration, from: NodeId, msg: LockMsg) {
-        if self.stale_until.is_some() && self.coord.is_some() && is_for_coordinator(&msg) {
+        if self.stale() && self.coord.is_some() && is_for_coordinator(&msg) {
             // Not knowing yet whether it still coordinates: the sender
             // repeats it.
             self.out.stats.dropped += 1;
@@ -578,6 +604,28 @@ impl LockNode {
         }
     }
 
+    /// Membership learnt that other members declared this node down: they
+    /// may be installing views without it and following another
+    /// coordinator, while its own view still lists them. As coordinator it
+    /// holds still: it grants and renews nothing, so its own clients'
+    /// leases (shorter than failure detection) end before another
+    /// coordinator can grant their locks. It stays so until the first view
+    /// after membership renewed its identity (see [`LockNode::renewed`]),
+    /// which starts a new round.
+    pub fn hold_down(&mut self, now: Duration) {
+        self.begin(now);
+        self.held = HeldDown::Down;
+        self.end();
+    }
+
+    /// Membership renewed this node's identity after it was declared down
+    /// (see [`LockNode::hold_down`]); the next view ends the hold.
+    pub fn renewed(&mut self) {
+        if self.held == HeldDown::Down {
+            self.held = HeldDown::Renewed;
+        }
+    }
+
     /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):
     /// a coordinator halted on such a term starts a round above it.
     pub fn accept_term(&mut self, now: Duration, term: u32) {
@@ -646,9 +694,11 @@ impl LockNode {
     /// When [`LockNode::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let coord = match self.stale_until {
-            Some(until) => Some(until),
-            None => self.coord.as_ref().and_then(|c| c.poll_timeout(self.now)),
+        let coord = match (self.stale_until, self.held) {
+            (Some(until), _) => Some(until),
+            // Held down: the coordinator's timers wait for the next view.
+            (None, HeldDown::Down | HeldDown::Renewed) => None,
+            (None, HeldDown::No) => self.coord.as_ref().and_then(|c| c.poll_timeout(self.now)),
         };
         // A coordinator runs at least this often, so a longer gap between
         // inputs means the process did not run (see `stale_until`).

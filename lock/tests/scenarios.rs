@@ -719,6 +719,46 @@ fn a_cut_off_holder_loses_its_lease_before_anyone_else_is_granted() {
     let _ = rc;
 }
 
+/// A coordinator that membership says was declared down (others may be
+/// installing views without it, while its own view still lists them) holds
+/// still: its own clients' short leases run out unrenewed and nothing is
+/// granted, until the first view after its identity was renewed, which
+/// starts a new round under a higher term.
+#[test]
+fn a_coordinator_declared_down_holds_still_until_the_view_after_its_renewal() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    let ta = net.granted(a, ra, C1, "x", 1);
+    let own_lease = net.node(a).held()[0].safe_until - net.now;
+    net.with(a, |n, now| n.hold_down(now));
+    let held_at = net.now;
+    let rb = net.lock(b, C1, "y", Duration::from_secs(10));
+    let mut lost_at = None;
+    for _ in 0..100 {
+        net.advance(ms(10));
+        for e in net.events(a) {
+            assert_eq!(
+                e,
+                Event::Lost { client: C1, name: name("x"), token: ta, reason: LossReason::LeaseExpired }
+            );
+            lost_at = Some(net.now);
+        }
+        assert!(net.events(b).is_empty(), "nothing is granted while a is held down");
+    }
+    let lost_at = lost_at.expect("a's own client was told its lock was lost");
+    assert!(lost_at <= held_at + own_lease + ms(10), "lost at {lost_at:?}, own lease {own_lease:?}");
+    // Renewed, but no view yet: still nothing.
+    net.with(a, |n, _| n.renewed());
+    net.advance(ms(200));
+    assert!(net.events(b).is_empty(), "still held until the next view");
+    let before = net.terms[&a];
+    net.install_view(&[a, b], true);
+    net.advance(Duration::from_secs(1));
+    let tb = net.granted(b, rb, C1, "y", 1);
+    assert!(tb.term() > before && tb > ta, "a new round: {tb} after {ta}");
+}
+
 /// Leases: a grant that reaches its node after its lease ended (the node
 /// was paused with the answer queued) is not applied; the request is
 /// repeated and answered again with a fresh lease.

@@ -286,6 +286,31 @@ impl Runtime<Ident> for Io {
     }
 }
 
+/// A one-line account of a gossip payload for traces: sender, its
+/// incarnation, the addressee, the message kind and the member updates it carries (state
+/// and incarnation). Never fails: what does not decode says so.
+pub fn describe_payload(mut data: &[u8]) -> String {
+    use bytes::Buf;
+    let Ok(header) = PostcardCodec.decode_header(&mut data) else { return "undecodable".to_string() };
+    let short = |id: &Ident| format!("{}.{}", id.addr.ip(), id.bump);
+    let mut line = format!(
+        "{:?} from {}@{} to {}",
+        header.message,
+        short(&header.src),
+        header.src_incarnation,
+        short(&header.dst)
+    );
+    if data.remaining() >= 2 && header.message != Message::Broadcast {
+        for _ in 0..data.get_u16() {
+            match PostcardCodec.decode_member(&mut data) {
+                Ok(m) => line.push_str(&format!(" {}:{:?}@{}", short(m.id()), m.state(), m.incarnation())),
+                Err(_) => return line + " (bad update)",
+            }
+        }
+    }
+    line
+}
+
 /// Whether `data` (a payload foca encoded) is a `TurnUndead`.
 fn is_turn_undead(data: &[u8]) -> bool {
     let header: Result<Header<Ident>, _> = PostcardCodec.decode_header(data);
@@ -297,6 +322,8 @@ fn is_turn_undead(data: &[u8]) -> bool {
 struct Renewal {
     /// foca holds this identity down (`Defunct`) and it has not renewed.
     due: bool,
+    /// How many times foca reported this node declared down.
+    downs: u64,
     /// Earliest time of the next renewal.
     not_before: Duration,
     /// Wait after the last renewal before the next: one probe period after
@@ -525,6 +552,23 @@ impl Membership {
         self.gossiped_term.load(Ordering::Relaxed)
     }
 
+    /// How many times a member told this node it was declared down (so
+    /// that others may be installing views without it). foca also says so
+    /// after a suspicion of this node was refuted (a known foca 2.0 defect:
+    /// its down timer fires on the refuted suspicion), so a live, connected
+    /// node sees it too. The count only grows; a driver compares it with
+    /// the last value it saw.
+    pub fn times_declared_down(&self) -> u64 {
+        self.renewal.downs
+    }
+
+    /// Whether this node is held down now: declared down and not renewed
+    /// yet (renewals back off, see `Renewal`). The first view after the
+    /// renewal is a merge.
+    pub fn held_down(&self) -> bool {
+        self.renewal.due
+    }
+
     /// Reports that a datagram for `id` reached this node's address: for a
     /// driver that drops datagrams addressed to another identity before
     /// membership sees them (an envelope bound to its destination), which
@@ -647,6 +691,7 @@ impl Membership {
             if let OwnedNotification::Defunct = note {
                 // foca learnt this identity is held down; see `renew`.
                 self.renewal.due = true;
+                self.renewal.downs += 1;
             }
             merging |= self.tracker.on_notification(now, &note);
         }

@@ -583,6 +583,10 @@ impl NodeTask {
                 on_alert(alert);
             }
             NodeEvent::TagChanged { tag } => self.on_tag_changed(tag),
+            NodeEvent::DeclaredDown => info!(
+                "another member declared this node down (a missed probe, a pause, or a refuted \
+                 suspicion); it grants and renews nothing until it has rejoined"
+            ),
             NodeEvent::JoinTimedOut => warn!(
                 "no seed answered within the join timeout; forming a group of this node alone \
                  (if the seeds are up but unreachable, this is a split brain)"

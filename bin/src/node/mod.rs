@@ -110,6 +110,11 @@ pub enum NodeEvent {
         /// The newer process.
         by: NodeId,
     },
+    /// Another member declared this node down (see
+    /// [`Membership::times_declared_down`]): the lock machine grants and
+    /// renews nothing until the view after membership renewed the node's
+    /// identity.
+    DeclaredDown,
     /// No seed answered within the join timeout: the node formed a group of
     /// its own and may grant in it (worth a warning: if the seeds were up
     /// but unreachable, this is a split brain).
@@ -152,6 +157,9 @@ pub struct NodeCounters {
     pub spoofed: u64,
     /// Senders the replay table forgot because it was full.
     pub replay_evictions: u64,
+    /// Times another member declared this node down (and the lock machine
+    /// held still until the view after the renewal).
+    pub held_down: u64,
 }
 
 impl NodeCounters {
@@ -212,6 +220,9 @@ pub struct Node {
     counters: NodeCounters,
     /// [`NodeEvent::Superseded`] was emitted.
     superseded: bool,
+    /// How many times membership said others declared this node down, as
+    /// last passed to the lock machine.
+    downs_seen: u64,
 }
 
 impl Node {
@@ -264,6 +275,7 @@ impl Node {
             join_timeout,
             counters: NodeCounters::default(),
             superseded: false,
+            downs_seen: 0,
         })
     }
 
@@ -498,6 +510,20 @@ impl Node {
         // A term this node recorded is gossiped (see `Membership::gossip_term`).
         if let Some(term) = self.term_to_show.take() {
             self.membership.gossip_term(term);
+        }
+        // Declared down (by a real failure detection or foca's spurious
+        // "you are down" after a refuted suspicion): others may drop this
+        // node while its view keeps them, so the lock machine holds still
+        // until the view after the renewal.
+        let downs = self.membership.times_declared_down();
+        if downs != self.downs_seen {
+            self.downs_seen = downs;
+            self.lock.hold_down(now);
+            self.counters.held_down += 1;
+            self.events.push_back(NodeEvent::DeclaredDown);
+        }
+        if !self.membership.held_down() {
+            self.lock.renewed();
         }
         while let Some(event) = self.membership.poll_event() {
             let merge = event.is_merge();

@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// With --seed: print the whole trace of a failing run (every
+    /// datagram, gossip included), not only the lines about its lock.
+    #[arg(long)]
+    pub full_trace: bool,
 }
 
 /// Totals over many runs.
@@ -87,7 +91,7 @@ impl Summary {
     pub fn line(&self) -> String {
         let c = &self.counts;
         format!(
-            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} split holds {} violations {}",
+            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} declared down {} split holds {} violations {}",
             self.seeds,
             c.steps,
             c.grants,
@@ -99,6 +103,7 @@ impl Summary {
             c.bounces,
             c.twin_tags,
             c.pauses,
+            c.declared_down,
             c.split_holds,
             self.failures.len()
         )
@@ -143,11 +148,13 @@ pub fn run_seeds(seeds: impl Iterator<Item = u64>, base: &RunConfig, threads: us
     summary
 }
 
-/// Prints a failing run: the violation, then the trace lines about its lock.
-pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
+/// Prints a failing run: the violation, then the trace lines about its lock
+/// and the faults around it (or, `full`, the whole trace).
+pub fn print_failure(o: &Outcome, cfg: &RunConfig, full: bool) {
     let Some((at, v)) = &o.violation else { return };
     eprintln!("seed {} violates invariant {} at {:.6}s: {}", o.seed, v.invariant, at.as_secs_f64(), v.what);
     let lines: Vec<&String> = match &v.name {
+        Some(_) if full => o.trace.iter().collect(),
         Some(name) => {
             let needle = format!("\"{name}\"");
             o.trace
@@ -156,14 +163,15 @@ pub fn print_failure(o: &Outcome, cfg: &RunConfig) {
                     l.contains(&needle)
                         || l.contains(name.as_str())
                         || l.contains(" view ")
-                        || l.contains("crash")
-                        || l.contains("partition")
+                        || ["crash", "partition", "pause", "resume", "restart", "network", "declared down"]
+                            .iter()
+                            .any(|fault| l.contains(fault))
                 })
                 .collect()
         }
         None => o.trace.iter().collect(),
     };
-    let skip = lines.len().saturating_sub(400);
+    let skip = if full { 0 } else { lines.len().saturating_sub(400) };
     for line in &lines[skip..] {
         eprintln!("  {line}");
     }
@@ -212,7 +220,7 @@ pub fn main(args: SimArgs) -> ExitCode {
         let outcome = run(RunConfig { seed, trace: true, ..base.clone() });
         let failed = outcome.violation.is_some();
         if failed {
-            print_failure(&outcome, &base);
+            print_failure(&outcome, &base, args.full_trace);
         } else {
             for line in &outcome.trace {
                 println!("{line}");
@@ -226,7 +234,7 @@ pub fn main(args: SimArgs) -> ExitCode {
     let summary = run_seeds(args.first_seed..args.first_seed + args.seeds, &base, args.threads);
     for failure in &summary.failures {
         let replay = run(RunConfig { seed: failure.seed, trace: true, ..base.clone() });
-        print_failure(&replay, &base);
+        print_failure(&replay, &base, false);
     }
     println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

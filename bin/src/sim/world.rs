@@ -93,6 +93,8 @@ pub struct Counts {
     pub bounces: u64,
     /// Runs in which two hosts started with one node tag.
     pub twin_tags: u64,
+    /// Times a host learnt that another declared it down (and held still).
+    pub declared_down: u64,
     /// Two holders of one lock on two sides of a partition (allowed in
     /// `available` mode only).
     pub split_holds: u64,
@@ -111,6 +113,7 @@ impl Counts {
         self.alone += other.alone;
         self.bounces += other.bounces;
         self.twin_tags += other.twin_tags;
+        self.declared_down += other.declared_down;
         self.split_holds += other.split_holds;
     }
 }
@@ -883,6 +886,10 @@ impl World {
                             views.push(format!("h{host} tag {tag}"));
                         }
                         NodeEvent::Superseded { by } => views.push(format!("h{host} superseded by {by}")),
+                        NodeEvent::DeclaredDown => {
+                            self.outcome.counts.declared_down += 1;
+                            views.push(format!("h{host} declared down: holds still until it rejoins"));
+                        }
                         NodeEvent::JoinTimedOut => {
                             self.outcome.counts.alone += 1;
                             joined_alone = true;
@@ -1268,7 +1275,12 @@ fn describe(to: NodeId, run_seed: u64, datagram: &[u8]) -> String {
             Ok(frame) => format!("{:?}", frame.msgs),
             Err(e) => format!("bad lock frame: {e}"),
         },
-        Ok(o) => format!("{:?} ({} bytes)", o.kind, datagram.len()),
+        Ok(o) => format!(
+            "{:?} ({} bytes) {}",
+            o.kind,
+            datagram.len(),
+            swimlock_membership::describe_payload(o.body)
+        ),
         Err(reason) => format!("dropped: {}", reason.label()),
     }
 }
