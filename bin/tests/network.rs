@@ -161,8 +161,9 @@ mod checker {
         Duration::from_millis(t)
     }
 
-    /// Worker `w` on node `w` holds `r0` with `token` from `from` to `to`.
-    fn hold(w: usize, token: u64, from: u64, to: u64, lost: Option<&str>) -> Vec<Event> {
+    /// Worker `w` on node `w` holds `r0` with `token` from `from` to `to`,
+    /// and writes once, building on the register value `read`.
+    fn hold(w: usize, token: u64, from: u64, to: u64, lost: Option<&str>, read: u64) -> Vec<Event> {
         let op = w as u64 * 1000 + token;
         let ev = |t, what| Event { t: ms(t), worker: w, node: w, what };
         let name = "r0".to_string();
@@ -173,7 +174,7 @@ mod checker {
         vec![
             ev(from - 1, What::Invoke { op, name: name.clone(), kind: OpKind::TryLock }),
             ev(from, What::Answer { op, outcome: Outcome::Granted { token, holds: 1 } }),
-            ev(from + 1, What::Write { name, token, accepted: true }),
+            ev(from + 1, What::Write { name, token, based_on: read, accepted: true }),
             ev(to, end),
         ]
     }
@@ -197,48 +198,66 @@ mod checker {
 
     #[test]
     fn majority_mode_flags_two_holders_and_names_them() {
-        let events = history(vec![hold(0, 10, 100, 500, None), hold(1, 11, 400, 800, None)]);
+        let events = history(vec![hold(0, 10, 100, 500, None, 0), hold(1, 11, 400, 800, None, 0)]);
         let report = check(&events, &[], Mode::Majority, ms(1000));
-        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
         let v = &report.violations[0];
         assert!(v.contains("w0@n0 token 10") && v.contains("w1@n1 token 11"), "{v}");
+        // Both built on 0: w1's write overwrote w0's.
+        let v = &report.violations[1];
+        assert!(v.contains("acknowledged write lost") && v.contains("w1@n1 (token 11)"), "{v}");
     }
 
     #[test]
     fn available_mode_excuses_only_what_the_partition_and_the_merge_explain() {
         // Both sides hold during the split; the loser is told at the merge.
-        let events = history(vec![hold(0, 10, 1500, 3300, Some("Duplicate")), hold(1, 20, 2000, 3500, None)]);
+        let events =
+            history(vec![hold(0, 10, 1500, 3300, Some("Duplicate"), 0), hold(1, 20, 2000, 3500, None, 0)]);
         let report = check(&events, &split(), Mode::Available, ms(5000));
         assert!(report.violations.is_empty(), "{:?}", report.violations);
         assert_eq!((report.excused_overlaps, report.excused_ended_lost), (1, 1));
+        assert_eq!(report.excused_lost_writes, 1, "the two sides' writes: one overwrote the other");
         // Nobody told: the overlap outlives the merge.
-        let events = history(vec![hold(0, 10, 1500, 6000, None), hold(1, 20, 2000, 6500, None)]);
+        let events = history(vec![hold(0, 10, 1500, 6000, None, 0), hold(1, 20, 2000, 6500, None, 0)]);
         let report = check(&events, &split(), Mode::Available, ms(7000));
         assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
         assert!(report.violations[0].contains("past the merge's bound 4.700s"), "{}", report.violations[0]);
-        // No partition at all.
-        let events = history(vec![hold(0, 10, 100, 500, None), hold(1, 11, 400, 800, None)]);
-        assert_eq!(check(&events, &[], Mode::Available, ms(1000)).violations.len(), 1);
+        // No partition at all: the overlap and the write it lost.
+        let events = history(vec![hold(0, 10, 100, 500, None, 0), hold(1, 11, 400, 800, None, 0)]);
+        assert_eq!(check(&events, &[], Mode::Available, ms(1000)).violations.len(), 2);
     }
 
     #[test]
     fn a_paused_holder_told_lost_stopped_at_the_pause() {
         let changes = vec![(ms(200), Change::Pause(0)), (ms(3000), Change::Resume(0))];
         let events =
-            history(vec![hold(0, 10, 100, 3100, Some("LeaseExpired")), hold(1, 11, 2500, 2800, None)]);
+            history(vec![hold(0, 10, 100, 3100, Some("LeaseExpired"), 0), hold(1, 11, 2500, 2800, None, 1)]);
         assert!(check(&events, &changes, Mode::Majority, ms(4000)).violations.is_empty());
         // Not told: it held all along.
-        let events = history(vec![hold(0, 10, 100, 3100, None), hold(1, 11, 2500, 2800, None)]);
+        let events = history(vec![hold(0, 10, 100, 3100, None, 0), hold(1, 11, 2500, 2800, None, 1)]);
         assert_eq!(check(&events, &changes, Mode::Majority, ms(4000)).violations.len(), 1);
     }
 
     #[test]
     fn tokens_must_grow_and_never_repeat() {
-        let events = history(vec![hold(0, 10, 100, 200, None), hold(1, 9, 300, 400, None)]);
+        let events = history(vec![hold(0, 10, 100, 200, None, 0), hold(1, 9, 300, 400, None, 1)]);
         let report = check(&events, &[], Mode::Majority, ms(1000));
         assert!(report.violations.iter().any(|v| v.contains("lower token")), "{:?}", report.violations);
-        let events = history(vec![hold(0, 10, 100, 200, None), hold(1, 10, 300, 400, None)]);
+        let events = history(vec![hold(0, 10, 100, 200, None, 0), hold(1, 10, 300, 400, None, 1)]);
         let report = check(&events, &[], Mode::Majority, ms(1000));
         assert!(report.violations.iter().any(|v| v.contains("granted twice")), "{:?}", report.violations);
+    }
+
+    #[test]
+    fn a_write_built_on_a_stale_value_is_a_lost_write() {
+        // One after the other, the second building on the first: clean.
+        let events = history(vec![hold(0, 10, 100, 200, None, 0), hold(1, 11, 300, 400, None, 1)]);
+        assert!(check(&events, &[], Mode::Majority, ms(1000)).violations.is_empty());
+        // The second built on what was there before the first wrote.
+        let events = history(vec![hold(0, 10, 100, 200, None, 0), hold(1, 11, 300, 400, None, 0)]);
+        let report = check(&events, &[], Mode::Majority, ms(1000));
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        let v = &report.violations[0];
+        assert!(v.contains("acknowledged write lost on r0") && v.contains("over 1 written by w0@n0"), "{v}");
     }
 }

@@ -19,6 +19,9 @@
 //!   hold's token;
 //! - the register's accepted tokens never decrease, and are equal only for
 //!   writes of one holder;
+//! - no acknowledged write is lost: every accepted write builds on the
+//!   value the previous accepted write left (available mode: except across
+//!   a separation of the two writers' nodes);
 //! - every request is answered within [`ANSWER_BOUND`] after its own wait
 //!   and after every fault that overlapped it;
 //! - every `Lost` names a reason.
@@ -91,6 +94,9 @@ pub struct Report {
     pub writes_accepted: usize,
     /// Register writes rejected (a stale token).
     pub writes_rejected: usize,
+    /// Accepted writes that overwrote one they never saw, excused by a
+    /// partition (available mode).
+    pub excused_lost_writes: usize,
 }
 
 impl Report {
@@ -246,6 +252,7 @@ pub fn check(events: &[Event], changes: &[(Duration, Change)], mode: Mode, end: 
         check_tokens(list, &timeline, mode, &mut report);
     }
     check_register(events, &mut report);
+    check_lost_writes(events, &timeline, mode, &mut report);
     check_answers(events, &timeline, &mut report);
     report
 }
@@ -397,7 +404,7 @@ fn check_tokens(list: &[&Hold], timeline: &Timeline, mode: Mode, report: &mut Re
 fn check_register(events: &[Event], report: &mut Report) {
     let mut last: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
     for e in events {
-        let What::Write { name, token, accepted } = &e.what else { continue };
+        let What::Write { name, token, accepted, .. } = &e.what else { continue };
         if !accepted {
             report.writes_rejected += 1;
             continue;
@@ -413,6 +420,43 @@ fn check_register(events: &[Event], report: &mut Report) {
             ));
         }
         last.insert(name, (*token, e.worker));
+    }
+}
+
+/// Replays the accepted writes of each name: a write built on another value
+/// than the register held overwrote an acknowledged write it never saw.
+fn check_lost_writes(events: &[Event], timeline: &Timeline, mode: Mode, report: &mut Report) {
+    // Per name: the value, and the accepted write that left it.
+    let mut state: BTreeMap<&str, (u64, Option<&Event>)> = BTreeMap::new();
+    for e in events {
+        let What::Write { name, token, based_on, accepted: true } = &e.what else { continue };
+        let (value, last) = state.entry(name).or_insert((0, None));
+        if *based_on != *value {
+            let excuse = mode == Mode::Available
+                && last.is_some_and(|p| {
+                    timeline
+                        .separations(p.node, e.node)
+                        .iter()
+                        .any(|s| overlaps((s.0, s.1 + MERGE_BOUND), (p.t.saturating_sub(MERGE_BOUND), e.t)))
+                });
+            if excuse {
+                report.excused_lost_writes += 1;
+            } else {
+                let by = last.map_or("nobody".to_string(), |p| {
+                    format!("w{}@n{} at {:.3}s", p.worker, p.node, p.t.as_secs_f64())
+                });
+                report.violations.push(format!(
+                    "acknowledged write lost on {name}: w{}@n{} (token {token}) wrote {} at {:.3}s, built on {based_on}, \
+                     over {value} written by {by}",
+                    e.worker,
+                    e.node,
+                    based_on + 1,
+                    e.t.as_secs_f64()
+                ));
+            }
+        }
+        *value = based_on + 1;
+        *last = Some(e);
     }
 }
 

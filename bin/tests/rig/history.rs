@@ -74,12 +74,16 @@ pub enum What {
         /// The answer.
         outcome: Outcome,
     },
-    /// A write to the fenced register.
+    /// A write to the fenced register: the value the writer last knew,
+    /// plus one.
     Write {
         /// The lock (the register keeps one value per name).
         name: String,
         /// The token the write carried.
         token: u64,
+        /// The value the writer built on: read at the start of its hold,
+        /// then its own last write.
+        based_on: u64,
         /// Whether the register accepted it.
         accepted: bool,
     },
@@ -117,8 +121,9 @@ pub struct Event {
 #[derive(Default)]
 struct Inner {
     events: Vec<Event>,
-    /// The register: per name, the highest token accepted.
+    /// The register: per name, the highest token accepted and the value.
     highest: BTreeMap<String, u64>,
+    values: BTreeMap<String, u64>,
 }
 
 /// The shared log and the fenced register.
@@ -144,21 +149,29 @@ impl History {
         inner.events.push(Event { t, worker, node, what });
     }
 
-    /// The fenced register: a write to `name` with `token` is accepted only
-    /// if no higher token was accepted for `name` before. Logged either way.
-    pub fn write(&self, worker: usize, node: usize, name: &str, token: u64) -> bool {
+    /// The register's value for `name` (a holder reads it once, when its
+    /// hold begins).
+    pub fn read(&self, name: &str) -> u64 {
+        self.lock().values.get(name).copied().unwrap_or(0)
+    }
+
+    /// The fenced register: a write of `based_on + 1` to `name` with
+    /// `token` is accepted only if no higher token was accepted for `name`
+    /// before. Logged either way.
+    pub fn write(&self, worker: usize, node: usize, name: &str, token: u64, based_on: u64) -> bool {
         let mut inner = self.lock();
         let highest = inner.highest.get(name).copied().unwrap_or(0);
         let accepted = token >= highest;
         if accepted {
             inner.highest.insert(name.to_string(), token);
+            inner.values.insert(name.to_string(), based_on + 1);
         }
         let t = self.epoch.elapsed();
         inner.events.push(Event {
             t,
             worker,
             node,
-            what: What::Write { name: name.to_string(), token, accepted },
+            what: What::Write { name: name.to_string(), token, based_on, accepted },
         });
         accepted
     }

@@ -228,7 +228,7 @@ impl Summary {
         format!(
             "network: {n} nodes, {} ({}, loss {}%{latency}), seed {seed}: {verdict} in {:.1}s; converge {:.2}s; \
              heal {}; failover {}; rejoin {}; lost {} ({}); stale writes rejected {}; holds {}, ops {}, \
-             writes {}, overlaps excused by a partition {} ({} ended by Lost)",
+             writes {}, overlaps excused by a partition {} ({} ended by Lost), writes lost across a partition {}",
             schedule.name,
             schedule.mode.flag(),
             schedule.loss,
@@ -245,6 +245,7 @@ impl Summary {
             r.writes_accepted,
             r.excused_overlaps,
             r.excused_ended_lost,
+            r.excused_lost_writes,
         )
     }
 }

@@ -218,13 +218,18 @@ impl Worker {
         let long = self.rng.random_bool(0.25);
         let (writes, nap) = if long { (4..=8, 300..700) } else { (1..=3, 20..120) };
         let mut end = End::Release;
+        // What this holder knows of the register: read once, then its own
+        // writes (a lost update shows as a write built on a stale value).
+        let mut value = self.history.read(&name);
         for _ in 0..self.rng.random_range(writes) {
             self.wait_gate().await;
             if guard.is_lost() {
                 end = End::Lost(guard.lost().await);
                 break;
             }
-            self.history.write(self.id, self.node, &name, token);
+            if self.history.write(self.id, self.node, &name, token, value) {
+                value += 1;
+            }
             let nap = Duration::from_millis(self.rng.random_range(nap.clone()));
             tokio::select! {
                 lost = guard.lost() => {
