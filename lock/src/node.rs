@@ -302,8 +302,10 @@ pub struct LockNode {
     /// happened meanwhile (a view installed at once after the gap is made of
     /// what it knew before).
     stale_until: Option<Duration>,
-    /// Whether membership told this node that others declared it down.
+    /// Whether membership told this node that others declared it down,
+    /// and since when.
     held: HeldDown,
+    held_at: Duration,
     out: Outbox,
 }
 
@@ -350,6 +352,7 @@ impl LockNode {
             view_at: Duration::ZERO,
             stale_until: None,
             held: HeldDown::No,
+            held_at: Duration::ZERO,
             out: Outbox {
                 me,
                 transmits: VecDeque::new(),
@@ -613,17 +616,32 @@ impl LockNode {
     /// after membership renewed its identity (see [`LockNode::renewed`]),
     /// which starts a new round.
     pub fn hold_down(&mut self, now: Duration) {
-        self.begin(now);
+        let now = self.begin(now);
         self.held = HeldDown::Down;
+        self.held_at = now;
         self.end();
     }
 
     /// Membership renewed this node's identity after it was declared down
-    /// (see [`LockNode::hold_down`]); the next view ends the hold.
-    pub fn renewed(&mut self) {
-        if self.held == HeldDown::Down {
-            self.held = HeldDown::Renewed;
+    /// and a member has spoken to it since (see [`LockNode::hold_down`]).
+    /// The next view ends the hold; if membership already installed one
+    /// meanwhile (the merge view of the renewal), the hold ends now, with a
+    /// new round on that view.
+    pub fn renewed(&mut self, now: Duration) {
+        if self.held != HeldDown::Down {
+            return;
         }
+        let now = self.begin(now);
+        self.held = HeldDown::Renewed;
+        if self.view_at > self.held_at
+            && let Some(view) = self.view.clone()
+        {
+            self.held = HeldDown::No;
+            if view.coordinator() == Some(self.me) && self.has_quorum(&view) {
+                self.become_coord(now, &view);
+            }
+        }
+        self.end();
     }
 
     /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):
@@ -716,9 +734,10 @@ impl LockNode {
         self.view.as_ref().and_then(View::coordinator)
     }
 
-    /// Whether this node coordinates and has finished reconciliation.
+    /// Whether this node coordinates, has finished reconciliation and is
+    /// not holding still (after a gap, or declared down).
     pub fn is_serving(&self) -> bool {
-        self.coord.as_ref().is_some_and(Coordinator::is_serving)
+        !self.stale() && self.coord.as_ref().is_some_and(Coordinator::is_serving)
     }
 
     /// Whether this node coordinates (reconciling or serving).

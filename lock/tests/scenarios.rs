@@ -749,7 +749,7 @@ fn a_coordinator_declared_down_holds_still_until_the_view_after_its_renewal() {
     let lost_at = lost_at.expect("a's own client was told its lock was lost");
     assert!(lost_at <= held_at + own_lease + ms(10), "lost at {lost_at:?}, own lease {own_lease:?}");
     // Renewed, but no view yet: still nothing.
-    net.with(a, |n, _| n.renewed());
+    net.with(a, |n, now| n.renewed(now));
     net.advance(ms(200));
     assert!(net.events(b).is_empty(), "still held until the next view");
     let before = net.terms[&a];

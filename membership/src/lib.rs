@@ -332,6 +332,9 @@ struct Renewal {
     gap: Duration,
     /// When this node last renewed.
     last: Option<Duration>,
+    /// After a renewal that followed a "you are down", until foca is
+    /// connected again: when to give up on the members it still lists.
+    rejoining: Option<Duration>,
 }
 
 /// Longest wait between two renewals of a node that keeps being declared
@@ -498,7 +501,24 @@ impl Membership {
         if now >= self.next_seed_announce {
             self.announce_to_seeds(now);
         }
+        if self.renewal.rejoining.is_some_and(|t| now >= t) {
+            self.give_up_rejoining(now);
+        }
         self.settle(now);
+    }
+
+    /// Nobody spoke to this node's renewed identity within a failure
+    /// detection. foca restarted its timers with the identity and probes
+    /// nobody until a member speaks, so the members it still lists (some
+    /// suspected, with their down timers gone) would stay in every view for
+    /// ever: they are declared down here, as their timers would have.
+    fn give_up_rejoining(&mut self, now: Duration) {
+        self.renewal.rejoining = None;
+        let listed: Vec<foca::Member<Ident>> =
+            self.foca.iter_members().map(|m| foca::Member::down(m.id().clone())).collect();
+        // Members this node itself declares down: no broadcast needed.
+        let _ = self.foca.apply_many(listed.into_iter(), false, &mut self.io);
+        self.drain_notes(now);
     }
 
     /// Changes the node tag this node shows in its identity. The identity
@@ -563,10 +583,12 @@ impl Membership {
     }
 
     /// Whether this node is held down now: declared down and not renewed
-    /// yet (renewals back off, see `Renewal`). The first view after the
-    /// renewal is a merge.
+    /// yet (renewals back off, see `Renewal`), or renewed and not yet
+    /// spoken to (foca restarts its timers with a new identity and probes
+    /// nobody meanwhile, so its member list is not news). The first view
+    /// after that is a merge.
     pub fn held_down(&self) -> bool {
-        self.renewal.due
+        self.renewal.due || self.renewal.rejoining.is_some()
     }
 
     /// Reports that a datagram for `id` reached this node's address: for a
@@ -637,7 +659,10 @@ impl Membership {
         let foca = self.io.timers.next_deadline();
         let view = self.tracker.deadline(self.config.view_settle, self.config.view_max_delay);
         let renewal = self.renewal.due.then_some(self.renewal.not_before);
-        [foca, view, renewal, Some(self.next_seed_announce)].into_iter().flatten().min()
+        [foca, view, renewal, self.renewal.rejoining, Some(self.next_seed_announce)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether gossip knows another active member now, installed in a view
@@ -688,10 +713,15 @@ impl Membership {
     fn drain_notes(&mut self, now: Duration) {
         let mut merging = false;
         for note in std::mem::take(&mut self.io.notes) {
-            if let OwnedNotification::Defunct = note {
-                // foca learnt this identity is held down; see `renew`.
-                self.renewal.due = true;
-                self.renewal.downs += 1;
+            match note {
+                OwnedNotification::Defunct => {
+                    // foca learnt this identity is held down; see `renew`.
+                    self.renewal.due = true;
+                    self.renewal.downs += 1;
+                }
+                // A member spoke to the renewed identity.
+                OwnedNotification::Active => self.renewal.rejoining = None,
+                _ => {}
             }
             merging |= self.tracker.on_notification(now, &note);
         }
@@ -788,6 +818,7 @@ impl Membership {
         // renews again.
         let _ = self.foca.change_identity(Ident { bump, tag, ..mine }, &mut self.io);
         if was_down {
+            self.renewal.rejoining = Some(now + self.config.suspect_to_down_after + self.config.probe_period);
             // A rejoin: the others will see this node come back.
             self.tracker.on_rejoin(now);
             self.merge_burst(now);

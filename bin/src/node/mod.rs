@@ -523,7 +523,7 @@ impl Node {
             self.events.push_back(NodeEvent::DeclaredDown);
         }
         if !self.membership.held_down() {
-            self.lock.renewed();
+            self.lock.renewed(now);
         }
         while let Some(event) = self.membership.poll_event() {
             let merge = event.is_merge();
