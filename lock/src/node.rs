@@ -473,12 +473,13 @@ impl LockNode {
     /// BecomeCoord: a fresh coordinator under a term above every term this
     /// node knows; its reconciliation round starts now. Fresh grants wait
     /// for the leases that members which left recently may still hold: the
-    /// lock-delay after each departure (the lease minus detection), nothing
-    /// for a departed coordinator, whose own clients' leases are shorter
-    /// than detection.
+    /// lock-delay after each departure (a whole lease: the departed may have
+    /// been renewed just before the view without it), the own lease after a
+    /// departed coordinator's (it renewed its own clients up to its last
+    /// moment, or until it was told it was declared down).
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
-        let own = self.config.stretched(self.config.own_lease).saturating_sub(self.config.detection_min);
+        let own = self.config.stretched(self.config.own_lease);
         let lease = self.config.stretched(self.config.lease);
         let fresh_after = self
             .departed

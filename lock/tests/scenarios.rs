@@ -86,7 +86,7 @@ impl Net {
         let all: Vec<NodeId> = net.nodes.keys().copied().collect();
         net.install_view(&all, false);
         // Long enough for the lock-delay grace of majority mode.
-        net.advance(Duration::from_secs(2));
+        net.advance(Duration::from_millis(2_500));
         assert!(net.node(id(1)).is_serving(), "setup: the oldest member serves");
         net
     }
@@ -467,7 +467,7 @@ fn merge_resolves_a_duplicate_in_favour_of_the_higher_token() {
     net.install_view(&[c, d], false);
     // The new side grants once the leases the other side's members may
     // still hold have run out (the lock-delay after their departure).
-    net.advance(ms(2_000));
+    net.advance(ms(2_500));
     assert!(net.node(c).is_serving(), "the other side elected its own coordinator");
 
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
@@ -913,7 +913,7 @@ fn a_late_reconciliation_answer_is_merged_duplicates_and_all() {
     net.install_view(&[c, d], false);
     // The new side grants once the leases the other side's members may
     // still hold have run out (the lock-delay after their departure).
-    net.advance(ms(2_000));
+    net.advance(ms(2_500));
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
     let tb = net.granted(b, rb, C1, "x", 1);
     let rd = net.lock(d, C1, "x", Duration::from_secs(5));
@@ -1106,7 +1106,7 @@ fn a_lost_duplicate_lock_is_repeated_until_acknowledged() {
     net.install_view(&[c, d], false);
     // The new side grants once the leases the other side's members may
     // still hold have run out (the lock-delay after their departure).
-    net.advance(ms(2_000));
+    net.advance(ms(2_500));
     let rb = net.lock(b, C1, "x", Duration::from_secs(5));
     let tb = net.granted(b, rb, C1, "x", 1);
     let rd = net.lock(d, C1, "x", Duration::from_secs(5));

@@ -350,8 +350,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "U16")]
     pub node_tag: Option<u16>,
     /// Wait this long before granting again a lock whose holder left; at
-    /// least lease x (1 + clock margin) - detection [default: that bound
-    /// (1.6s with the LAN defaults), 3s in majority mode].
+    /// least lease x (1 + clock margin) [default: that bound (2.1s with the
+    /// LAN defaults), 3s in majority mode].
     #[arg(long, value_name = "DURATION")]
     pub lock_delay: Option<String>,
     /// SWIM probe period [default: 100ms].
@@ -538,10 +538,6 @@ impl AgentArgs {
         if let Some(step) = lf.max_term_step {
             l.max_term_step = step;
         }
-        // By default the own lease fits in the detection time it must beat
-        // (shorter than the default where faster detection is configured).
-        let fitting = l.detection_min * 100 / (100 + l.clock_margin_pct.min(100));
-        l.own_lease = l.own_lease.min(Duration::from_millis(fitting.as_millis() as u64));
         set(&mut l.own_lease, "lock.own_lease", lf.own_lease.as_ref())?;
         // The least lock-delay the lease allows; in majority mode also time
         // for a cut-off side to notice it lost the majority.
