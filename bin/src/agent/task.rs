@@ -7,8 +7,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use swimlock_lock::{Event, Failure, LossReason};
 use swimlock_wire::client::{
-    ClientRequest, FailReason, HeldInfo, LostReason, MemberInfo, Reply, Request, ServerMessage, Status,
-    TableEntry, TableInfo,
+    ClientRequest, FailReason, HeldInfo, LostReason, MAX_DEPARTED, MemberInfo, MemberState, Reply, Request,
+    ServerMessage, Status, TableEntry, TableInfo,
 };
 use swimlock_wire::frame::MAX_DATAGRAM;
 use swimlock_wire::{ClientId, LockName, ReqId};
@@ -109,6 +109,12 @@ pub(crate) struct NodeTask {
     keyring_store: Option<KeyringStore>,
     /// Keyring commands in flight: the asking client and its request id.
     keyring_ops: BTreeMap<u64, (ClientId, u64)>,
+    /// The members of the last view installed, and those that left views
+    /// since (the latest [`MAX_DEPARTED`]), for `Status`.
+    members: Vec<MemberInfo>,
+    departed: Vec<MemberInfo>,
+    /// Members a component needs to grant, in mode `majority`.
+    quorum: Option<u32>,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -158,6 +164,14 @@ impl NodeTask {
             commands_closed: false,
             keyring_store,
             keyring_ops: BTreeMap::new(),
+            members: Vec::new(),
+            departed: Vec::new(),
+            quorum: match config.lock.mode {
+                swimlock_lock::Mode::Majority { members } => {
+                    Some(u32::try_from(members.get() / 2 + 1).unwrap_or(u32::MAX))
+                }
+                swimlock_lock::Mode::Available => None,
+            },
             _stopped: stopped,
         })
     }
@@ -498,6 +512,11 @@ impl NodeTask {
                 let lease_ms = lease.map(|until| lease_ms(until, now));
                 self.reply(client, id, Reply::Lease { lease_ms });
             }
+            Request::Holds { name } => {
+                let held = self.node.lock_node().held();
+                let holds = held.iter().find(|h| h.client == client && h.name == name).map_or(0, |h| h.holds);
+                self.reply(client, id, Reply::Holds { holds });
+            }
             Request::Unlock { name } => {
                 let reply = match self.node.unlock(now, client, &name) {
                     Ok(()) => Reply::Unlocked,
@@ -686,6 +705,7 @@ impl NodeTask {
     }
 
     fn on_view(&mut self, view: &swimlock_membership::View, merge: bool) {
+        self.track_departures(view);
         let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         let coordinator = view.coordinator().map_or("-", |m| m.name.as_str());
         info!(view_id = view.id, merge, members = ?names, coordinator, "view installed");
@@ -701,9 +721,24 @@ impl NodeTask {
         }
     }
 
+    /// Notes the members of the previous view that are not in `view` as
+    /// departed (and forgets a departure whose member is back).
+    fn track_departures(&mut self, view: &swimlock_membership::View) {
+        let now: Vec<MemberInfo> = view.members.iter().map(member_info).collect();
+        for gone in self.members.iter().filter(|m| !view.contains(m.id)) {
+            self.departed.retain(|d| d.id != gone.id);
+            self.departed.push(MemberInfo { state: MemberState::Down, ..gone.clone() });
+        }
+        self.departed.retain(|d| !view.contains(d.id));
+        if self.departed.len() > MAX_DEPARTED {
+            self.departed.drain(..self.departed.len() - MAX_DEPARTED);
+        }
+        self.members = now;
+    }
+
     fn status(&self) -> Status {
         let view = self.node.membership().view();
-        let member = |m: &swimlock_membership::Member| MemberInfo { name: m.name.clone(), id: m.id };
+        let member = member_info;
         let lock = self.node.lock_node();
         let table = lock.table_stats().map(|t| {
             let entries = lock
@@ -726,6 +761,13 @@ impl NodeTask {
             view_id: view.id,
             view_digest: view.digest(),
             members: view.members.iter().map(member).collect(),
+            departed: {
+                let mut d = self.departed.clone();
+                d.sort_by_key(|m| m.id);
+                d
+            },
+            quorum: self.quorum,
+            version: env!("CARGO_PKG_VERSION").to_string(),
             coordinator: view.coordinator().map(member),
             locks: lock
                 .held()
@@ -748,6 +790,12 @@ impl NodeTask {
             halted_on_term: self.node.lock_node().halted(),
         }
     }
+}
+
+/// A view member as `Status` shows it. The membership layer reports the
+/// members of the view only, all of them alive as far as it says.
+fn member_info(m: &swimlock_membership::Member) -> MemberInfo {
+    MemberInfo { name: m.name.clone(), id: m.id, state: MemberState::Alive }
 }
 
 /// Logs a condition the operator must look at.
