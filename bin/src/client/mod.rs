@@ -876,8 +876,11 @@ enum Sent {
 fn hello_result(v: Value) -> Result<(), ClientError> {
     match v {
         Value::Map(_) if v.get("proto").and_then(Value::as_int) == Some(3) => Ok(()),
-        Value::Error(e) if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") => {
-            Err(ClientError::Unauthorized(e))
+        Value::Error(e) if e.starts_with("NOAUTH") => {
+            Err(ClientError::Unauthorized("this endpoint requires a client token".into()))
+        }
+        Value::Error(e) if e.starts_with("WRONGPASS") => {
+            Err(ClientError::Unauthorized("wrong client token".into()))
         }
         other => Err(ClientError::Protocol(format!("the endpoint did not take HELLO 3: {other:?}"))),
     }

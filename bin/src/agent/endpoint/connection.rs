@@ -42,7 +42,8 @@ pub enum Action {
     /// Register with the node (now that the password was given); then call
     /// [`Conn::connected`] with the id it gives.
     Connect,
-    /// Count a refused password.
+    /// Count a refused password (or the first command refused for want
+    /// of one).
     Unauthorized,
 }
 
@@ -90,6 +91,8 @@ pub struct Conn {
     /// Set once that command ran: the connection closes when its replies
     /// are out (with the reason to count, `None` for a QUIT).
     ending: Option<Option<CloseReason>>,
+    /// A command was refused for want of the password (counted once).
+    told_noauth: bool,
     /// The endpoint's count of waiting LOCK requests, and this
     /// connection's part of it.
     lock_waiters: Arc<AtomicUsize>,
@@ -116,6 +119,7 @@ impl Conn {
             out: Vec::new(),
             stop_reading: false,
             ending: None,
+            told_noauth: false,
             lock_waiters,
             my_waiters: 0,
         }
@@ -242,7 +246,12 @@ impl Conn {
                     self.hello(proto, name);
                 }
             }
-            _ if !self.authed => self.ready(noauth()),
+            _ if !self.authed => {
+                if !std::mem::replace(&mut self.told_noauth, true) {
+                    actions.push(Action::Unauthorized);
+                }
+                self.ready(noauth());
+            }
             Command::Hello { proto, name, .. } => self.hello(proto, name),
             Command::Ping(None) => self.ready(Value::Simple("PONG".into())),
             Command::Ping(Some(m)) | Command::Echo(m) => self.ready(Value::Bulk(m)),

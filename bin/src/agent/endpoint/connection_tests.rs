@@ -131,8 +131,10 @@ fn a_password_comes_first() {
     let mut c = Conn::new(Some("s3cret".into()), Arc::new(AtomicUsize::new(0)));
     let mut actions = Vec::new();
     c.read(&cmd(&["LOCK", "a"]), &mut actions);
-    assert!(actions.is_empty());
+    c.read(&cmd(&["PING"]), &mut actions);
+    assert_eq!(actions, vec![Action::Unauthorized], "counted once");
     assert!(output(&mut c).starts_with("-NOAUTH"));
+    actions.clear();
     c.read(&cmd(&["AUTH", "s3cret"]), &mut actions);
     assert_eq!(actions, vec![Action::Connect]);
     // Nothing runs until the node registered the connection.
