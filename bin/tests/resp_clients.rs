@@ -293,3 +293,19 @@ fn a_duplicate_after_a_merge_is_pushed_and_answered_in_band() {
     }
     assert!(status.success(), "the duplicate scenario failed");
 }
+
+/// A client written from the README's "Client protocol" section alone, in
+/// Python with a bare socket.
+#[test]
+fn a_client_written_from_the_readme_alone() {
+    let _serial = serial();
+    if !have("python3", Command::new("python3").arg("--version")) {
+        return;
+    }
+    let dir = TempDir::new("resp-min");
+    let agent = agent(&dir, "min-1");
+    run_script(
+        "minimal client",
+        Command::new("python3").arg(scripts().join("minimal.py")).arg(agent.client.port().to_string()),
+    );
+}
