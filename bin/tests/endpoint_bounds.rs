@@ -63,7 +63,7 @@ fn last_message(stream: &mut TcpStream, limit: Duration) -> Option<String> {
             Ok(n) => bytes.extend_from_slice(&chunk[..n]),
         }
     }
-    String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()).last().map(str::to_string)
+    String::from_utf8_lossy(&bytes).lines().rfind(|l| !l.is_empty()).map(str::to_string)
 }
 
 fn status_command(_: u64) -> Vec<u8> {

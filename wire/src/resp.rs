@@ -64,6 +64,9 @@ impl fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
+/// A command's arguments and the bytes it took; `None` while incomplete.
+pub type Parsed = Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError>;
+
 /// One header line at `at`: the number after its type byte, and where the
 /// next line starts; `None` if it is not complete yet.
 fn header(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
@@ -80,7 +83,7 @@ fn header(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, ProtocolError> 
 /// first) and the number of bytes it took, or `None` while it is incomplete.
 /// An empty argument list (a blank inline line, `*0`) is a command to skip.
 /// Never buffers past the limits: a header announcing more fails at once.
-pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse_command(buf: &[u8]) -> Parsed {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf),
@@ -88,7 +91,7 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Protoc
     }
 }
 
-fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_multibulk(buf: &[u8]) -> Parsed {
     let Some((count, mut at)) = header(buf, 0)? else { return Ok(None) };
     if count > MAX_ARGS as i64 {
         return Err(ProtocolError::ArgCount(count));
@@ -115,7 +118,7 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Protocol
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Parsed {
     let Some(end) = buf.iter().take(MAX_INLINE + 1).position(|&b| b == b'\n') else {
         return if buf.len() > MAX_INLINE { Err(ProtocolError::InlineTooLong) } else { Ok(None) };
     };

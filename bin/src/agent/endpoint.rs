@@ -332,7 +332,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_a
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut partial_since: Option<Instant> = None;
     let closing: Option<CloseReason> = 'conn: loop {
-        for action in actions.drain(..).collect::<Vec<_>>() {
+        for action in std::mem::take(&mut actions) {
             match action {
                 Action::Request(request) => {
                     let Some(client) = conn.client() else { continue };
@@ -380,7 +380,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_a
             }
             msg = from_node.recv(), if conn.client().is_some() => {
                 let Some(msg) = msg else { break None };
-                conn.from_node(msg, &mut actions);
+                conn.on_node(msg, &mut actions);
             }
             // Cancel-safe too: when another branch wins, nothing was written.
             written = writer.write(out.unsent()), if !out.unsent().is_empty() => match written {
@@ -396,7 +396,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_a
         let _ = endpoint.commands.send(Command::Disconnect { client });
         // What the node said before it dropped the session is still delivered.
         while let Ok(msg) = from_node.try_recv() {
-            conn.from_node(msg, &mut Vec::new());
+            conn.on_node(msg, &mut Vec::new());
         }
     }
     conn.take_output(&mut out.buf);

@@ -266,7 +266,7 @@ impl Conn {
                 env!("CARGO_PKG_VERSION")
             ))),
             Command::WatchView => self.ready(Value::error("ERR", "WATCH VIEW is not available on this node")),
-            Command::Node(request) => self.to_node(request, actions),
+            Command::Node(request) => self.ask_node(request, actions),
         }
     }
 
@@ -312,7 +312,7 @@ impl Conn {
         ]));
     }
 
-    fn to_node(&mut self, request: Request, actions: &mut Vec<Action>) {
+    fn ask_node(&mut self, request: Request, actions: &mut Vec<Action>) {
         if let Some(name) = commands::named_lock(&request)
             && let Some((token, reason)) = self.lost.remove(name)
         {
@@ -337,7 +337,7 @@ impl Conn {
 
     /// A message from the node: a reply fills its slot; a loss is
     /// remembered (and pushed to RESP3); a stop notice is pushed.
-    pub fn from_node(&mut self, msg: ServerMessage, actions: &mut Vec<Action>) {
+    pub fn on_node(&mut self, msg: ServerMessage, actions: &mut Vec<Action>) {
         match msg {
             ServerMessage::Reply { id, reply } => self.answer(id, reply),
             ServerMessage::Lost { name, token, reason } => {

@@ -33,7 +33,7 @@ fn requests(actions: Vec<Action>) -> Vec<ClientRequest> {
 
 fn answer(c: &mut Conn, id: u64, reply: Reply) -> Vec<ClientRequest> {
     let mut actions = Vec::new();
-    c.from_node(ServerMessage::Reply { id, reply }, &mut actions);
+    c.on_node(ServerMessage::Reply { id, reply }, &mut actions);
     requests(actions)
 }
 
@@ -82,7 +82,7 @@ fn the_unlock_behind_a_lock_runs_after_the_grant() {
 fn a_loss_is_answered_in_band_on_the_next_command_naming_the_lock() {
     let mut c = conn();
     let lost = ServerMessage::Lost { name: name("a"), token: Token(7), reason: LostReason::Duplicate };
-    c.from_node(lost, &mut Vec::new());
+    c.on_node(lost, &mut Vec::new());
     assert_eq!(output(&mut c), "", "RESP2 has no pushes");
     // Another lock's command is run as usual.
     assert_eq!(feed(&mut c, &cmd(&["HOLDS", "b"])).len(), 1);
@@ -101,7 +101,7 @@ fn resp3_gets_the_push_too_and_a_not_held_answer_in_flight_becomes_lost() {
     assert!(output(&mut c).starts_with("%7\r\n"));
     let sent = feed(&mut c, &cmd(&["UNLOCK", "a"]));
     let lost = ServerMessage::Lost { name: name("a"), token: Token(7), reason: LostReason::LeaseExpired };
-    c.from_node(lost, &mut Vec::new());
+    c.on_node(lost, &mut Vec::new());
     answer(&mut c, sent[0].id, Reply::NotHeld);
     assert_eq!(
         output(&mut c),
