@@ -109,6 +109,10 @@ pub enum Request {
         /// The lock.
         name: LockName,
     },
+    /// Subscribe to views: answered with [`Reply::Watching`], then
+    /// [`ServerMessage::View`] with the current view, then one per view
+    /// the node installs, in order, until the client disconnects.
+    WatchView,
 }
 
 /// A frame from the node.
@@ -140,6 +144,9 @@ pub enum ServerMessage {
         /// How long the node waits, in milliseconds.
         grace_ms: u64,
     },
+    /// A view, to a client that asked for `WatchView`: first the current
+    /// one, then each one installed.
+    View(Box<ViewInfo>),
     /// The node is closing this connection for the reason given (it broke a
     /// bound of the client endpoint). Sent when it can be, then the
     /// connection closes and its locks are released.
@@ -267,6 +274,8 @@ pub enum Reply {
         /// The hold count (0: not held).
         holds: u32,
     },
+    /// `WatchView` accepted.
+    Watching,
 }
 
 /// The outcome of a keyring command across the view, as `consul keyring`
@@ -379,6 +388,24 @@ impl MemberState {
             _ => None,
         }
     }
+}
+
+/// A view as `WatchView` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewInfo {
+    /// The node's local view number.
+    pub id: u64,
+    /// A digest of the member list, equal on nodes with the same view.
+    pub digest: u64,
+    /// The members, oldest first.
+    pub members: Vec<MemberInfo>,
+    /// The coordinator (the oldest member).
+    pub coordinator: Option<MemberInfo>,
+    /// Whether members that were apart came back (a merge view).
+    pub merge: bool,
+    /// For a merge, the groups that were apart as this node best knows
+    /// them (each oldest first); empty otherwise.
+    pub subgroups: Vec<Vec<NodeId>>,
 }
 
 /// Most departed members a `Status` lists.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::admin::{KEY_LEN, KeyringOp};
 use crate::client::{
     CloseReason, FailReason, HeldInfo, KeyHolders, KeyringFailure, KeyringReport, LostReason, MemberInfo,
-    MemberState, Reply, Request, SecurityInfo, ServerMessage, Status, TableEntry, TableInfo,
+    MemberState, Reply, Request, SecurityInfo, ServerMessage, Status, TableEntry, TableInfo, ViewInfo,
 };
 use crate::ids::{ClientId, LockName, NodeId, Token};
 use crate::resp::{Proto, Value};
@@ -49,8 +49,6 @@ pub enum Command {
     /// `INFO [section]`: a few `key:value` lines (clients such as ioredis
     /// read `loading:0` from it before they send anything else).
     Info,
-    /// `WATCH VIEW`: a stream of views.
-    WatchView,
     /// A request for the node task.
     Node(Request),
 }
@@ -132,7 +130,7 @@ pub fn parse(args: &[Vec<u8>]) -> Result<Command, Value> {
         ("STATUS", []) => node(Request::Status),
         ("ACCEPTTERM", [term]) => node(Request::AcceptTerm { term: int_arg(term, "term")? }),
         ("KEYRING", [op, key @ ..]) => keyring(op, key).map(Command::Node),
-        ("WATCH", [what]) if is(what, "VIEW") => Ok(Command::WatchView),
+        ("WATCH", [what]) if is(what, "VIEW") => node(Request::WatchView),
         ("WATCH", _) => Err(Value::error("ERR", "WATCH takes VIEW (keys cannot be watched here)")),
         ("PING", []) => Ok(Command::Ping(None)),
         ("PING", [msg]) => Ok(Command::Ping(Some(msg.clone()))),
@@ -225,6 +223,7 @@ pub fn command_args(request: &Request) -> Vec<Vec<u8>> {
         Request::Holds { name } => vec![s("HOLDS"), n(name)],
         Request::Lease { name } => vec![s("LEASE"), n(name)],
         Request::Status => vec![s("STATUS")],
+        Request::WatchView => vec![s("WATCH"), s("VIEW")],
         Request::Auth { token } => vec![s("AUTH"), s(token)],
         Request::AcceptTerm { term } => vec![s("ACCEPTTERM"), term.to_string().into_bytes()],
         Request::Keyring { op } => match op {
@@ -304,7 +303,7 @@ pub fn reply_value(request: &Request, reply: Reply, me: ClientId) -> Value {
         Reply::Failed { reason: FailReason::NoQuorum } => {
             Value::error("NOQUORUM", "this node's side of the cluster holds no majority of the members")
         }
-        Reply::Unlocked | Reply::Authenticated => Value::Simple("OK".into()),
+        Reply::Unlocked | Reply::Authenticated | Reply::Watching => Value::Simple("OK".into()),
         Reply::NotHeld | Reply::Lease { lease_ms: None } => not_held(named_lock(request)),
         Reply::Lease { lease_ms: Some(ms) } => Value::uint(ms),
         Reply::Holds { holds } => Value::Int(holds.into()),
@@ -365,6 +364,10 @@ pub fn reply_from_value(request: &Request, v: Value) -> Reply {
         Request::Lease { .. } => uint(&v).map_or_else(|| bad(&v), |ms| Reply::Lease { lease_ms: Some(ms) }),
         Request::Holds { .. } => uint(&v).map_or_else(|| bad(&v), |h| Reply::Holds { holds: h as u32 }),
         Request::Status => status_from_value(&v).map_or_else(|| bad(&v), |s| Reply::Status(Box::new(s))),
+        Request::WatchView => match &v {
+            Value::Simple(_) => Reply::Watching,
+            _ => bad(&v),
+        },
         Request::AcceptTerm { .. } => match &v {
             Value::Null => Reply::TermAccepted { still_halted_on: None },
             other => uint(other)
@@ -390,6 +393,7 @@ pub fn push_value(msg: &ServerMessage) -> Option<Value> {
         ServerMessage::Stopping { grace_ms } => {
             Some(Value::Push(vec![Value::bulk("stopping"), Value::uint(*grace_ms)]))
         }
+        ServerMessage::View(view) => Some(Value::Push(vec![Value::bulk("view"), view_value(view)])),
         ServerMessage::Closing { reason } => Some(Value::Push(vec![
             Value::bulk("closing"),
             Value::bulk(reason.code()),
@@ -399,7 +403,7 @@ pub fn push_value(msg: &ServerMessage) -> Option<Value> {
 }
 
 /// The message a push carries (the inverse of [`push_value`]); `None` for
-/// a push this library does not know (such as a view of `WATCH VIEW`).
+/// a push this library does not know.
 pub fn push_from_value(items: &[Value]) -> Option<ServerMessage> {
     match (items.first()?.as_text()?, items) {
         ("lost", [_, name, token, reason]) => Some(ServerMessage::Lost {
@@ -410,6 +414,7 @@ pub fn push_from_value(items: &[Value]) -> Option<ServerMessage> {
         ("stopping", [_, grace]) => {
             Some(ServerMessage::Stopping { grace_ms: u64::try_from(grace.as_int()?).ok()? })
         }
+        ("view", [_, view]) => Some(ServerMessage::View(Box::new(view_from_value(view)?))),
         ("closing", [_, code, ..]) => {
             Some(ServerMessage::Closing { reason: CloseReason::from_code(code.as_text()?)? })
         }
@@ -597,6 +602,47 @@ pub fn status_from_value(v: &Value) -> Option<Status> {
         table,
         security,
         halted_on_term: get_opt_u32(v, "halted_on_term")?,
+    })
+}
+
+fn node_value(id: &NodeId) -> Value {
+    Value::Map(vec![kv("addr", Value::bulk(id.addr.to_string())), kv("epoch", Value::uint(id.epoch))])
+}
+
+/// The map of a view in a `view` push (`WATCH VIEW`): `id`, `digest`,
+/// `members` (member maps, oldest first), `coordinator`, `merge` and
+/// `subgroups` (arrays of `{addr, epoch}` maps; empty unless a merge).
+pub fn view_value(v: &ViewInfo) -> Value {
+    Value::Map(vec![
+        kv("id", Value::uint(v.id)),
+        kv("digest", Value::bulk(format!("{:016x}", v.digest))),
+        kv("members", Value::Array(v.members.iter().map(member_value).collect())),
+        kv("coordinator", v.coordinator.as_ref().map_or(Value::Null, member_value)),
+        kv("merge", Value::Bool(v.merge)),
+        kv(
+            "subgroups",
+            Value::Array(
+                v.subgroups.iter().map(|g| Value::Array(g.iter().map(node_value).collect())).collect(),
+            ),
+        ),
+    ])
+}
+
+/// The [`ViewInfo`] a view map encodes.
+pub fn view_from_value(v: &Value) -> Option<ViewInfo> {
+    Some(ViewInfo {
+        id: get_u64(v, "id")?,
+        digest: u64::from_str_radix(&get_text(v, "digest")?, 16).ok()?,
+        members: items(v, "members")?.iter().map(member_of).collect::<Option<_>>()?,
+        coordinator: match v.get("coordinator")? {
+            Value::Null => None,
+            c => Some(member_of(c)?),
+        },
+        merge: v.get("merge")?.as_int()? != 0,
+        subgroups: items(v, "subgroups")?
+            .iter()
+            .map(|g| g.as_items()?.iter().map(node_of).collect::<Option<Vec<_>>>())
+            .collect::<Option<_>>()?,
     })
 }
 

@@ -44,7 +44,7 @@ fn lock_commands_read_as_requests() {
     assert_eq!(parse_ok(&["LEASE", "a"]), Command::Node(Request::Lease { name: name("a") }));
     assert_eq!(parse_ok(&["status"]), Command::Node(Request::Status));
     assert_eq!(parse_ok(&["ACCEPTTERM", "9"]), Command::Node(Request::AcceptTerm { term: 9 }));
-    assert_eq!(parse_ok(&["WATCH", "view"]), Command::WatchView);
+    assert_eq!(parse_ok(&["WATCH", "view"]), Command::Node(Request::WatchView));
 }
 
 #[test]
@@ -258,6 +258,7 @@ proptest! {
             Request::Holds { name: n.clone() },
             Request::Lease { name: n.clone() },
             Request::Status,
+            Request::WatchView,
             Request::AcceptTerm { term },
             Request::Keyring { op: KeyringOp::List },
             Request::Keyring { op: KeyringOp::Install { key: [7; KEY_LEN] } },
@@ -302,6 +303,18 @@ proptest! {
             ServerMessage::Lost { name: n, token: t, reason: LostReason::LeaseExpired },
             ServerMessage::Stopping { grace_ms },
             ServerMessage::Closing { reason: CloseReason::SlowReader },
+            ServerMessage::View(Box::new(ViewInfo {
+                id: grace_ms,
+                digest: u64::MAX - grace_ms,
+                members: vec![MemberInfo {
+                    name: "n1".into(),
+                    id: NodeId { epoch: 3, addr: "127.0.0.1:7001".parse().unwrap() },
+                    state: MemberState::Alive,
+                }],
+                coordinator: None,
+                merge: grace_ms % 2 == 0,
+                subgroups: vec![vec![NodeId { epoch: 3, addr: "[::1]:7001".parse().unwrap() }], vec![]],
+            })),
         ];
         for msg in msgs {
             let v = through_the_wire(&push_value(&msg).unwrap(), Proto::Resp3);

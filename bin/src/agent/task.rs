@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use swimlock_lock::{Event, Failure, LossReason};
 use swimlock_wire::client::{
     ClientRequest, FailReason, HeldInfo, LostReason, MAX_DEPARTED, MemberInfo, MemberState, Reply, Request,
-    ServerMessage, Status, TableEntry, TableInfo,
+    ServerMessage, Status, TableEntry, TableInfo, ViewInfo,
 };
 use swimlock_wire::frame::MAX_DATAGRAM;
 use swimlock_wire::{ClientId, LockName, ReqId};
@@ -115,6 +115,10 @@ pub(crate) struct NodeTask {
     departed: Vec<MemberInfo>,
     /// Members a component needs to grant, in mode `majority`.
     quorum: Option<u32>,
+    /// Clients that asked for views, and the last view installed as they
+    /// are told it.
+    watchers: BTreeSet<ClientId>,
+    last_view: Option<ViewInfo>,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -166,6 +170,8 @@ impl NodeTask {
             keyring_ops: BTreeMap::new(),
             members: Vec::new(),
             departed: Vec::new(),
+            watchers: BTreeSet::new(),
+            last_view: None,
             quorum: match config.lock.mode {
                 swimlock_lock::Mode::Majority { members } => {
                     Some(u32::try_from(members.get() / 2 + 1).unwrap_or(u32::MAX))
@@ -466,6 +472,7 @@ impl NodeTask {
             }
             Command::Request { client, request } => self.on_request(now, client, request),
             Command::Disconnect { client } => {
+                self.watchers.remove(&client);
                 if self.sessions.remove(&client).is_some() {
                     debug!(client = client.0, "client disconnected; releasing its locks");
                     self.ops.retain(|_, op| op.client != client);
@@ -511,6 +518,17 @@ impl NodeTask {
                 let lease = self.node.lock_node().safe_until(client, &name);
                 let lease_ms = lease.map(|until| lease_ms(until, now));
                 self.reply(client, id, Reply::Lease { lease_ms });
+            }
+            // The current view goes right behind the answer, and every
+            // later one after it: one task sends them all, in order, so
+            // the watcher sees no gap and no view twice.
+            Request::WatchView => {
+                self.reply(client, id, Reply::Watching);
+                let current = self.last_view.clone().unwrap_or_else(|| self.view_info(false, Vec::new()));
+                if let Some(session) = self.sessions.get(&client) {
+                    session.send(ServerMessage::View(Box::new(current)));
+                }
+                self.watchers.insert(client);
             }
             Request::Holds { name } => {
                 let held = self.node.lock_node().held();
@@ -705,7 +723,16 @@ impl NodeTask {
     }
 
     fn on_view(&mut self, view: &swimlock_membership::View, merge: bool) {
+        let subgroups = if merge { self.subgroups(view) } else { Vec::new() };
         self.track_departures(view);
+        let info = self.view_info(merge, subgroups);
+        for client in &self.watchers {
+            if let Some(session) = self.sessions.get(client) {
+                session.send(ServerMessage::View(Box::new(info.clone())));
+                self.woke_local |= session.is_local();
+            }
+        }
+        self.last_view = Some(info);
         let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         let coordinator = view.coordinator().map_or("-", |m| m.name.as_str());
         info!(view_id = view.id, merge, members = ?names, coordinator, "view installed");
@@ -719,6 +746,38 @@ impl NodeTask {
                 info!(view_id = view.id, coordinator, "no longer coordinator");
             }
         }
+    }
+
+    /// The installed view as `WatchView` reports it.
+    fn view_info(&self, merge: bool, subgroups: Vec<Vec<swimlock_wire::NodeId>>) -> ViewInfo {
+        let view = self.node.membership().view();
+        ViewInfo {
+            id: view.id,
+            digest: view.digest(),
+            members: view.members.iter().map(member_info).collect(),
+            coordinator: view.coordinator().map(member_info),
+            merge,
+            subgroups,
+        }
+    }
+
+    /// The groups a merge `view` joined, as this node knows them: the
+    /// members of the previous view that stayed, and those that came back;
+    /// when none came back (this node alone rejoined), this node and the
+    /// others. (The node core's event carries no subgroups: they are
+    /// rebuilt here from consecutive views.)
+    fn subgroups(&self, view: &swimlock_membership::View) -> Vec<Vec<swimlock_wire::NodeId>> {
+        let me = self.node.id();
+        let before: BTreeSet<_> = self.members.iter().map(|m| m.id).collect();
+        let (stayed, returned): (Vec<_>, Vec<_>) = view.ids().partition(|id| before.contains(id));
+        let mut groups = if returned.is_empty() {
+            vec![vec![me], view.ids().filter(|id| *id != me).collect()]
+        } else {
+            vec![stayed, returned]
+        };
+        groups.retain(|g| !g.is_empty());
+        groups.sort();
+        groups
     }
 
     /// Notes the members of the previous view that are not in `view` as

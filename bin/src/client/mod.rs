@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use swimlock_wire::client::{
-    self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status,
+    self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status, ViewInfo,
 };
 use swimlock_wire::commands;
 use swimlock_wire::resp::{self, Value};
@@ -233,6 +233,8 @@ pub(crate) struct Shared {
     /// Wakes [`keep_leases`]: only when a lease question falls due before
     /// it would wake anyway, or the connection closed.
     lease_task: Arc<Notify>,
+    /// Where views go, for [`Client::watch_view`].
+    views: Vec<mpsc::UnboundedSender<ViewInfo>>,
     /// Rounds of [`keep_leases`] so far.
     #[cfg(test)]
     lease_rounds: u64,
@@ -545,6 +547,20 @@ impl Client {
         }
     }
 
+    /// Subscribes to the node's views: the stream yields the current view
+    /// first, then every view the node installs, in order, with no gap and
+    /// no repeat (one node task sends them all on this connection). Ask
+    /// once per client.
+    pub async fn watch_view(&self) -> Result<ViewWatch, ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Registered before the request goes: the current view follows its answer.
+        self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).views.push(tx);
+        match self.request(Request::WatchView, None).await?.0 {
+            Reply::Watching => Ok(ViewWatch { views: rx, _client: self.clone() }),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Accepts coordinator terms up to `term` on this node (see
     /// `swimlock accept-term`); `Ok(Some(t))` if its coordinator still
     /// stops on term `t`, above the one accepted.
@@ -741,6 +757,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
                 announce(&held, Lost { name, token, cause });
             }
         }
+        ServerMessage::View(view) => shared.views.retain(|tx| tx.send((*view).clone()).is_ok()),
         ServerMessage::Stopping { grace_ms } => {
             // The locks stay held: a real loss may still follow.
             let cause = LostCause::AgentStopping { grace: Duration::from_millis(grace_ms) };
@@ -765,6 +782,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
 fn close(shared: &Mutex<Shared>) {
     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
     shared.closed = true;
+    shared.views.clear();
     shared.waiting.clear();
     for (name, held) in std::mem::take(&mut shared.held) {
         if !held.expired {
@@ -993,6 +1011,21 @@ fn on_frame(shared: &Mutex<Shared>, sent: &mut std::collections::VecDeque<Sent>,
         }
         // An error nobody asked for: the endpoint is closing the connection.
         None => true,
+    }
+}
+
+/// The views of a node, from [`Client::watch_view`]. Holds its client's
+/// connection open.
+#[derive(Debug)]
+pub struct ViewWatch {
+    views: mpsc::UnboundedReceiver<ViewInfo>,
+    _client: Client,
+}
+
+impl ViewWatch {
+    /// The next view; `None` once the connection closed.
+    pub async fn next(&mut self) -> Option<ViewInfo> {
+        self.views.recv().await
     }
 }
 

@@ -265,7 +265,6 @@ impl Conn {
                 "# Server\r\nswimlock_version:{}\r\nloading:0\r\n",
                 env!("CARGO_PKG_VERSION")
             ))),
-            Command::WatchView => self.ready(Value::error("ERR", "WATCH VIEW is not available on this node")),
             Command::Node(request) => self.ask_node(request, actions),
         }
     }
@@ -349,6 +348,10 @@ impl Conn {
                 if self.lost.len() < MAX_LOST || self.lost.contains_key(&name) {
                     self.lost.insert(name, (token, reason));
                 }
+            }
+            // A stream the client asked for: an array in RESP2.
+            view @ ServerMessage::View(_) => {
+                commands::push_value(&view).into_iter().for_each(|p| p.encode(self.proto, &mut self.out));
             }
             other @ (ServerMessage::Stopping { .. } | ServerMessage::Closing { .. }) => {
                 if self.proto == Proto::Resp3
