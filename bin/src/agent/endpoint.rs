@@ -381,6 +381,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_a
             msg = from_node.recv(), if conn.client().is_some() => {
                 let Some(msg) = msg else { break None };
                 conn.on_node(msg, &mut actions);
+                // What else the node sent goes out in the same write.
+                while let Ok(msg) = from_node.try_recv() {
+                    conn.on_node(msg, &mut actions);
+                }
             }
             // Cancel-safe too: when another branch wins, nothing was written.
             written = writer.write(out.unsent()), if !out.unsent().is_empty() => match written {

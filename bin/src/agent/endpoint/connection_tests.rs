@@ -218,3 +218,42 @@ fn reading_stops_at_the_outstanding_bound() {
     feed(&mut c, &bytes);
     assert!(!c.reading(), "commands behind a waiting LOCK are bounded");
 }
+
+#[test]
+fn views_stream_after_the_watch_reply_in_both_protocols() {
+    use swimlock_wire::NodeId;
+    use swimlock_wire::client::{MemberInfo, MemberState, ViewInfo};
+    let view = |id| {
+        let n1 = MemberInfo {
+            name: "n1".into(),
+            id: NodeId { epoch: 1, addr: "127.0.0.1:7001".parse().unwrap() },
+            state: MemberState::Alive,
+        };
+        ViewInfo {
+            id,
+            digest: 7,
+            members: vec![n1.clone()],
+            coordinator: Some(n1),
+            merge: false,
+            subgroups: vec![],
+        }
+    };
+    for resp3 in [false, true] {
+        let mut c = conn();
+        if resp3 {
+            feed(&mut c, &cmd(&["HELLO", "3"]));
+            output(&mut c);
+        }
+        let sent = feed(&mut c, &cmd(&["WATCH", "VIEW"]));
+        assert_eq!(sent[0].request, Request::WatchView);
+        answer(&mut c, sent[0].id, Reply::Watching);
+        c.on_node(ServerMessage::View(Box::new(view(4))), &mut Vec::new());
+        let out = output(&mut c);
+        let (ok, push) = out.split_at(5);
+        assert_eq!(ok, "+OK\r\n");
+        assert!(
+            push.starts_with(if resp3 { ">2\r\n$4\r\nview\r\n%6" } else { "*2\r\n$4\r\nview\r\n*12" }),
+            "{push}"
+        );
+    }
+}
