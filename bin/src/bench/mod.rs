@@ -276,9 +276,9 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client-endpoint rows, through a raw RESP client: one client on the
-/// coordinator's and on a non-coordinator's endpoint, then 16 clients on
-/// the non-coordinator's (distinct names, one name); the same against a
+/// The client-endpoint rows, through a raw RESP client: on the
+/// coordinator's and on a non-coordinator's endpoint, one client, then 16
+/// clients (distinct names, one name); the same against a
 /// Redis on loopback when `redis-server` is installed. Each row's floor is
 /// a TCP round trip measured right before it; those floors are returned.
 async fn endpoint_rows(
@@ -305,9 +305,6 @@ async fn endpoint_rows(
         let name = format!("{prefix}_1_client");
         let hist = resp::pairs(server, &name, limit, UNCONTENDED_PAIRS).await?;
         results.push(Measurement { name, what: "lock+unlock pair", hist, floor: Some(floor), rate: None });
-        if *prefix == "resp_coord" {
-            continue;
-        }
         for (suffix, shared, what) in [
             ("16_distinct", None, "lock+unlock pair"),
             ("16_one_name", Some(format!("{prefix}-contended")), "wait for the lock"),
