@@ -524,7 +524,10 @@ impl NodeTask {
             // the watcher sees no gap and no view twice.
             Request::WatchView => {
                 self.reply(client, id, Reply::Watching);
-                let current = self.last_view.clone().unwrap_or_else(|| self.view_info(false, Vec::new()));
+                let current = self
+                    .last_view
+                    .clone()
+                    .unwrap_or_else(|| view_info(self.node.membership().view(), false, Vec::new()));
                 if let Some(session) = self.sessions.get(&client) {
                     session.send(ServerMessage::View(Box::new(current)));
                 }
@@ -725,7 +728,9 @@ impl NodeTask {
     fn on_view(&mut self, view: &swimlock_membership::View, merge: bool) {
         let subgroups = if merge { self.subgroups(view) } else { Vec::new() };
         self.track_departures(view);
-        let info = self.view_info(merge, subgroups);
+        // From the event's view, not the membership's latest: several
+        // views installed in one batch each reach the watchers.
+        let info = view_info(view, merge, subgroups);
         for client in &self.watchers {
             if let Some(session) = self.sessions.get(client) {
                 session.send(ServerMessage::View(Box::new(info.clone())));
@@ -745,19 +750,6 @@ impl NodeTask {
             } else {
                 info!(view_id = view.id, coordinator, "no longer coordinator");
             }
-        }
-    }
-
-    /// The installed view as `WatchView` reports it.
-    fn view_info(&self, merge: bool, subgroups: Vec<Vec<swimlock_wire::NodeId>>) -> ViewInfo {
-        let view = self.node.membership().view();
-        ViewInfo {
-            id: view.id,
-            digest: view.digest(),
-            members: view.members.iter().map(member_info).collect(),
-            coordinator: view.coordinator().map(member_info),
-            merge,
-            subgroups,
         }
     }
 
@@ -855,6 +847,22 @@ impl NodeTask {
 /// members of the view only, all of them alive as far as it says.
 fn member_info(m: &swimlock_membership::Member) -> MemberInfo {
     MemberInfo { name: m.name.clone(), id: m.id, state: MemberState::Alive }
+}
+
+/// `view` as `WatchView` reports it.
+fn view_info(
+    view: &swimlock_membership::View,
+    merge: bool,
+    subgroups: Vec<Vec<swimlock_wire::NodeId>>,
+) -> ViewInfo {
+    ViewInfo {
+        id: view.id,
+        digest: view.digest(),
+        members: view.members.iter().map(member_info).collect(),
+        coordinator: view.coordinator().map(member_info),
+        merge,
+        subgroups,
+    }
 }
 
 /// Logs a condition the operator must look at.
