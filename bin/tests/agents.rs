@@ -447,30 +447,44 @@ fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
     assert_eq!(metric(&coordinator.scrape().unwrap(), "swimlock_granting_halted"), Some(0.0));
 }
 
-/// One request over a raw client connection; its reply, skipping pushed
-/// messages.
+/// One request over a raw RESP2 client connection, as its command; the
+/// reply, read back as the request's answer (`id` is only for the reader).
 fn call(stream: &mut std::net::TcpStream, id: u64, request: client::Request) -> client::Reply {
     use std::io::{Read, Write};
-    let frame = client::encode(&client::ClientRequest { id, request }).unwrap();
-    stream.write_all(&frame).unwrap();
-    loop {
-        let mut prefix = [0u8; client::PREFIX_LEN];
-        stream.read_exact(&mut prefix).unwrap();
-        let mut body = vec![0u8; client::body_len(prefix).unwrap()];
-        stream.read_exact(&mut body).unwrap();
-        if let client::ServerMessage::Reply { id: got, reply } = client::decode(&body).unwrap()
-            && got == id
-        {
-            return reply;
+
+    use redis_protocol::resp2::types::OwnedFrame as F;
+    use swimlock_wire::resp::Value;
+    fn value(f: F) -> Value {
+        match f {
+            F::SimpleString(s) => Value::Simple(String::from_utf8_lossy(&s).into_owned()),
+            F::Error(e) => Value::Error(e),
+            F::Integer(n) => Value::Int(n),
+            F::BulkString(b) => Value::Bulk(b),
+            F::Null => Value::Null,
+            F::Array(items) => Value::Array(items.into_iter().map(value).collect()),
         }
+    }
+    let _ = id;
+    let mut out = Vec::new();
+    swimlock_wire::resp::encode_command(&swimlock_wire::commands::command_args(&request), &mut out);
+    stream.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((frame, _)) = redis_protocol::resp2::decode::decode(&buf).unwrap() {
+            return swimlock_wire::commands::reply_from_value(&request, value(frame));
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the agent closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-/// The lease on the client protocol, spoken raw: a `LockWithLease` grant
-/// carries the lease left (2 s on a member, 400 ms for the coordinator's
-/// own clients, counted from when the agent took the request), `Lease`
-/// reports it as the agent renews it, and `None` for a lock the connection
-/// does not hold; the earlier `Lock` still answers a plain `Acquired`.
+/// The lease on the client protocol, spoken raw: a `LOCK ... WITHLEASE`
+/// grant carries the lease left (2 s on a member, 400 ms for the
+/// coordinator's own clients, counted from when the agent took the
+/// request), `LEASE` reports it as the agent renews it, and `-NOTHELD` for
+/// a lock the connection does not hold; a plain `LOCK` answers the token.
 #[test]
 fn the_lease_is_served_on_the_client_protocol() {
     use client::{FailReason, Reply, Request};
@@ -490,7 +504,8 @@ fn the_lease_is_served_on_the_client_protocol() {
     eprintln!("member's grant: token {token}, lease {lease_ms} ms");
     assert!((1_500..=2_000).contains(&lease_ms), "lease {lease_ms} ms");
     let again = call(&mut member, 2, Request::Lock { name: name("raw"), timeout_ms: 5_000 });
-    assert_eq!(again, Reply::Acquired { token, holds: 2 }, "the earlier request, the earlier answer");
+    assert_eq!(again, Reply::Acquired { token, holds: 1 }, "a plain LOCK answers the token alone");
+    assert_eq!(call(&mut member, 2, Request::Holds { name: name("raw") }), Reply::Holds { holds: 2 });
     let busy = call(&mut other, 3, Request::TryLockWithLease { name: name("raw") });
     assert_eq!(busy, Reply::Failed { reason: FailReason::Busy });
     assert_eq!(call(&mut other, 4, Request::Lease { name: name("raw") }), Reply::Lease { lease_ms: None });
@@ -529,4 +544,33 @@ fn the_lease_is_served_on_the_client_protocol() {
     ));
     assert_eq!(call(&mut member, 102, Request::Unlock { name: name("raw") }), Reply::Unlocked);
     assert_eq!(call(&mut member, 103, Request::Lease { name: name("raw") }), Reply::Lease { lease_ms: None });
+}
+
+/// `swimlock members` lists the view with each member's state, and a
+/// member killed with SIGKILL as down once gossip declared it so.
+#[test]
+fn members_lists_the_view_and_the_departed() {
+    let _serial = serial();
+    let mut cluster = Cluster::start("members", 2, &[]);
+    cluster.wait_formed(&[0, 1], FORM);
+    let members = |cluster: &Cluster| -> Vec<serde_json::Value> {
+        let out = cluster.agents[0].cli(&["members", "--json", "--client", &cluster.agents[0].client_arg()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let both = members(&cluster);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.iter().all(|m| m["state"] == "alive"), "{both:?}");
+    assert_eq!(both.iter().filter(|m| m["coordinator"] == true).count(), 1);
+    assert_eq!(both.iter().filter(|m| m["self"] == true).count(), 1);
+    let text = cluster.agents[0].cli(&["members", "--client", &cluster.agents[0].client_arg()]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.starts_with("NAME") && text.contains("this node") && text.contains("alive"), "{text}");
+    let gone = cluster.agents[1].name.clone();
+    cluster.agents[1].proc.kill();
+    wait_until(Duration::from_secs(10), "the killed member to show as down", || {
+        members(&cluster).iter().any(|m| m["name"] == gone.as_str() && m["state"] == "down")
+    });
+    let after = members(&cluster);
+    assert_eq!(after.iter().filter(|m| m["state"] == "alive").count(), 1, "{after:?}");
 }

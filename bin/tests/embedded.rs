@@ -199,3 +199,35 @@ async fn in_process_clients_keep_their_leases() {
     guard.unlock().await.unwrap();
     node.shutdown().await;
 }
+
+/// `Client::watch_view`, in process and over the Unix socket (RESP3
+/// pushes): the current view first, then the join of a second node, with
+/// consecutive view ids on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_watch_views_in_process_and_over_a_socket() {
+    let dir = TempDir::new("embedded-watch");
+    let (p1, p2) = (free_port(), free_port());
+    let mut first_config = config(p1, p1);
+    let socket = dir.path().join("watch.sock");
+    first_config.unix_socket = Some(socket.clone());
+    let first = agent::spawn(first_config).unwrap();
+    let local = first.client().await.unwrap();
+    wait_members(&local, 1).await;
+    let remote = Client::connect(&format!("unix:{}", socket.display())).await.unwrap();
+    let mut watches = [local.watch_view().await.unwrap(), remote.watch_view().await.unwrap()];
+    let mut ids = Vec::new();
+    for w in &mut watches {
+        let current = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap();
+        assert_eq!(current.members.len(), 1, "{current:?}");
+        ids.push(current.id);
+    }
+    let second = agent::spawn(config(p2, p1)).unwrap();
+    for (w, id) in watches.iter_mut().zip(ids) {
+        let next = tokio::time::timeout(Duration::from_secs(15), w.next()).await.unwrap().unwrap();
+        assert_eq!(next.id, id + 1, "the next view, none skipped");
+        assert_eq!(next.members.len(), 2, "{next:?}");
+        assert!(!next.merge);
+    }
+    second.shutdown().await;
+    first.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! The swimlock wire format: every message and frame, their encoding with
-//! postcard, size limits and a typed [`WireError`]. No I/O happens here.
+//! postcard (between members) and RESP (the client endpoint), size limits
+//! and a typed [`WireError`]. No I/O happens here.
 //!
 //! Decoding never panics and never allocates without bound: a datagram
 //! that is malformed, truncated, oversized or from another cluster yields an
@@ -13,9 +14,11 @@
 
 pub mod admin;
 pub mod client;
+pub mod commands;
 pub mod frame;
 pub mod ids;
 pub mod lock;
+pub mod resp;
 
 pub use frame::{ClusterId, Envelope, Header, Kind, MAX_DATAGRAM, Suite};
 pub use ids::{ClientId, LockName, NodeId, Owner, ReqId, Token};

@@ -1,23 +1,33 @@
 //! The client endpoint: TCP and Unix-socket listeners, one task per
-//! connection. A connection is one client of the node; when it closes (or
-//! breaks a bound), the node releases its locks.
+//! connection, speaking RESP2 and RESP3 ([`connection`] holds the
+//! protocol state of one connection). A connection is one client of the
+//! node; when it closes (or breaks a bound), the node releases its locks.
 //!
 //! Everything a client can make the agent hold is bounded, and each bound
 //! that bites is counted in `swimlock_client_rejected_total{reason}`:
 //! - connections: at most [`AgentConfig::max_client_connections`] (TCP and
-//!   Unix together); more are closed as soon as accepted;
-//! - input: a request frame is at most [`MAX_REQUEST_FRAME`] bytes (a
-//!   prefix announcing more closes the connection before anything is
+//!   Unix together); more are told `-ERR max number of clients reached`
+//!   and closed;
+//! - input: a command has at most [`MAX_ARGS`](swimlock_wire::resp::MAX_ARGS)
+//!   arguments of at most [`MAX_ARG_LEN`](swimlock_wire::resp::MAX_ARG_LEN) bytes each (a header announcing more is answered
+//!   `-ERR Protocol error` and the connection closed before anything is
 //!   buffered) and must complete within
-//!   [`AgentConfig::client_frame_timeout`]; requests the node has not
-//!   answered yet are at most [`MAX_OUTSTANDING`] (the connection is not
-//!   read meanwhile);
+//!   [`AgentConfig::client_frame_timeout`]; commands not yet answered are
+//!   at most [`MAX_OUTSTANDING`] (the connection is not read meanwhile);
+//!   LOCK requests waiting on the endpoint at most [`MAX_LOCK_WAITERS`]
+//!   (more are answered `-QUEUEFULL`);
 //! - output: at most [`MAX_UNREAD_OUTPUT`] bytes the client has not read;
 //!   past that it is disconnected.
+//!
+//! With a password (`client_token`), a TCP connection must give it (AUTH,
+//! or HELLO with AUTH) within the frame timeout; other commands are
+//! answered `-NOAUTH` until then, and a wrong password closes it.
 //!
 //! When `accept` fails (typically EMFILE at the open-file limit), the loop
 //! sleeps [`ACCEPT_BACKOFF`] instead of spinning, and logs at most one line
 //! per [`LOG_EVERY`].
+
+mod connection;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,9 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use swimlock_wire::client::{
-    self, ClientRequest, CloseReason, MAX_REQUEST_FRAME, PREFIX_LEN, Reply, Request, ServerMessage,
-};
+use swimlock_wire::client::{CloseReason, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -35,24 +43,22 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use self::connection::{Action, Conn};
 use super::config::AgentConfig;
 use super::task::Command;
 use super::{AgentError, socket};
 use crate::client::Session;
 use crate::metrics::{ClientCounters, ClientRejection};
 
-/// Requests of one connection the node has not answered yet, beyond which
-/// the connection is not read (so one client cannot grow the node's memory).
-pub const MAX_OUTSTANDING: usize = 1024;
-/// Output a client has not read yet, beyond which it is disconnected: room
-/// for one largest frame (a `Status` of a big table) and as much again.
-pub const MAX_UNREAD_OUTPUT: usize = 2 * client::MAX_CLIENT_FRAME;
+pub use connection::{MAX_LOCK_WAITERS, MAX_OUTSTANDING};
+/// Output a client has not read yet, beyond which it is disconnected.
+pub const MAX_UNREAD_OUTPUT: usize = 2 << 20;
 /// Pause after a failed `accept` that may fail again at once (EMFILE...).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this period for a repeated endpoint warning.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long the endpoint tries to deliver its last words (a `Closing`
-/// notice, an `Auth` refusal) before it closes a connection anyway.
+/// How long the endpoint tries to deliver its last words (a closing
+/// notice, a refused password) before it closes a connection anyway.
 const LAST_WORDS: Duration = Duration::from_millis(200);
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -139,6 +145,8 @@ pub struct Endpoint {
     token: Option<String>,
     max_connections: usize,
     connections: AtomicUsize,
+    /// LOCK requests waiting, every connection together.
+    lock_waiters: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -154,6 +162,7 @@ impl Endpoint {
             token: config.client_token.clone(),
             max_connections: config.max_client_connections,
             connections: AtomicUsize::new(0),
+            lock_waiters: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -296,55 +305,139 @@ fn exhausted(e: &std::io::Error) -> bool {
 /// Tells a connection over the limit why it is closed, if its socket takes
 /// the notice at once, and closes it.
 fn refuse(stream: Accepted) {
-    let Ok(frame) = client::encode(&ServerMessage::Closing { reason: CloseReason::TooManyConnections })
-    else {
-        return;
-    };
+    let notice = b"-ERR max number of clients reached\r\n";
     let _ = match &stream {
-        Accepted::Tcp(s) => s.try_write(&frame),
-        Accepted::Unix(s) => s.try_write(&frame),
+        Accepted::Tcp(s) => s.try_write(notice),
+        Accepted::Unix(s) => s.try_write(notice),
     };
 }
 
-/// Request bytes of one connection not yet decoded, and since when the
-/// frame at their front has been incomplete.
-struct Input {
-    buf: Vec<u8>,
-    since: Option<Instant>,
+/// Serves one connection until it closes, it breaks a bound, or the node
+/// stops.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_auth: bool) {
+    let endpoint = slot.0.clone();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let password = if needs_auth { endpoint.token.clone() } else { None };
+    let mut conn = Conn::new(password, endpoint.lock_waiters.clone());
+    let (events, mut from_node) = mpsc::unbounded_channel();
+    let mut events = Some(events);
+    if !needs_auth && !connect(&endpoint, &mut conn, &mut events, &mut Vec::new()).await {
+        return;
+    }
+    // Until the password is given, the connection has the frame timeout
+    // to give it.
+    let auth_deadline = needs_auth.then(|| Instant::now() + endpoint.frame_timeout);
+    let mut out = Output { buf: Vec::new(), sent: 0 };
+    let mut actions = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut partial_since: Option<Instant> = None;
+    let closing: Option<CloseReason> = 'conn: loop {
+        for action in std::mem::take(&mut actions) {
+            match action {
+                Action::Request(request) => {
+                    let Some(client) = conn.client() else { continue };
+                    if endpoint.commands.send(Command::Request { client, request }).is_err() {
+                        break 'conn None;
+                    }
+                }
+                Action::Connect => {
+                    if !connect(&endpoint, &mut conn, &mut events, &mut actions).await {
+                        break 'conn None;
+                    }
+                }
+                Action::Unauthorized => {
+                    endpoint.counters.count(ClientRejection::Unauthorized);
+                    debug!("client connection refused: wrong client token");
+                }
+            }
+        }
+        if !actions.is_empty() {
+            continue;
+        }
+        conn.take_output(&mut out.buf);
+        if out.unsent().len() > MAX_UNREAD_OUTPUT {
+            break Some(CloseReason::SlowReader);
+        }
+        if let Some(reason) = conn.ended() {
+            break reason;
+        }
+        let reading = conn.reading();
+        let deadline =
+            match (partial_since.filter(|_| reading), auth_deadline.filter(|_| conn.client().is_none())) {
+                (Some(p), Some(a)) => Some((p + endpoint.frame_timeout).min(a)),
+                (p, a) => p.map(|p| p + endpoint.frame_timeout).or(a),
+            };
+        tokio::select! {
+            // `read` is cancel-safe: nothing is lost if another branch wins.
+            read = reader.read(&mut chunk), if reading => {
+                let n = match read {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => n,
+                };
+                conn.read(&chunk[..n], &mut actions);
+                // The timer runs from the first byte of an incomplete command.
+                partial_since = if conn.partial() { partial_since.or(Some(Instant::now())) } else { None };
+            }
+            msg = from_node.recv(), if conn.client().is_some() => {
+                let Some(msg) = msg else { break None };
+                conn.on_node(msg, &mut actions);
+                // What else the node sent goes out in the same write.
+                while let Ok(msg) = from_node.try_recv() {
+                    conn.on_node(msg, &mut actions);
+                }
+            }
+            // Cancel-safe too: when another branch wins, nothing was written.
+            written = writer.write(out.unsent()), if !out.unsent().is_empty() => match written {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => out.advance(n),
+            },
+            () = sleep_until(deadline) => break Some(CloseReason::FrameTimeout),
+        }
+    };
+    // The node forgets the client first: its locks are released even if the
+    // last words below never get through.
+    if let Some(client) = conn.client() {
+        let _ = endpoint.commands.send(Command::Disconnect { client });
+        // What the node said before it dropped the session is still delivered.
+        while let Ok(msg) = from_node.try_recv() {
+            conn.on_node(msg, &mut Vec::new());
+        }
+    }
+    conn.take_output(&mut out.buf);
+    if let Some(reason) = closing {
+        endpoint.counters.count(rejection(reason));
+        debug!(client = conn.client().map(|c| c.0), %reason, "closing a client connection");
+        if reason == CloseReason::SlowReader {
+            // Its unread output is what it is disconnected for.
+            out = Output { buf: Vec::new(), sent: 0 };
+        }
+        if !matches!(reason, CloseReason::FrameTooLarge | CloseReason::Malformed) {
+            out.buf.extend_from_slice(&conn.closing_notice(reason));
+        }
+    }
+    let _ = tokio::time::timeout(LAST_WORDS, writer.write_all(out.unsent())).await;
+    let _ = tokio::time::timeout(LAST_WORDS, writer.shutdown()).await;
+    drop(slot);
 }
 
-impl Input {
-    fn new() -> Input {
-        Input { buf: Vec::with_capacity(READ_CHUNK), since: None }
+/// Registers the connection with the node; false if the node is gone.
+async fn connect(
+    endpoint: &Endpoint,
+    conn: &mut Conn,
+    events: &mut Option<mpsc::UnboundedSender<ServerMessage>>,
+    actions: &mut Vec<Action>,
+) -> bool {
+    let Some(events) = events.take() else { return false };
+    let (reply, client) = oneshot::channel();
+    if endpoint.commands.send(Command::Connect { session: Session::Remote(events), reply }).is_err() {
+        return false;
     }
-
-    /// Appends what was read and takes every complete request off the
-    /// front. Refuses a frame announced over [`MAX_REQUEST_FRAME`] before
-    /// buffering it.
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<ClientRequest>) -> Result<(), CloseReason> {
-        self.buf.extend_from_slice(bytes);
-        let mut used = 0;
-        let result = loop {
-            let rest = &self.buf[used..];
-            let Some(prefix) = rest.first_chunk::<PREFIX_LEN>() else { break Ok(()) };
-            let len = u32::from_le_bytes(*prefix) as usize;
-            if len > MAX_REQUEST_FRAME {
-                break Err(CloseReason::FrameTooLarge);
-            }
-            let Some(body) = rest.get(PREFIX_LEN..PREFIX_LEN + len) else { break Ok(()) };
-            match client::decode::<ClientRequest>(body) {
-                Ok(request) => out.push(request),
-                Err(_) => break Err(CloseReason::Malformed),
-            }
-            used += PREFIX_LEN + len;
-        };
-        self.buf.drain(..used);
-        if self.buf.is_empty() {
-            self.since = None;
-        } else if used > 0 || self.since.is_none() {
-            self.since = Some(Instant::now());
+    match client.await {
+        Ok(client) => {
+            conn.connected(client, actions);
+            true
         }
-        result
+        Err(_) => false,
     }
 }
 
@@ -359,13 +452,6 @@ impl Output {
         &self.buf[self.sent..]
     }
 
-    fn push(&mut self, msg: &ServerMessage) {
-        match client::encode(msg) {
-            Ok(frame) => self.buf.extend_from_slice(&frame),
-            Err(e) => warn!(error = %e, "a message to a client could not be encoded; dropped"),
-        }
-    }
-
     fn advance(&mut self, n: usize) {
         self.sent += n;
         if self.sent == self.buf.len() {
@@ -376,160 +462,6 @@ impl Output {
             self.sent = 0;
         }
     }
-}
-
-/// Serves one connection until it closes, it breaks a bound, or the node
-/// stops.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_auth: bool) {
-    let endpoint = slot.0.clone();
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut input = Input::new();
-    let mut pending = Vec::new();
-    let mut out = Output { buf: Vec::new(), sent: 0 };
-    if needs_auth && !authenticate(&endpoint, &mut reader, &mut writer, &mut input, &mut pending).await {
-        return;
-    }
-    let (events, mut from_node) = mpsc::unbounded_channel();
-    let (reply, client) = oneshot::channel();
-    if endpoint.commands.send(Command::Connect { session: Session::Remote(events), reply }).is_err() {
-        return;
-    }
-    let Ok(client) = client.await else { return };
-    let mut outstanding = 0usize;
-    let mut chunk = [0u8; READ_CHUNK];
-    let closing: Option<CloseReason> = 'conn: loop {
-        for request in pending.drain(..) {
-            if let Request::Auth { token } = &request.request {
-                // Once authenticated (or where none is needed), a repeat is
-                // answered here; a wrong one still closes the connection.
-                if needs_auth && !endpoint.token.as_deref().is_some_and(|t| same_token(token, t)) {
-                    endpoint.counters.count(ClientRejection::Unauthorized);
-                    out.push(&refusal(request.id, "wrong client token"));
-                    break 'conn None;
-                }
-                out.push(&ServerMessage::Reply { id: request.id, reply: Reply::Authenticated });
-                continue;
-            }
-            outstanding += 1;
-            if endpoint.commands.send(Command::Request { client, request }).is_err() {
-                break 'conn None;
-            }
-        }
-        let reading = outstanding < MAX_OUTSTANDING;
-        let frame_deadline = input.since.filter(|_| reading).map(|t| t + endpoint.frame_timeout);
-        tokio::select! {
-            // `read` is cancel-safe: nothing is lost if another branch wins.
-            read = reader.read(&mut chunk), if reading => {
-                let n = match read {
-                    Ok(0) | Err(_) => break None,
-                    Ok(n) => n,
-                };
-                if let Err(reason) = input.push(&chunk[..n], &mut pending) {
-                    // Serve what came before the bad frame, then close.
-                    for request in pending.drain(..) {
-                        if !matches!(request.request, Request::Auth { .. }) {
-                            let _ = endpoint.commands.send(Command::Request { client, request });
-                        }
-                    }
-                    break Some(reason);
-                }
-            }
-            msg = from_node.recv() => {
-                let Some(msg) = msg else { break None };
-                if matches!(msg, ServerMessage::Reply { .. }) {
-                    outstanding = outstanding.saturating_sub(1);
-                }
-                out.push(&msg);
-                if out.unsent().len() > MAX_UNREAD_OUTPUT {
-                    break Some(CloseReason::SlowReader);
-                }
-            }
-            // Cancel-safe too: when another branch wins, nothing was written.
-            written = writer.write(out.unsent()), if !out.unsent().is_empty() => match written {
-                Ok(0) | Err(_) => break None,
-                Ok(n) => out.advance(n),
-            },
-            () = sleep_until(frame_deadline) => break Some(CloseReason::FrameTimeout),
-        }
-    };
-    // The node forgets the client first: its locks are released even if the
-    // last words below never get through.
-    let _ = endpoint.commands.send(Command::Disconnect { client });
-    // What the node said before it dropped the session is still delivered.
-    while let Ok(msg) = from_node.try_recv() {
-        out.push(&msg);
-    }
-    if let Some(reason) = closing {
-        endpoint.counters.count(rejection(reason));
-        debug!(client = client.0, %reason, "closing a client connection");
-        if reason == CloseReason::SlowReader {
-            // Its unread output is what it is disconnected for.
-            out = Output { buf: Vec::new(), sent: 0 };
-        }
-        out.push(&ServerMessage::Closing { reason });
-    }
-    let _ = tokio::time::timeout(LAST_WORDS, writer.write_all(out.unsent())).await;
-    let _ = tokio::time::timeout(LAST_WORDS, writer.shutdown()).await;
-    drop(slot);
-}
-
-/// Reads the first request, which must be `Auth` with the endpoint's
-/// password, within the frame timeout; answers it. True if accepted;
-/// requests that came behind it are left in `pending`.
-async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    endpoint: &Endpoint,
-    reader: &mut R,
-    writer: &mut W,
-    input: &mut Input,
-    pending: &mut Vec<ClientRequest>,
-) -> bool {
-    let deadline = Instant::now() + endpoint.frame_timeout;
-    let mut chunk = [0u8; 256];
-    let first = loop {
-        if !pending.is_empty() {
-            break pending.remove(0);
-        }
-        let read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)).await;
-        let n = match read {
-            Ok(Ok(n)) if n > 0 => n,
-            Ok(_) => return false,
-            Err(_) => {
-                endpoint.counters.count(ClientRejection::Unauthorized);
-                return false;
-            }
-        };
-        if let Err(reason) = input.push(&chunk[..n], pending) {
-            endpoint.counters.count(rejection(reason));
-            return false;
-        }
-    };
-    let expected = endpoint.token.as_deref().unwrap_or_default();
-    let answer = match &first.request {
-        Request::Auth { token } if same_token(token, expected) => {
-            ServerMessage::Reply { id: first.id, reply: Reply::Authenticated }
-        }
-        Request::Auth { .. } => refusal(first.id, "wrong client token"),
-        _ => refusal(first.id, "this endpoint requires a client token (Auth) first"),
-    };
-    let accepted = matches!(answer, ServerMessage::Reply { reply: Reply::Authenticated, .. });
-    if !accepted {
-        endpoint.counters.count(ClientRejection::Unauthorized);
-        debug!("client connection refused: no valid client token");
-    }
-    if let Ok(frame) = client::encode(&answer) {
-        let wrote = tokio::time::timeout(LAST_WORDS, writer.write_all(&frame)).await;
-        if !matches!(wrote, Ok(Ok(()))) {
-            return false;
-        }
-    }
-    if !accepted {
-        let _ = tokio::time::timeout(LAST_WORDS, writer.shutdown()).await;
-    }
-    accepted
-}
-
-fn refusal(id: u64, message: &str) -> ServerMessage {
-    ServerMessage::Reply { id, reply: Reply::Error { message: message.to_string() } }
 }
 
 fn rejection(reason: CloseReason) -> ClientRejection {
@@ -564,34 +496,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(request: Request) -> Vec<u8> {
-        client::encode(&ClientRequest { id: 7, request }).unwrap()
-    }
-
-    #[test]
-    fn input_takes_complete_frames_and_keeps_the_rest() {
-        let mut input = Input::new();
-        let mut out = Vec::new();
-        let mut bytes = frame(Request::Status);
-        bytes.extend_from_slice(&frame(Request::Status)[..3]);
-        input.push(&bytes, &mut out).unwrap();
-        assert_eq!(out.len(), 1);
-        assert!(input.since.is_some(), "a partial frame is timed");
-        input.push(&frame(Request::Status)[3..], &mut out).unwrap();
-        assert_eq!(out.len(), 2);
-        assert!(input.since.is_none() && input.buf.is_empty());
-    }
-
-    #[test]
-    fn input_refuses_an_oversized_announcement_before_buffering_it() {
-        let mut input = Input::new();
-        let mut out = Vec::new();
-        let prefix = ((MAX_REQUEST_FRAME + 1) as u32).to_le_bytes();
-        assert_eq!(input.push(&prefix, &mut out), Err(CloseReason::FrameTooLarge));
-        let mut bad = Input::new();
-        assert_eq!(bad.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff], &mut out), Err(CloseReason::Malformed));
-    }
 
     #[test]
     fn tokens_compare_whole() {

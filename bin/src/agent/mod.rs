@@ -30,7 +30,7 @@ pub use config::{
     DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
     DEFAULT_STOP_GRACE, MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
-pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
+pub use endpoint::{MAX_LOCK_WAITERS, MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub use keyring::{generate_key, read_key_file};
 pub(crate) use task::Command;
 

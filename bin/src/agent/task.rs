@@ -7,8 +7,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use swimlock_lock::{Event, Failure, LossReason};
 use swimlock_wire::client::{
-    ClientRequest, FailReason, HeldInfo, LostReason, MemberInfo, Reply, Request, ServerMessage, Status,
-    TableEntry, TableInfo,
+    ClientRequest, FailReason, HeldInfo, LostReason, MAX_DEPARTED, MemberInfo, MemberState, Reply, Request,
+    ServerMessage, Status, TableEntry, TableInfo, ViewInfo,
 };
 use swimlock_wire::frame::MAX_DATAGRAM;
 use swimlock_wire::{ClientId, LockName, ReqId};
@@ -109,6 +109,16 @@ pub(crate) struct NodeTask {
     keyring_store: Option<KeyringStore>,
     /// Keyring commands in flight: the asking client and its request id.
     keyring_ops: BTreeMap<u64, (ClientId, u64)>,
+    /// The members of the last view installed, and those that left views
+    /// since (the latest [`MAX_DEPARTED`]), for `Status`.
+    members: Vec<MemberInfo>,
+    departed: Vec<MemberInfo>,
+    /// Members a component needs to grant, in mode `majority`.
+    quorum: Option<u32>,
+    /// Clients that asked for views, and the last view installed as they
+    /// are told it.
+    watchers: BTreeSet<ClientId>,
+    last_view: Option<ViewInfo>,
     /// Dropped when the task ends, which stops the listeners.
     _stopped: oneshot::Sender<()>,
 }
@@ -158,6 +168,16 @@ impl NodeTask {
             commands_closed: false,
             keyring_store,
             keyring_ops: BTreeMap::new(),
+            members: Vec::new(),
+            departed: Vec::new(),
+            watchers: BTreeSet::new(),
+            last_view: None,
+            quorum: match config.lock.mode {
+                swimlock_lock::Mode::Majority { members } => {
+                    Some(u32::try_from(members.get() / 2 + 1).unwrap_or(u32::MAX))
+                }
+                swimlock_lock::Mode::Available => None,
+            },
             _stopped: stopped,
         })
     }
@@ -452,6 +472,7 @@ impl NodeTask {
             }
             Command::Request { client, request } => self.on_request(now, client, request),
             Command::Disconnect { client } => {
+                self.watchers.remove(&client);
                 if self.sessions.remove(&client).is_some() {
                     debug!(client = client.0, "client disconnected; releasing its locks");
                     self.ops.retain(|_, op| op.client != client);
@@ -497,6 +518,25 @@ impl NodeTask {
                 let lease = self.node.lock_node().safe_until(client, &name);
                 let lease_ms = lease.map(|until| lease_ms(until, now));
                 self.reply(client, id, Reply::Lease { lease_ms });
+            }
+            // The current view goes right behind the answer, and every
+            // later one after it: one task sends them all, in order, so
+            // the watcher sees no gap and no view twice.
+            Request::WatchView => {
+                self.reply(client, id, Reply::Watching);
+                let current = self
+                    .last_view
+                    .clone()
+                    .unwrap_or_else(|| view_info(self.node.membership().view(), false, Vec::new()));
+                if let Some(session) = self.sessions.get(&client) {
+                    session.send(ServerMessage::View(Box::new(current)));
+                }
+                self.watchers.insert(client);
+            }
+            Request::Holds { name } => {
+                let held = self.node.lock_node().held();
+                let holds = held.iter().find(|h| h.client == client && h.name == name).map_or(0, |h| h.holds);
+                self.reply(client, id, Reply::Holds { holds });
             }
             Request::Unlock { name } => {
                 let reply = match self.node.unlock(now, client, &name) {
@@ -690,6 +730,18 @@ impl NodeTask {
     }
 
     fn on_view(&mut self, view: &swimlock_membership::View, merge: bool) {
+        let subgroups = if merge { self.subgroups(view) } else { Vec::new() };
+        self.track_departures(view);
+        // From the event's view, not the membership's latest: several
+        // views installed in one batch each reach the watchers.
+        let info = view_info(view, merge, subgroups);
+        for client in &self.watchers {
+            if let Some(session) = self.sessions.get(client) {
+                session.send(ServerMessage::View(Box::new(info.clone())));
+                self.woke_local |= session.is_local();
+            }
+        }
+        self.last_view = Some(info);
         let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         let coordinator = view.coordinator().map_or("-", |m| m.name.as_str());
         info!(view_id = view.id, merge, members = ?names, coordinator, "view installed");
@@ -705,9 +757,43 @@ impl NodeTask {
         }
     }
 
+    /// The groups a merge `view` joined, as this node knows them: the
+    /// members of the previous view that stayed, and those that came back;
+    /// when none came back (this node alone rejoined), this node and the
+    /// others. (The node core's event carries no subgroups: they are
+    /// rebuilt here from consecutive views.)
+    fn subgroups(&self, view: &swimlock_membership::View) -> Vec<Vec<swimlock_wire::NodeId>> {
+        let me = self.node.id();
+        let before: BTreeSet<_> = self.members.iter().map(|m| m.id).collect();
+        let (stayed, returned): (Vec<_>, Vec<_>) = view.ids().partition(|id| before.contains(id));
+        let mut groups = if returned.is_empty() {
+            vec![vec![me], view.ids().filter(|id| *id != me).collect()]
+        } else {
+            vec![stayed, returned]
+        };
+        groups.retain(|g| !g.is_empty());
+        groups.sort();
+        groups
+    }
+
+    /// Notes the members of the previous view that are not in `view` as
+    /// departed (and forgets a departure whose member is back).
+    fn track_departures(&mut self, view: &swimlock_membership::View) {
+        let now: Vec<MemberInfo> = view.members.iter().map(member_info).collect();
+        for gone in self.members.iter().filter(|m| !view.contains(m.id)) {
+            self.departed.retain(|d| d.id != gone.id);
+            self.departed.push(MemberInfo { state: MemberState::Down, ..gone.clone() });
+        }
+        self.departed.retain(|d| !view.contains(d.id));
+        if self.departed.len() > MAX_DEPARTED {
+            self.departed.drain(..self.departed.len() - MAX_DEPARTED);
+        }
+        self.members = now;
+    }
+
     fn status(&self) -> Status {
         let view = self.node.membership().view();
-        let member = |m: &swimlock_membership::Member| MemberInfo { name: m.name.clone(), id: m.id };
+        let member = member_info;
         let lock = self.node.lock_node();
         let table = lock.table_stats().map(|t| {
             let entries = lock
@@ -730,6 +816,13 @@ impl NodeTask {
             view_id: view.id,
             view_digest: view.digest(),
             members: view.members.iter().map(member).collect(),
+            departed: {
+                let mut d = self.departed.clone();
+                d.sort_by_key(|m| m.id);
+                d
+            },
+            quorum: self.quorum,
+            version: env!("CARGO_PKG_VERSION").to_string(),
             coordinator: view.coordinator().map(member),
             locks: lock
                 .held()
@@ -751,6 +844,28 @@ impl NodeTask {
             },
             halted_on_term: self.node.lock_node().halted(),
         }
+    }
+}
+
+/// A view member as `Status` shows it. The membership layer reports the
+/// members of the view only, all of them alive as far as it says.
+fn member_info(m: &swimlock_membership::Member) -> MemberInfo {
+    MemberInfo { name: m.name.clone(), id: m.id, state: MemberState::Alive }
+}
+
+/// `view` as `WatchView` reports it.
+fn view_info(
+    view: &swimlock_membership::View,
+    merge: bool,
+    subgroups: Vec<Vec<swimlock_wire::NodeId>>,
+) -> ViewInfo {
+    ViewInfo {
+        id: view.id,
+        digest: view.digest(),
+        members: view.members.iter().map(member_info).collect(),
+        coordinator: view.coordinator().map(member_info),
+        merge,
+        subgroups,
     }
 }
 

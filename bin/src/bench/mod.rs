@@ -8,6 +8,7 @@
 mod cluster;
 mod floor;
 mod report;
+mod resp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,6 +169,8 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         });
     }
 
+    let tcp_floors = endpoint_rows(&mut results, coord, other, args.duration).await?;
+
     let floor = floor::measure(payload).await?;
     floors.push(floor.clone());
     let mut clients = Vec::new();
@@ -248,21 +251,15 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rate: None,
     });
 
-    let mut all = new_hist();
-    for f in &floors {
-        all.add(&f.hist).context("merging floors")?;
+    for (name, what, floors) in
+        [("tcp_floor", "TCP round trip", &tcp_floors), ("udp_floor", "UDP round trip", &floors)]
+    {
+        let mut all = new_hist();
+        for f in floors {
+            all.add(&f.hist).context("merging floors")?;
+        }
+        results.insert(0, Measurement { name: name.into(), what, hist: all, floor: None, rate: None });
     }
-    let overall = Floor { hist: all };
-    results.insert(
-        0,
-        Measurement {
-            name: "udp_floor".into(),
-            what: "UDP round trip",
-            hist: overall.hist.clone(),
-            floor: None,
-            rate: None,
-        },
-    );
 
     print!("{}", report::table(&results));
     print!("{}", report::targets(&results));
@@ -277,6 +274,49 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The client-endpoint rows, through a raw RESP client: on the
+/// coordinator's and on a non-coordinator's endpoint, one client, then 16
+/// clients (distinct names, one name); the same against a
+/// Redis on loopback when `redis-server` is installed. Each row's floor is
+/// a TCP round trip measured right before it; those floors are returned.
+async fn endpoint_rows(
+    results: &mut Vec<Measurement>,
+    coord: &cluster::Node,
+    other: &cluster::Node,
+    limit: Duration,
+) -> anyhow::Result<Vec<Floor>> {
+    use resp::Server;
+    let addr = |n: &cluster::Node| n.agent().client_addr().context("no client endpoint");
+    let mut servers = vec![
+        ("resp_coord", Server::Swimlock(addr(coord)?)),
+        ("resp_noncoord", Server::Swimlock(addr(other)?)),
+    ];
+    let redis = resp::Redis::start().await?;
+    match &redis {
+        Some(r) => servers.push(("redis", r.server.clone())),
+        None => println!("redis-server is not installed: no Redis rows"),
+    }
+    let mut floors = Vec::new();
+    for (prefix, server) in &servers {
+        let floor = resp::tcp_floor().await?;
+        floors.push(floor.clone());
+        let name = format!("{prefix}_1_client");
+        let hist = resp::pairs(server, &name, limit, UNCONTENDED_PAIRS).await?;
+        results.push(Measurement { name, what: "lock+unlock pair", hist, floor: Some(floor), rate: None });
+        for (suffix, shared, what) in [
+            ("16_distinct", None, "lock+unlock pair"),
+            ("16_one_name", Some(format!("{prefix}-contended")), "wait for the lock"),
+        ] {
+            let floor = resp::tcp_floor().await?;
+            floors.push(floor.clone());
+            let (hist, rate) = resp::many(server, CLIENTS, shared.as_deref(), limit).await?;
+            let name = format!("{prefix}_{suffix}");
+            results.push(Measurement { name, what, hist, floor: Some(floor), rate: Some(rate) });
+        }
+    }
+    Ok(floors)
 }
 
 /// Non-coordinator pairs on `sealed` and `plain`, in rounds of one block

@@ -7,6 +7,7 @@ use swimlock_wire::frame::{ClusterId, TAG_LEN, encode_lock};
 use swimlock_wire::lock::{LockFrame, LockMsg, LockReq, Wait};
 use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
 
+use super::floor::Floor;
 use super::{BUSY_POLL_ROW, BenchArgs, Measurement, PAIRED_INSECURE_ROW, PAIRED_SEALED_ROW};
 
 /// Percentiles of the table, the JSON and the plot.
@@ -116,12 +117,53 @@ pub fn targets(results: &[Measurement]) -> String {
     if let Some(r) = find(results, "contention_16_one_name").and_then(|m| m.rate) {
         line(format!("{r:.0} hand-offs/s >= 50,000 (16 clients, one name)"), r >= 50_000.0);
     }
+    endpoint_targets(results, &mut line);
     if let Some(m) = find(results, "failover_kill_coordinator") {
         let p50 = us(&m.hist, 50.0) / 1e6;
         line(format!("failover p50 {p50:.3} s <= 1.0 s ({} runs, defaults)", m.hist.len()), p50 <= 1.0);
     }
     s.push_str("  (reconciliation of 100k locks: `cargo bench -p swimlock-benches --bench reconcile_mem`)\n");
     s
+}
+
+/// The client endpoint's targets (issue 12), against the TCP and UDP
+/// floors of the same run.
+fn endpoint_targets(results: &[Measurement], line: &mut impl FnMut(String, bool)) {
+    let p50 = |name: &str| find(results, name).map(|m| us(&m.hist, 50.0));
+    let own_floor = |name: &str| find(results, name).and_then(|m| m.floor.as_ref()).map(Floor::p50_us);
+    let udp = p50("udp_floor");
+    if let (Some(p), Some(tcp)) = (p50("resp_coord_1_client"), own_floor("resp_coord_1_client")) {
+        line(
+            format!("coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor p50 {tcp:.1} µs"),
+            p <= 2.5 * tcp,
+        );
+    }
+    if let (Some(p), Some(tcp), Some(udp)) =
+        (p50("resp_noncoord_1_client"), own_floor("resp_noncoord_1_client"), udp)
+    {
+        let bound = 2.5 * tcp + 2.0 * udp;
+        line(
+            format!(
+                "non-coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor {tcp:.1} + 2 x udp_floor {udp:.1} = {bound:.1} µs"
+            ),
+            p <= bound,
+        );
+    }
+    let rate = |name: &str| find(results, name).and_then(|m| m.rate);
+    if let Some(r) = rate("resp_noncoord_16_distinct") {
+        line(
+            format!("{r:.0} pairs/s >= 60,000 (16 TCP clients, distinct names, non-coordinator endpoint)"),
+            r >= 60_000.0,
+        );
+        if let Some(redis) = rate("redis_16_distinct") {
+            line(format!("{r:.0} pairs/s >= Redis's {redis:.0} (same clients, same run)"), r >= redis);
+        }
+    }
+    if let Some(m) = find(results, "resp_noncoord_16_one_name") {
+        let (r, worst) = (m.rate.unwrap_or(0.0), m.hist.max() as f64 / 1e6);
+        line(format!("{r:.0} hand-offs/s >= 30,000 (16 TCP clients, one name)"), r >= 30_000.0);
+        line(format!("worst wait {worst:.1} ms < 20 ms (16 TCP clients, one name; FIFO)"), worst < 20.0);
+    }
 }
 
 /// One JSON entry per measurement.

@@ -4,7 +4,9 @@ mod demo;
 mod guardian;
 mod keyring;
 mod lock;
+mod members;
 mod status;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -67,6 +69,14 @@ enum Commands {
     Lock(lock::LockArgs),
     /// Show the local node's view, coordinator and locks.
     Status(status::StatusArgs),
+    /// List the members as the local node's gossip sees them: the view
+    /// (oldest first, state alive or suspect) and the members that left it
+    /// since the agent started (state down).
+    Members(members::MembersArgs),
+    /// Print the local node's view, then one line per view it installs
+    /// (joins, departures, merges marked), for scripts: `--json` gives one
+    /// object per line.
+    Watch(watch::WatchArgs),
     /// After a "term jump" alert (metric swimlock_granting_halted = 1): let
     /// the coordinator grant under terms up to TERM again. Check first that
     /// the member reporting it was not started on a copied or stale state
@@ -96,6 +106,8 @@ pub fn main() -> ExitCode {
         Commands::Agent(args) => agent(*args),
         Commands::Lock(args) => runtime().block_on(lock::run(args)),
         Commands::Status(args) => runtime().block_on(status::run(args)),
+        Commands::Members(args) => runtime().block_on(members::run(args)),
+        Commands::Watch(args) => runtime().block_on(watch::run(args)),
         Commands::AcceptTerm(args) => runtime().block_on(status::accept_term(args)),
         Commands::Keygen => keyring::keygen(),
         Commands::Keyring(args) => runtime().block_on(keyring::run(args)),

@@ -87,7 +87,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
 
 /// The JSON form: one object, stable keys.
 pub fn to_json(s: &Status) -> serde_json::Value {
-    let member = |m: &swimlock_wire::client::MemberInfo| json!({ "name": m.name, "addr": m.id.addr.to_string(), "epoch": m.id.epoch });
+    let member = |m: &swimlock_wire::client::MemberInfo| json!({ "name": m.name, "addr": m.id.addr.to_string(), "epoch": m.id.epoch, "state": m.state.as_str() });
     json!({
         "name": s.name,
         "id": s.id.to_string(),
@@ -98,6 +98,9 @@ pub fn to_json(s: &Status) -> serde_json::Value {
         "coordinator": s.coordinator.as_ref().map(|m| m.name.clone()),
         "is_coordinator": s.coordinator.as_ref().is_some_and(|m| m.id == s.id),
         "members": s.members.iter().map(member).collect::<Vec<_>>(),
+        "departed": s.departed.iter().map(member).collect::<Vec<_>>(),
+        "quorum": s.quorum,
+        "version": s.version,
         "locks": s.locks.iter().map(|l| json!({
             "name": l.name.as_str(), "token": l.token.0, "client": l.client.0, "holds": l.holds,
         })).collect::<Vec<_>>(),
@@ -122,7 +125,15 @@ pub fn to_text(s: &Status) -> String {
     let mut out = String::new();
     let coordinator = s.coordinator.as_ref().map_or("-", |m| m.name.as_str());
     let _ = writeln!(out, "node         {} ({})", s.name, s.id);
-    let _ = writeln!(out, "mode         {}", s.mode);
+    let _ = writeln!(out, "version      {}", s.version);
+    match s.quorum {
+        Some(q) => {
+            let _ = writeln!(out, "mode         {} (a side needs {q} members to grant)", s.mode);
+        }
+        None => {
+            let _ = writeln!(out, "mode         {}", s.mode);
+        }
+    }
     match s.security.primary_key {
         _ if s.security.insecure => {
             let _ = writeln!(

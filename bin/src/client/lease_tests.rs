@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
-use swimlock_wire::client::{self as proto, ClientRequest, LostReason, Reply, Request, ServerMessage};
-use swimlock_wire::{LockName, Token};
+use std::collections::VecDeque;
+
+use swimlock_wire::client::{ClientRequest, LostReason, Reply, Request, ServerMessage};
+use swimlock_wire::commands::{self, Command};
+use swimlock_wire::resp::{self, Proto, Value};
+use swimlock_wire::{ClientId, LockName, Token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::time::{Instant, timeout};
 
@@ -13,20 +17,37 @@ use super::{Client, LockGuard, LostCause};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// The node's end of a client connection.
+/// The node's end of a client connection, speaking RESP3: it numbers the
+/// requests it reads, and its replies must come in that order.
 struct FakeNode {
     reader: ReadHalf<DuplexStream>,
     writer: WriteHalf<DuplexStream>,
     buf: Vec<u8>,
+    next_id: u64,
+    unanswered: VecDeque<(u64, Request)>,
 }
 
 impl FakeNode {
     /// The next request, or `None` once the client closed the connection.
+    /// The client's `HELLO 3` is answered here.
     async fn next(&mut self) -> Option<ClientRequest> {
         loop {
-            if let Some((request, used)) = proto::decode_frame::<ClientRequest>(&self.buf).unwrap() {
+            if let Some((args, used)) = resp::parse_command(&self.buf).unwrap() {
                 self.buf.drain(..used);
-                return Some(request);
+                match commands::parse(&args).unwrap() {
+                    Command::Hello { .. } => {
+                        let hello = Value::Map(vec![(Value::bulk("proto"), Value::Int(3))]);
+                        self.writer.write_all(&hello.to_bytes(Proto::Resp3)).await.unwrap();
+                    }
+                    Command::Node(request) => {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.unanswered.push_back((id, request.clone()));
+                        return Some(ClientRequest { id, request });
+                    }
+                    other => panic!("unexpected command {other:?}"),
+                }
+                continue;
             }
             if self.reader.read_buf(&mut self.buf).await.unwrap() == 0 {
                 return None;
@@ -40,11 +61,15 @@ impl FakeNode {
     }
 
     async fn send(&mut self, msg: ServerMessage) {
-        self.writer.write_all(&proto::encode(&msg).unwrap()).await.unwrap();
+        let push = commands::push_value(&msg).expect("a push");
+        self.writer.write_all(&push.to_bytes(Proto::Resp3)).await.unwrap();
     }
 
     async fn reply(&mut self, id: u64, reply: Reply) {
-        self.send(ServerMessage::Reply { id, reply }).await;
+        let (first, request) = self.unanswered.pop_front().expect("a request to answer");
+        assert_eq!(first, id, "replies come in request order");
+        let v = commands::reply_value(&request, reply, ClientId(1));
+        self.writer.write_all(&v.to_bytes(Proto::Resp3)).await.unwrap();
     }
 
     /// Takes the lease question about `name` that must come next.
@@ -67,7 +92,8 @@ impl FakeNode {
 fn connected() -> (Client, FakeNode) {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let (reader, writer) = tokio::io::split(theirs);
-    (Client::over_stream(ours), FakeNode { reader, writer, buf: Vec::new() })
+    let node = FakeNode { reader, writer, buf: Vec::new(), next_id: 1, unanswered: VecDeque::new() };
+    (Client::over_stream(ours, None).0, node)
 }
 
 /// Locks "a" against `node`, which grants after `wait` with `lease_ms`.

@@ -50,8 +50,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use swimlock_wire::client::{
-    self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status,
+    self as proto, ClientRequest, FailReason, Reply, Request, ServerMessage, Status, ViewInfo,
 };
+use swimlock_wire::commands;
+use swimlock_wire::resp::{self, Value};
 use swimlock_wire::{ClientId, LockName, Token, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -231,6 +233,8 @@ pub(crate) struct Shared {
     /// Wakes [`keep_leases`]: only when a lease question falls due before
     /// it would wake anyway, or the connection closed.
     lease_task: Arc<Notify>,
+    /// Where views go, for [`Client::watch_view`].
+    views: Vec<mpsc::UnboundedSender<ViewInfo>>,
     /// Rounds of [`keep_leases`] so far.
     #[cfg(test)]
     lease_rounds: u64,
@@ -472,11 +476,19 @@ impl Client {
         Connection::open(addr).await?.into_client(token).await
     }
 
-    fn over_stream<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Client {
+    /// A client over `stream`, which first sends `HELLO 3` (with the
+    /// password `token`); the receiver tells how the endpoint answered it.
+    fn over_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
+        stream: S,
+        token: Option<&str>,
+    ) -> (Client, oneshot::Receiver<Result<(), ClientError>>) {
         let (out, requests) = mpsc::unbounded_channel();
+        let (hello_tx, hello) = oneshot::channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(run_stream(stream, requests, shared.clone()));
-        Client::start(Inner { out: Outbound::Stream(out), shared, next_id: AtomicU64::new(1) })
+        let hello_cmd = hello_command(token);
+        tokio::spawn(run_stream(stream, (hello_cmd, hello_tx), requests, shared.clone()));
+        let client = Client::start(Inner { out: Outbound::Stream(out), shared, next_id: AtomicU64::new(1) });
+        (client, hello)
     }
 
     /// Starts the lease task of a new client.
@@ -522,16 +534,6 @@ impl Client {
         }
     }
 
-    /// Gives the endpoint its password.
-    async fn authenticate(&self, token: &str) -> Result<(), ClientError> {
-        match self.request(Request::Auth { token: token.to_string() }, None).await {
-            Ok((Reply::Authenticated, _)) => Ok(()),
-            Ok((other, _)) => Err(unexpected(other)),
-            Err(ClientError::Server(message)) => Err(ClientError::Unauthorized(message)),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A keyring command for every member of the node's view (see
     /// `swimlock keyring`): how many members hold each key afterwards, and
     /// which failed. `Err(Server)` if the node runs insecure.
@@ -541,6 +543,20 @@ impl Client {
     ) -> Result<swimlock_wire::client::KeyringReport, ClientError> {
         match self.request(Request::Keyring { op }, None).await?.0 {
             Reply::Keyring(report) => Ok(*report),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to the node's views: the stream yields the current view
+    /// first, then every view the node installs, in order, with no gap and
+    /// no repeat (one node task sends them all on this connection). Ask
+    /// once per client.
+    pub async fn watch_view(&self) -> Result<ViewWatch, ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Registered before the request goes: the current view follows its answer.
+        self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).views.push(tx);
+        match self.request(Request::WatchView, None).await?.0 {
+            Reply::Watching => Ok(ViewWatch { views: rx, _client: self.clone() }),
             other => Err(unexpected(other)),
         }
     }
@@ -688,16 +704,15 @@ impl Connection {
         }
     }
 
-    /// Starts the client, first giving the endpoint its password if
-    /// `token` is set ([`ClientError::Unauthorized`] if it is refused).
+    /// Starts the client: RESP3 (`HELLO 3`), giving the endpoint its
+    /// password if `token` is set ([`ClientError::Unauthorized`] if it is
+    /// refused or missing).
     pub async fn into_client(self, token: Option<&str>) -> Result<Client, ClientError> {
-        let client = match self.stream {
-            Stream::Tcp(s) => Client::over_stream(s),
-            Stream::Unix(s) => Client::over_stream(s),
+        let (client, hello) = match self.stream {
+            Stream::Tcp(s) => Client::over_stream(s, token),
+            Stream::Unix(s) => Client::over_stream(s, token),
         };
-        if let Some(token) = token {
-            client.authenticate(token).await?;
-        }
+        hello.await.map_err(|_| ClientError::Closed)??;
         Ok(client)
     }
 }
@@ -742,6 +757,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
                 announce(&held, Lost { name, token, cause });
             }
         }
+        ServerMessage::View(view) => shared.views.retain(|tx| tx.send((*view).clone()).is_ok()),
         ServerMessage::Stopping { grace_ms } => {
             // The locks stay held: a real loss may still follow.
             let cause = LostCause::AgentStopping { grace: Duration::from_millis(grace_ms) };
@@ -766,6 +782,7 @@ fn dispatch(shared: &Mutex<Shared>, msg: ServerMessage) {
 fn close(shared: &Mutex<Shared>) {
     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
     shared.closed = true;
+    shared.views.clear();
     shared.waiting.clear();
     for (name, held) in std::mem::take(&mut shared.held) {
         if !held.expired {
@@ -855,41 +872,161 @@ fn due_leases(shared: &mut Shared, now: Instant, questions: &mut Vec<(LockName, 
     next
 }
 
+/// `HELLO 3`, with the password if there is one.
+fn hello_command(token: Option<&str>) -> Vec<u8> {
+    let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
+    if let Some(token) = token {
+        args.extend([b"AUTH".as_slice(), b"default", token.as_bytes()]);
+    }
+    let mut out = Vec::new();
+    resp::encode_command(&args, &mut out);
+    out
+}
+
+/// A command sent on the stream, whose reply is awaited (replies come in
+/// the order of the commands).
+enum Sent {
+    Hello(oneshot::Sender<Result<(), ClientError>>),
+    Request(u64, Request),
+}
+
+/// What the endpoint answered to `HELLO 3`.
+fn hello_result(v: Value) -> Result<(), ClientError> {
+    match v {
+        Value::Map(_) if v.get("proto").and_then(Value::as_int) == Some(3) => Ok(()),
+        Value::Error(e) if e.starts_with("NOAUTH") => {
+            Err(ClientError::Unauthorized("this endpoint requires a client token".into()))
+        }
+        Value::Error(e) if e.starts_with("WRONGPASS") => {
+            Err(ClientError::Unauthorized("wrong client token".into()))
+        }
+        other => Err(ClientError::Protocol(format!("the endpoint did not take HELLO 3: {other:?}"))),
+    }
+}
+
+/// A RESP3 frame as a [`Value`]; kinds the endpoint never sends become
+/// text or null.
+fn value_of(frame: redis_protocol::resp3::types::OwnedFrame) -> Value {
+    use redis_protocol::resp3::types::OwnedFrame as F;
+    match frame {
+        F::SimpleString { data, .. } => Value::Simple(String::from_utf8_lossy(&data).into_owned()),
+        F::SimpleError { data, .. } => Value::Error(data),
+        F::BlobError { data, .. } => Value::Error(String::from_utf8_lossy(&data).into_owned()),
+        F::Number { data, .. } => Value::Int(data),
+        F::BlobString { data, .. } | F::VerbatimString { data, .. } => Value::Bulk(data),
+        F::Boolean { data, .. } => Value::Bool(data),
+        F::Array { data, .. } => Value::Array(data.into_iter().map(value_of).collect()),
+        F::Set { data, .. } => Value::Array(data.into_iter().map(value_of).collect()),
+        F::Push { data, .. } => Value::Push(data.into_iter().map(value_of).collect()),
+        F::Map { data, .. } => {
+            Value::Map(data.into_iter().map(|(k, v)| (value_of(k), value_of(v))).collect())
+        }
+        F::Double { data, .. } => Value::Simple(data.to_string()),
+        F::BigNumber { data, .. } => Value::Simple(String::from_utf8_lossy(&data).into_owned()),
+        _ => Value::Null,
+    }
+}
+
+/// Largest reply the client buffers (a `STATUS` of a very large table).
+const MAX_REPLY: usize = 64 << 20;
+
 async fn run_stream<S: AsyncRead + AsyncWrite>(
     stream: S,
+    (hello, hello_tx): (Vec<u8>, oneshot::Sender<Result<(), ClientError>>),
     mut requests: mpsc::UnboundedReceiver<ClientRequest>,
     shared: Arc<Mutex<Shared>>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = Vec::with_capacity(4096);
+    let mut sent = std::collections::VecDeque::new();
+    let mut out = Vec::new();
+    if writer.write_all(&hello).await.is_err() {
+        let _ = hello_tx.send(Err(ClientError::Closed));
+        close(&shared);
+        return;
+    }
+    sent.push_back(Sent::Hello(hello_tx));
     'conn: loop {
         tokio::select! {
             request = requests.recv() => {
                 let Some(request) = request else { break };
-                let Ok(frame) = proto::encode(&request) else { continue };
-                if writer.write_all(&frame).await.is_err() {
+                // Whatever else is ready goes in the same write.
+                let mut next = Some(request);
+                while let Some(ClientRequest { id, request }) = next {
+                    resp::encode_command(&commands::command_args(&request), &mut out);
+                    sent.push_back(Sent::Request(id, request));
+                    next = requests.try_recv().ok();
+                }
+                if writer.write_all(&out).await.is_err() {
                     break;
                 }
+                out.clear();
             }
             read = reader.read_buf(&mut buf) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     break;
                 }
+                let mut used = 0;
                 loop {
-                    match proto::decode_frame::<ServerMessage>(&buf) {
-                        Ok(Some((msg, used))) => {
-                            buf.drain(..used);
-                            dispatch(&shared, msg);
+                    match redis_protocol::resp3::decode::complete::decode(&buf[used..]) {
+                        Ok(Some((frame, n))) => {
+                            used += n;
+                            if !on_frame(&shared, &mut sent, value_of(frame)) {
+                                break 'conn;
+                            }
                         }
+                        Ok(None) if buf.len() - used > MAX_REPLY => break 'conn,
                         Ok(None) => break,
                         Err(_) => break 'conn,
                     }
                 }
+                buf.drain(..used);
             }
         }
     }
     let _ = writer.shutdown().await;
     close(&shared);
+}
+
+/// Routes one frame from the endpoint: a push, or the reply to the oldest
+/// command sent. False when the connection must end.
+fn on_frame(shared: &Mutex<Shared>, sent: &mut std::collections::VecDeque<Sent>, v: Value) -> bool {
+    if let Value::Push(items) = &v {
+        if let Some(msg) = commands::push_from_value(items) {
+            dispatch(shared, msg);
+        }
+        return true;
+    }
+    match sent.pop_front() {
+        Some(Sent::Hello(tx)) => {
+            let result = hello_result(v);
+            let ok = result.is_ok();
+            let _ = tx.send(result);
+            ok
+        }
+        Some(Sent::Request(id, request)) => {
+            let reply = commands::reply_from_value(&request, v);
+            dispatch(shared, ServerMessage::Reply { id, reply });
+            true
+        }
+        // An error nobody asked for: the endpoint is closing the connection.
+        None => true,
+    }
+}
+
+/// The views of a node, from [`Client::watch_view`]. Holds its client's
+/// connection open.
+#[derive(Debug)]
+pub struct ViewWatch {
+    views: mpsc::UnboundedReceiver<ViewInfo>,
+    _client: Client,
+}
+
+impl ViewWatch {
+    /// The next view; `None` once the connection closed.
+    pub async fn next(&mut self) -> Option<ViewInfo> {
+        self.views.recv().await
+    }
 }
 
 /// A held lock. Dropping it releases one hold (without waiting); use
