@@ -7,7 +7,8 @@
 //! - [`client`]: the Rust client library, over the client socket or
 //!   in-process;
 //! - [`cli`]: the `swimlock` command line;
-//! - [`metrics`]: the Prometheus exporter;
+//! - [`metrics`]: the Prometheus metrics;
+//! - [`http`]: the HTTP endpoint (`/health`, `/ready`, `/metrics`);
 //! - [`sim`]: the deterministic simulator;
 //! - [`bench`]: `swimlock bench`, the end-to-end benchmark.
 
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod sim;

@@ -221,7 +221,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         stopped_tx,
     )?
     .with_tag_store(tag_store);
-    let metrics_handle = agent.metrics_handle();
+    let http_sources = crate::http::Sources { metrics: agent.metrics_handle(), ready: agent.readiness() };
     let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
@@ -235,7 +235,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     }
     let task = tokio::spawn(agent.run(rx));
     let mut aux = endpoint::spawn_listeners(listeners, endpoint);
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::http::serve(l, http_sources)));
     // The listeners live as long as the node task.
     let unix_socket = config.unix_socket.clone();
     let cleanup = tokio::spawn(async move {

@@ -21,7 +21,7 @@ use super::config::{AgentConfig, ConfigError};
 use super::keyring::KeyringStore;
 use super::state::{TagStore, TermStore};
 use crate::client::Session;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WaitResult};
 use crate::node::seal::Keyring;
 use crate::node::{KeyringReport, Node, NodeConfig, NodeEvent, Security};
 
@@ -170,6 +170,10 @@ impl NodeTask {
 
     pub fn metrics_handle(&self) -> PrometheusHandle {
         self.metrics.handle()
+    }
+
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<crate::http::Readiness> {
+        self.metrics.readiness()
     }
 
     pub fn client_counters(&self) -> crate::metrics::ClientCounters {
@@ -549,7 +553,7 @@ impl NodeTask {
             NodeEvent::Lock(Event::Acquired { req, client, name, token, holds, safe_until }) => {
                 debug!(client = client.0, lock = %name, %token, holds, "lock acquired");
                 if let Some(op) = self.ops.remove(&req) {
-                    self.metrics.record_acquire_latency(op.started.elapsed());
+                    self.metrics.record_wait(WaitResult::Acquired, op.started.elapsed());
                     let reply = if op.with_lease {
                         Reply::AcquiredWithLease { token, holds, lease_ms: lease_ms(safe_until, op.received) }
                     } else {
@@ -566,6 +570,11 @@ impl NodeTask {
             NodeEvent::Lock(Event::Failed { req, client, name, reason }) => {
                 debug!(client = client.0, lock = %name, ?reason, "lock request failed");
                 if let Some(op) = self.ops.remove(&req) {
+                    match reason {
+                        Failure::TimedOut => self.metrics.record_wait(WaitResult::TimedOut, op.started.elapsed()),
+                        Failure::NoQuorum => self.metrics.record_wait(WaitResult::NoQuorum, op.started.elapsed()),
+                        Failure::Busy => {}
+                    }
                     let reason = match reason {
                         Failure::Busy => FailReason::Busy,
                         Failure::TimedOut => FailReason::TimedOut,
@@ -675,6 +684,7 @@ impl NodeTask {
 
     fn on_lost(&mut self, client: ClientId, name: LockName, token: swimlock_wire::Token, reason: LossReason) {
         warn!(client = client.0, lock = %name, %token, ?reason, "lock lost");
+        self.metrics.record_lost(reason);
         let reason = match reason {
             LossReason::Duplicate => LostReason::Duplicate,
             LossReason::QuorumLost => LostReason::QuorumLost,

@@ -34,7 +34,7 @@ pub const EXIT_AGENT_STOPPING: u8 = 79;
 /// swimlock: a distributed lock node (SWIM membership, CENTRAL_LOCK2 locks
 /// with fencing tokens).
 #[derive(Parser, Debug)]
-#[command(name = "swimlock", version)]
+#[command(name = "swimlock", version = crate::metrics::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     command: Commands,

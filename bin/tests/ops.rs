@@ -1,0 +1,117 @@
+//! What an operator relies on: the HTTP endpoint (`/health`, `/ready`,
+//! `/metrics`) of real agents, readiness through a quorum loss, the
+//! metrics the shipped dashboard and alerts use, and reloads on SIGHUP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const FORM: Duration = Duration::from_secs(15);
+
+/// One HTTP/1.1 request: the status code and the body.
+fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn ready(agent: &Agent) -> Option<(u16, Value)> {
+    let (code, body) = http(agent.metrics, "GET", "/ready")?;
+    Some((code, serde_json::from_str(&body).ok()?))
+}
+
+/// Paths and methods of the endpoint: 200 for /health, /ready, /metrics;
+/// 404 elsewhere; 405 for other methods. The series come in the same order
+/// at every scrape.
+#[test]
+fn endpoint_paths_methods_and_stable_order() {
+    let _serial = serial();
+    let cluster = Cluster::start("http", 1, &[]);
+    cluster.wait_formed(&[0], FORM);
+    let a = &cluster.agents[0];
+    assert_eq!(http(a.metrics, "GET", "/health").unwrap(), (200, "ok\n".to_string()));
+    let (code, body) = ready(a).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["ready"], Value::Bool(true));
+    assert_eq!(http(a.metrics, "GET", "/nothing-here").unwrap().0, 404);
+    assert_eq!(http(a.metrics, "GET", "/").unwrap().0, 404);
+    assert_eq!(http(a.metrics, "POST", "/metrics").unwrap().0, 405);
+    assert_eq!(http(a.metrics, "DELETE", "/ready").unwrap().0, 405);
+    let series = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+            .collect()
+    };
+    let first = http(a.metrics, "GET", "/metrics").unwrap().1;
+    for _ in 0..5 {
+        assert_eq!(series(&http(a.metrics, "GET", "/metrics").unwrap().1), series(&first));
+    }
+    for name in [
+        "swimlock_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "swimlock_coordinator_changes_total",
+    ] {
+        assert!(metric(&first, name).is_some(), "{name} missing");
+    }
+    assert!(metric(&first, "process_open_fds").unwrap() > 3.0);
+    assert!(first.contains("swimlock_build_info{version=\""), "{first}");
+    for reason in ["duplicate", "quorum_lost", "lease_expired"] {
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(metric_with(&first, "swimlock_locks_lost_total", &label), Some(0.0), "{reason}");
+    }
+    assert_eq!(metric(&first, "swimlock_quorum"), None, "only in majority mode");
+}
+
+/// Mode majority, 3 agents: /ready is 200; with two of them killed it turns
+/// 503 naming the lost quorum (and `swimlock_quorum` 0); with two agents
+/// started again it is 200 again.
+#[test]
+fn ready_follows_quorum_loss_and_recovery() {
+    let _serial = serial();
+    let mut cluster = Cluster::start("ready", 3, &["--mode", "majority", "--members", "3"]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let first = &cluster.agents[0];
+    wait_until(FORM, "/ready 200 on every agent", || {
+        cluster.agents.iter().all(|a| ready(a).is_some_and(|(code, _)| code == 200))
+    });
+    assert_eq!(metric(&first.scrape().unwrap(), "swimlock_quorum"), Some(1.0));
+
+    cluster.agents[1].proc.kill();
+    cluster.agents[2].proc.kill();
+    let first = &cluster.agents[0];
+    wait_until(FORM, "/ready 503 once the quorum is lost", || {
+        ready(first).is_some_and(|(code, _)| code == 503)
+    });
+    let (_, body) = ready(first).unwrap();
+    assert_eq!(body["ready"], Value::Bool(false));
+    assert_eq!(body["quorum"], Value::Bool(false));
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("no quorum") && reason.contains("2 needed"), "{body}");
+    assert_eq!(http(first.metrics, "GET", "/health").unwrap().0, 200, "alive, only not ready");
+    assert_eq!(metric(&first.scrape().unwrap(), "swimlock_quorum"), Some(0.0));
+
+    let seed = Some(first.udp);
+    let dir = cluster.dir.path().to_path_buf();
+    let extra = ["--mode", "majority", "--members", "3"];
+    cluster.agents[1] = Agent::start(&dir, "ready-2b", seed, &extra);
+    cluster.agents[2] = Agent::start(&dir, "ready-3b", seed, &extra);
+    wait_until(FORM, "/ready 200 on every agent after the restart", || {
+        cluster.agents.iter().all(|a| ready(a).is_some_and(|(code, _)| code == 200))
+    });
+    let text = cluster.agents[0].scrape().unwrap();
+    assert_eq!(metric(&text, "swimlock_quorum"), Some(1.0));
+}
