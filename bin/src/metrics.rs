@@ -88,6 +88,7 @@ struct Instruments {
     duplicates_resolved: Counter,
     locks_lost: [Counter; LOSS_REASONS.len()],
     coordinator_changes: Counter,
+    coordinator_epoch: Gauge,
     datagrams_in: Counter,
     datagrams_out: Counter,
     dropped: [Counter; DROP_REASONS.len()],
@@ -141,8 +142,10 @@ impl Metrics {
                 reconciliations: metrics::counter!("swimlock_reconciliations_total"),
                 merges: metrics::counter!("swimlock_merges_total"),
                 duplicates_resolved: metrics::counter!("swimlock_duplicates_resolved_total"),
-                locks_lost: LOSS_REASONS.map(|r| metrics::counter!("swimlock_locks_lost_total", "reason" => r)),
+                locks_lost: LOSS_REASONS
+                    .map(|r| metrics::counter!("swimlock_locks_lost_total", "reason" => r)),
                 coordinator_changes: metrics::counter!("swimlock_coordinator_changes_total"),
+                coordinator_epoch: metrics::gauge!("swimlock_coordinator_epoch"),
                 datagrams_in: metrics::counter!("swimlock_datagrams_total", "direction" => "in"),
                 datagrams_out: metrics::counter!("swimlock_datagrams_total", "direction" => "out"),
                 dropped: DROP_REASONS
@@ -266,6 +269,8 @@ impl Metrics {
             }
             self.last_coordinator = coordinator;
         }
+        // Start stamps are microseconds since 1970: exact in an f64 for ages.
+        self.m.coordinator_epoch.set(coordinator.map_or(0.0, |c| c.epoch as f64));
         let view = lock.view();
         let majority_of = match lock.config().mode {
             Mode::Majority { members } => Some(members.get()),
@@ -348,8 +353,10 @@ mod process {
 
     /// Appends `process_*` families to `out`.
     pub fn append(out: &mut String) {
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as f64;
+        let ticks =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+        let page =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as f64;
         let mut family = |name: &str, kind: &str, help: &str, value: f64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
         };
@@ -364,7 +371,12 @@ mod process {
                 );
             }
             if let Some(rss) = field(24) {
-                family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss * page);
+                family(
+                    "process_resident_memory_bytes",
+                    "gauge",
+                    "Resident memory size in bytes.",
+                    rss * page,
+                );
             }
             if let Some(vsize) = field(23) {
                 family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsize);
@@ -516,6 +528,10 @@ fn describe() {
     describe_counter!(
         "swimlock_coordinator_changes_total",
         "Times the coordinator this node follows changed to another member."
+    );
+    describe_gauge!(
+        "swimlock_coordinator_epoch",
+        "Start stamp (microseconds since 1970) of the coordinator this node follows, 0 when none: members that agree on their coordinator show the same value."
     );
     describe_gauge!("swimlock_build_info", "Always 1; the labels name the version and the commit built.");
     describe_counter!("swimlock_datagrams_total", "UDP datagrams, by direction.");

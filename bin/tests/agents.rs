@@ -264,7 +264,9 @@ fn metrics_report_view_coordinator_and_requests() {
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"busy\""), Some(1.0));
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"timed_out\""), Some(1.0));
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"no_quorum\""), Some(0.0));
-    let count = |result: &str| metric_with(&text, "swimlock_acquire_latency_seconds_count", &format!("result=\"{result}\""));
+    let count = |result: &str| {
+        metric_with(&text, "swimlock_acquire_latency_seconds_count", &format!("result=\"{result}\""))
+    };
     assert_eq!(count("acquired"), Some(3.0));
     assert_eq!(count("timed_out"), Some(1.0), "a wait that timed out is in the histogram too");
     assert!(metric_with(&text, "swimlock_datagrams_total", "direction=\"in\"").unwrap() > 0.0);

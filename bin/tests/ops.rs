@@ -115,3 +115,99 @@ fn ready_follows_quorum_loss_and_recovery() {
     let text = cluster.agents[0].scrape().unwrap();
     assert_eq!(metric(&text, "swimlock_quorum"), Some(1.0));
 }
+
+/// The metric names in `text` (PromQL or JSON): `swimlock_*` and `process_*`
+/// identifiers.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut i = 0;
+    while i < bytes.len() {
+        if ident(bytes[i]) && (i == 0 || !ident(bytes[i - 1])) {
+            let end = (i..bytes.len()).find(|&j| !ident(bytes[j])).unwrap_or(bytes.len());
+            let word = &text[i..end];
+            if word.starts_with("swimlock_") || word.starts_with("process_") {
+                names.insert(word.to_string());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+fn contrib(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib").join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// contrib/grafana/swimlock.json parses, has the panels the README promises,
+/// and every metric its queries use is one a running agent exports; so is
+/// every metric of contrib/prometheus/alerts.yml, which `promtool check
+/// rules` accepts (skipped, saying so, where promtool is not installed).
+#[test]
+fn dashboard_and_alerts_use_exported_metrics() {
+    let _serial = serial();
+    let cluster = Cluster::start("dash", 1, &["--mode", "majority", "--members", "1"]);
+    cluster.wait_formed(&[0], FORM);
+    let scrape = cluster.agents[0].scrape().unwrap();
+    let exported: std::collections::BTreeSet<String> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+
+    let dashboard: Value = serde_json::from_str(&contrib("grafana/swimlock.json")).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in
+        ["View size", "Coordinator", "Grants/s", "Wait latency", "Lost locks", "Merges", "Retrans", "Dropped"]
+    {
+        assert!(titles.iter().any(|t| t.starts_with(wanted)), "no panel {wanted}: {titles:?}");
+    }
+    let mut queries = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                assert!(exported.contains(&name), "dashboard query uses {name}, not exported: {expr}");
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 15, "{queries} queries");
+
+    let alerts = contrib("prometheus/alerts.yml");
+    for name in metric_names(&alerts) {
+        assert!(exported.contains(&name), "alerts.yml uses {name}, not exported");
+    }
+    for alert in [
+        "ViewSizeDisagree",
+        "CoordinatorDisagree",
+        "MultipleCoordinators",
+        "QuorumLost",
+        "LocksLost",
+        "DatagramsDropped",
+    ] {
+        assert!(alerts.contains(&format!("alert: Swimlock{alert}")), "{alert}");
+    }
+
+    let promtool = std::env::var("SWIMLOCK_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/prometheus/alerts.yml");
+    match std::process::Command::new(&promtool).arg("check").arg("rules").arg(&rules).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!(
+            "SKIPPED promtool check rules: cannot run `{promtool}` ({e}); .ci/run installs it (SWIMLOCK_PROMTOOL)"
+        ),
+    }
+}

@@ -20,7 +20,7 @@ use swimlock_wire::lock::{
 use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
 use crate::config::{Config, Mode};
-use crate::node::{Alert, Event, Outbox, TableStats, Waiting};
+use crate::node::{Alert, Event, Notice, Outbox, TableStats, Waiting};
 use crate::serving::{Serving, Session};
 use crate::token::TokenIssuer;
 
@@ -464,10 +464,16 @@ impl Coordinator {
         // grants too.
         serving.set_hold(now, self.term, self.holds(now), out);
         let mut pending = Vec::new();
+        let duplicates_before = out.stats.duplicates_resolved;
         for (node, report) in reports {
             let session = Session::new(report.sync, report.next_req);
             pending.extend(serving.install_report(now, self.term, node, session, report, out));
         }
+        out.notice(Notice::ReconciliationFinished {
+            term: self.term,
+            locks: serving.stats().held,
+            duplicates: out.stats.duplicates_resolved - duplicates_before,
+        });
         sort_by_ticket(&mut pending);
         for (node, req) in pending {
             serving.admit_lock(now, self.term, node, req, out);

@@ -403,7 +403,29 @@ impl NodeTask {
                 debug!(%to, error = %e, "UDP send failed");
             }
         }
+        self.log_notices();
         self.metrics.update(&self.node);
+    }
+
+    /// Logs what the coordinator did (one INFO line each).
+    fn log_notices(&mut self) {
+        use swimlock_lock::Notice;
+        while let Some(notice) = self.node.poll_notice() {
+            let name = |id: swimlock_wire::NodeId| member_name(&self.node, id);
+            match notice {
+                Notice::ReconciliationFinished { term, locks, duplicates } => {
+                    info!(term, locks, duplicates, "reconciliation finished; serving")
+                }
+                Notice::DuplicateResolved { name: lock, kept, lost, loser } => info!(
+                    lock = %lock, %kept, %lost, loser = %name(loser),
+                    "duplicate lock resolved: the higher token stays, the other holder is told"
+                ),
+                Notice::DepartedLockRegranted { name: lock, departed, token, to } => info!(
+                    lock = %lock, departed = %name(departed), %token, to = %name(to),
+                    "lock of a departed member granted to its next waiter"
+                ),
+            }
+        }
     }
 
     /// Routes the node's events to clients and logs, until the node has no
@@ -571,8 +593,12 @@ impl NodeTask {
                 debug!(client = client.0, lock = %name, ?reason, "lock request failed");
                 if let Some(op) = self.ops.remove(&req) {
                     match reason {
-                        Failure::TimedOut => self.metrics.record_wait(WaitResult::TimedOut, op.started.elapsed()),
-                        Failure::NoQuorum => self.metrics.record_wait(WaitResult::NoQuorum, op.started.elapsed()),
+                        Failure::TimedOut => {
+                            self.metrics.record_wait(WaitResult::TimedOut, op.started.elapsed())
+                        }
+                        Failure::NoQuorum => {
+                            self.metrics.record_wait(WaitResult::NoQuorum, op.started.elapsed())
+                        }
                         Failure::Busy => {}
                     }
                     let reason = match reason {
@@ -585,6 +611,9 @@ impl NodeTask {
             }
             NodeEvent::Lock(Event::Lost { client, name, token, reason }) => {
                 self.on_lost(client, name, token, reason)
+            }
+            NodeEvent::Lock(Event::TermStarted { term }) if self.node.lock_node().is_coordinator() => {
+                info!(term, "coordinator term started")
             }
             NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
             NodeEvent::Lock(Event::Alert(alert)) => {
@@ -683,7 +712,12 @@ impl NodeTask {
     }
 
     fn on_lost(&mut self, client: ClientId, name: LockName, token: swimlock_wire::Token, reason: LossReason) {
-        warn!(client = client.0, lock = %name, %token, ?reason, "lock lost");
+        let why = match reason {
+            LossReason::Duplicate => "duplicate after a merge (another holder has a higher token)",
+            LossReason::QuorumLost => "quorum lost",
+            LossReason::LeaseExpired => "lease expired without renewal",
+        };
+        warn!(client = client.0, lock = %name, %token, reason = why, "client told its lock was lost");
         self.metrics.record_lost(reason);
         let reason = match reason {
             LossReason::Duplicate => LostReason::Duplicate,
@@ -758,6 +792,12 @@ impl NodeTask {
             halted_on_term: self.node.lock_node().halted(),
         }
     }
+}
+
+/// A member's name in the current view, else its identity.
+fn member_name(node: &Node, id: swimlock_wire::NodeId) -> String {
+    let view = node.membership().view();
+    view.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), |m| m.name.clone())
 }
 
 /// Logs a condition the operator must look at.

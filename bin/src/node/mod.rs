@@ -469,6 +469,13 @@ impl Node {
         self.me
     }
 
+    /// The next [`swimlock_lock::Notice`] of the lock machine, for the log
+    /// (optional to drain; the oldest are dropped past a bound).
+    #[must_use]
+    pub fn poll_notice(&mut self) -> Option<swimlock_lock::Notice> {
+        self.lock.poll_notice()
+    }
+
     /// The lock machine, for status and statistics.
     pub fn lock_node(&self) -> &LockNode {
         &self.lock
