@@ -9,6 +9,7 @@
 //! - [`cli`]: the `swimlock` command line;
 //! - [`metrics`]: the Prometheus metrics;
 //! - [`http`]: the HTTP endpoint (`/health`, `/ready`, `/metrics`);
+//! - [`logging`]: text or JSON logs, with a level a reload can change;
 //! - [`sim`]: the deterministic simulator;
 //! - [`bench`]: `swimlock bench`, the end-to-end benchmark.
 
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod sim;

@@ -211,3 +211,81 @@ fn dashboard_and_alerts_use_exported_metrics() {
         ),
     }
 }
+
+fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn hangup(agent: &Agent) {
+    let pid = nix::unistd::Pid::from_raw(agent.proc.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+fn log_has(agent: &Agent, text: &str) -> bool {
+    std::fs::read_to_string(&agent.log).unwrap_or_default().contains(text)
+}
+
+/// SIGHUP re-reads the config file: the log level, the lock-delay and a
+/// new key in the key file are applied and logged; a setting that needs a
+/// restart is named; a lock-delay that breaks the lease inequality is
+/// refused with nothing changed, and the agent keeps running.
+#[test]
+fn sighup_reloads_what_can_change_and_names_the_rest() {
+    let _serial = serial();
+    let dir = TempDir::new("hup");
+    let config = dir.path().join("agent.toml");
+    let key_path = dir.path().join("hup.key");
+    let key = |_: ()| String::from_utf8(swimlock(&["keygen"]).stdout).unwrap();
+    write_private(&key_path, &key(()));
+    std::fs::write(&config, "lock_delay = \"2s\"\nlog_level = \"info\"\n").unwrap();
+    let key_arg = key_path.display().to_string();
+    let config_arg = config.display().to_string();
+    let agent = Agent::start(dir.path(), "hup", None, &["--config", &config_arg, "--key-file", &key_arg]);
+    wait_until(FORM, "the agent to serve", || ready(&agent).is_some_and(|(code, _)| code == 200));
+
+    std::fs::write(&config, "lock_delay = \"3s\"\nlog_level = \"debug\"\ncluster = \"other\"\n").unwrap();
+    write_private(&key_path, &key(()));
+    hangup(&agent);
+    wait_until(FORM, "the reload to be logged", || log_has(&agent, "reload: lock_delay changed"));
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(log.contains("lock_delay changed from 2s to 3s"), "{log}");
+    assert!(log.contains("reload: log level changed"), "{log}");
+    assert!(log.contains("from the key file installed in the keyring"), "{log}");
+    assert!(log.contains("cluster changed in the configuration; it takes a restart to apply"), "{log}");
+    // The new level is in force: a client connecting is logged at DEBUG.
+    let from = log.find("reload: log level changed").unwrap();
+    wait_until(FORM, "a DEBUG line after the reload", || {
+        let _ = agent.status();
+        std::fs::read_to_string(&agent.log).unwrap()[from..].contains("DEBUG")
+    });
+
+    std::fs::write(&config, "lock_delay = \"100ms\"\nlog_level = \"debug\"\ncluster = \"other\"\n").unwrap();
+    hangup(&agent);
+    wait_until(FORM, "the refusal to be logged", || log_has(&agent, "reload refused, nothing changed"));
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    let refusal = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(refusal.contains("lock_delay") && refusal.contains("below lease"), "{refusal}");
+    assert_eq!(http(agent.metrics, "GET", "/health").unwrap().0, 200, "still running");
+}
+
+/// `--log-format json` writes one JSON object per line, with the fields of
+/// the lock-relevant events (here: the view installed).
+#[test]
+fn json_logs_carry_the_event_fields() {
+    let _serial = serial();
+    let dir = TempDir::new("json");
+    let agent = Agent::start(dir.path(), "json", None, &["--log-format", "json"]);
+    wait_until(FORM, "a view installed line", || log_has(&agent, "view installed"));
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    let line = log.lines().find(|l| l.contains("view installed")).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["message"], "view installed", "{line}");
+    assert!(v["view_id"].is_u64() && v["coordinator"].is_string(), "{line}");
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}

@@ -210,6 +210,11 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
+    /// See [`crate::LockNode::set_lock_delay`].
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) {
+        self.config.lock_delay = lock_delay;
+    }
+
     /// BecomeCoord: starts the reconciliation round under `term`. The table
     /// is rebuilt from the members' answers, so it cannot know a holder
     /// that does not answer; fresh grants wait for what may still be held

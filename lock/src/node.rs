@@ -629,6 +629,21 @@ impl LockNode {
         }
     }
 
+    /// Changes the lock-delay at run time (a configuration reload). Refused,
+    /// with nothing changed, when the new value breaks the inequality that
+    /// [`Config::validate`] checks; a lock already held back keeps the
+    /// release time it was given.
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) -> Result<(), crate::ConfigError> {
+        let mut config = self.config.clone();
+        config.lock_delay = lock_delay;
+        config.validate()?;
+        self.config = config;
+        if let Some(coord) = &mut self.coord {
+            coord.set_lock_delay(lock_delay);
+        }
+        Ok(())
+    }
+
     /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):
     /// a coordinator halted on such a term starts a round above it.
     pub fn accept_term(&mut self, now: Duration, term: u32) {

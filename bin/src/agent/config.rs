@@ -128,6 +128,11 @@ pub struct AgentConfig {
     /// anyone who can reach the UDP port is a member. Logged at WARN, shown
     /// in `status` and as `swimlock_insecure 1`.
     pub insecure: bool,
+    /// Log level (`info`, `debug`, or `RUST_LOG`-style directives); `None`:
+    /// `RUST_LOG`, else `info`. Changes on reload (SIGHUP).
+    pub log_level: Option<String>,
+    /// Log lines as text or JSON.
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The longest busy-poll allowed: it spins a CPU.
@@ -161,6 +166,8 @@ impl AgentConfig {
             unix_socket_group: None,
             key: None,
             insecure: false,
+            log_level: None,
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 
@@ -244,6 +251,49 @@ impl AgentConfig {
             self.lock.tag = tag;
         }
     }
+}
+
+/// The settings that differ between `old` and `new` and only a restart
+/// changes, one line each (a reload names them).
+pub(crate) fn fixed_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
+    let mut lock_old = old.lock.clone();
+    lock_old.lock_delay = new.lock.lock_delay;
+    let fields: [(&str, String, String); 20] = [
+        ("name", format!("{:?}", old.name), format!("{:?}", new.name)),
+        ("bind", old.bind.to_string(), new.bind.to_string()),
+        ("advertise", old.advertise.to_string(), new.advertise.to_string()),
+        ("seeds", format!("{:?}", old.seeds), format!("{:?}", new.seeds)),
+        ("cluster", format!("{:?}", old.cluster), format!("{:?}", new.cluster)),
+        ("mode/members", old.mode_name(), new.mode_name()),
+        ("client", format!("{:?}", old.client), format!("{:?}", new.client)),
+        ("unix_socket", format!("{:?}", old.unix_socket), format!("{:?}", new.unix_socket)),
+        ("unix_socket_group", format!("{:?}", old.unix_socket_group), format!("{:?}", new.unix_socket_group)),
+        ("metrics", format!("{:?}", old.metrics), format!("{:?}", new.metrics)),
+        ("state_dir", format!("{:?}", old.state_dir), format!("{:?}", new.state_dir)),
+        ("lease, lock.* or node_tag", format!("{lock_old:?}"), format!("{:?}", new.lock)),
+        ("membership.*", format!("{:?}", old.membership), format!("{:?}", new.membership)),
+        ("join_timeout", format!("{:?}", old.join_timeout), format!("{:?}", new.join_timeout)),
+        ("stop_grace", format!("{:?}", old.stop_grace), format!("{:?}", new.stop_grace)),
+        (
+            "max_client_connections",
+            old.max_client_connections.to_string(),
+            new.max_client_connections.to_string(),
+        ),
+        ("busy_poll", format!("{:?}", old.busy_poll), format!("{:?}", new.busy_poll)),
+        ("insecure", old.insecure.to_string(), new.insecure.to_string()),
+        ("log_format", format!("{:?}", old.log_format), format!("{:?}", new.log_format)),
+        (
+            "client_token",
+            // Compared, never shown.
+            (old.client_token != new.client_token).to_string(),
+            "false".to_string(),
+        ),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(field, _, _)| format!("{field} changed in the configuration; it takes a restart to apply"))
+        .collect()
 }
 
 /// `available` or `majority/N`.
@@ -393,6 +443,14 @@ pub struct AgentArgs {
     /// port is a member.
     #[arg(long)]
     pub insecure: bool,
+    /// Log level: error, warn, info, debug, trace, or RUST_LOG-style
+    /// directives (`info,swimlock::agent=debug`); SIGHUP re-reads it from
+    /// the config file [default: RUST_LOG, else info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// The TOML file: the same settings as [`AgentArgs`], timings in tables.
@@ -424,6 +482,8 @@ struct FileConfig {
     key: Option<String>,
     key_file: Option<PathBuf>,
     insecure: Option<bool>,
+    log_level: Option<String>,
+    log_format: Option<String>,
     #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
@@ -575,6 +635,13 @@ impl AgentArgs {
             resolve_key(file.key.as_deref(), file.key_file.as_deref())?
         };
         c.insecure = self.insecure || file.insecure.unwrap_or(false);
+        c.log_level = self.log_level.clone().or(file.log_level);
+        if let Some(level) = &c.log_level {
+            crate::logging::parse_level(level).map_err(|reason| ConfigError::new("log_level", reason))?;
+        }
+        if let Some(format) = self.log_format.as_ref().or(file.log_format.as_ref()) {
+            c.log_format = format.parse().map_err(|reason| ConfigError::new("log_format", reason))?;
+        }
 
         c.validate()?;
         Ok(c)
@@ -602,6 +669,14 @@ fn resolve_key(inline: Option<&str>, file: Option<&Path>) -> Result<Option<Key>,
         (Some(text), None) => {
             Key::from_base64(text).map(Some).map_err(|e| ConfigError::new("key", e.to_string()))
         }
+        (None, Some(path)) if !path.exists() => Err(ConfigError::new(
+            "key_file",
+            format!(
+                "{} does not exist: make the cluster key once with `swimlock keygen > {0}` \
+                 (then `chmod 600 {0}`, owned by the agent's user) and copy it to every host",
+                path.display()
+            ),
+        )),
         (None, Some(path)) => super::keyring::read_key_file(path)
             .map(Some)
             .map_err(|e| ConfigError::new("key_file", e.to_string())),

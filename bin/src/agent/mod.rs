@@ -32,7 +32,7 @@ pub use config::{
 };
 pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub use keyring::{generate_key, read_key_file};
-pub(crate) use task::Command;
+pub(crate) use task::{Command, Reload};
 
 use crate::client::{Client, ClientError};
 
@@ -89,9 +89,15 @@ pub struct Handle {
     udp: SocketAddr,
     client: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    ready: tokio::sync::watch::Receiver<crate::http::Readiness>,
 }
 
 impl Handle {
+    /// The node's readiness (what `/ready` answers), kept current.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<crate::http::Readiness> {
+        self.ready.clone()
+    }
+
     /// A new client of this node, in-process (no socket): the same API as
     /// [`Client::connect`].
     pub async fn client(&self) -> Result<Client, ClientError> {
@@ -125,6 +131,33 @@ impl Handle {
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.task.await;
         let _ = self.cleanup.await;
+    }
+
+    /// Applies the settings of `new` that can change while the node runs
+    /// (lock-delay, re-checked against the lease inequality; a new key from
+    /// the key file, accepted into the keyring) and returns one line per
+    /// setting that differs from `old`: what changed, what was refused and
+    /// why, and what only a restart can change. The log level is the
+    /// caller's (see [`crate::logging`]).
+    pub async fn reload(&self, old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
+        let mut report = Vec::new();
+        let mut change = Reload::default();
+        if new.lock.lock_delay != old.lock.lock_delay {
+            change.lock_delay = Some(new.lock.lock_delay);
+        }
+        if new.key != old.key {
+            change.key = new.key.clone();
+        }
+        if change.lock_delay.is_some() || change.key.is_some() {
+            let (reply, answer) = oneshot::channel();
+            if self.commands.send(Command::Reload { change, reply }).is_ok()
+                && let Ok(lines) = answer.await
+            {
+                report.extend(lines);
+            }
+        }
+        report.extend(config::fixed_changes(old, new));
+        report
     }
 
     /// A handle that can end the stop grace early, for use while
@@ -221,7 +254,8 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         stopped_tx,
     )?
     .with_tag_store(tag_store);
-    let http_sources = crate::http::Sources { metrics: agent.metrics_handle(), ready: agent.readiness() };
+    let ready = agent.readiness();
+    let http_sources = crate::http::Sources { metrics: agent.metrics_handle(), ready: ready.clone() };
     let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
@@ -248,7 +282,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
             let _ = std::fs::remove_file(path);
         }
     });
-    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr })
+    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr, ready })
 }
 
 /// How the node will protect its datagrams: the keyring of the state

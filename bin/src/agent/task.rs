@@ -48,10 +48,21 @@ pub(crate) enum Command {
     Request { client: ClientId, request: ClientRequest },
     /// The client went away: release its locks.
     Disconnect { client: ClientId },
+    /// A configuration reload: the settings that can change at run time.
+    Reload { change: Reload, reply: oneshot::Sender<Vec<String>> },
     /// Stop: ask the clients holding locks to let go (up to the stop
     /// grace), release what was let go, leave the cluster. A second one
     /// ends the grace at once.
     Shutdown,
+}
+
+/// What a configuration reload changes in the node task.
+#[derive(Debug, Default)]
+pub(crate) struct Reload {
+    /// A new lock-delay, applied only if the lease inequality still holds.
+    pub lock_delay: Option<Duration>,
+    /// A key (from a changed key file) to accept.
+    pub key: Option<crate::node::seal::Key>,
 }
 
 /// The node is stopping: it waits for the clients it told to let go.
@@ -485,7 +496,34 @@ impl NodeTask {
                 }
             }
             Command::Shutdown => self.begin_stop(),
+            Command::Reload { change, reply } => {
+                let _ = reply.send(self.reload(change));
+            }
         }
+    }
+
+    /// Applies a reload; one line per setting, saying what changed or why
+    /// it did not.
+    fn reload(&mut self, change: Reload) -> Vec<String> {
+        let mut report = Vec::new();
+        if let Some(delay) = change.lock_delay {
+            let old = self.node.lock_node().config().lock_delay;
+            report.push(match self.node.set_lock_delay(delay) {
+                Ok(()) => format!("lock_delay changed from {old:?} to {delay:?}"),
+                Err(e) => format!("lock_delay {delay:?} refused, still {old:?}: {}", e.reason),
+            });
+        }
+        if let Some(key) = change.key {
+            let id = key.id();
+            report.push(match self.node.install_key(key) {
+                Ok(true) => format!(
+                    "key {id} from the key file installed in the keyring (accepted;                      `swimlock keyring use` makes it the one sent with)"
+                ),
+                Ok(false) => format!("key {id} from the key file is already in the keyring"),
+                Err(e) => format!("key {id} from the key file refused: {e}"),
+            });
+        }
+        report
     }
 
     fn on_request(&mut self, now: Duration, client: ClientId, request: ClientRequest) {

@@ -4,6 +4,7 @@ mod demo;
 mod guardian;
 mod keyring;
 mod lock;
+mod notify;
 mod status;
 
 use std::process::ExitCode;
@@ -116,20 +117,12 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `info`).
+/// Logs to stderr as text, filtered by RUST_LOG (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+    let _ = crate::logging::init(crate::logging::LogFormat::Text, None);
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
-    init_tracing();
     let config = match args.resolve() {
         Ok(config) => config,
         Err(e) => {
@@ -137,15 +130,35 @@ fn agent(args: AgentArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let logging = crate::logging::init(config.log_format, config.log_level.as_deref());
     runtime().block_on(async move {
-        let handle = match crate::agent::spawn(config) {
+        let handle = match crate::agent::spawn(config.clone()) {
             Ok(handle) => handle,
             Err(e) => {
                 eprintln!("swimlock agent: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        wait_for_stop_signal().await;
+        // systemd (Type=notify): ready once the first view is installed.
+        let mut ready = handle.readiness();
+        tokio::spawn(async move {
+            if let Ok(r) = ready.wait_for(|r| r.view_id.is_some()).await {
+                let status = format!("STATUS=view {} with {} members", r.view_id.unwrap_or(0), r.members);
+                drop(r);
+                notify::notify(&format!("READY=1\n{status}"));
+            }
+        });
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut config = config;
+        loop {
+            tokio::select! {
+                () = wait_for_stop_signal() => break,
+                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                    config = reload(&args, config, &handle, logging.as_ref()).await;
+                }
+            }
+        }
+        notify::notify("STOPPING=1");
         tracing::info!("stopping: asking clients to let go of their locks, then leaving the cluster");
         let stopper = handle.stopper();
         let shutdown = handle.shutdown();
@@ -160,6 +173,59 @@ fn agent(args: AgentArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: reads the configuration again (the `--config` file under the
+/// same flags) and applies what can change at run time: the log level, the
+/// lock-delay (if the lease inequality still holds), a new key in the key
+/// file; names what only a restart changes. A configuration that does not
+/// resolve changes nothing. Returns the configuration now in force.
+async fn reload(
+    args: &AgentArgs,
+    current: crate::agent::AgentConfig,
+    handle: &crate::agent::Handle,
+    logging: Option<&crate::logging::Logging>,
+) -> crate::agent::AgentConfig {
+    tracing::info!(config = ?args.config, "SIGHUP: reloading the configuration");
+    let new = match args.resolve() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused, nothing changed");
+            return current;
+        }
+    };
+    let mut applied = current.clone();
+    if new.log_level != current.log_level {
+        let level = new.log_level.clone().unwrap_or_else(|| "info".into());
+        match logging.map(|l| l.set_level(&level)) {
+            Some(Ok(())) => {
+                applied.log_level = new.log_level.clone();
+                tracing::info!(from = ?current.log_level, to = %level, "reload: log level changed");
+            }
+            Some(Err(e)) => tracing::error!(level, error = %e, "reload: log level refused"),
+            None => tracing::warn!("reload: the log level cannot change (logger installed elsewhere)"),
+        }
+    }
+    let lines = handle.reload(&current, &new).await;
+    for line in &lines {
+        if line.contains("refused") {
+            tracing::error!("reload: {line}");
+        } else if line.contains("restart") {
+            tracing::warn!("reload: {line}");
+        } else {
+            tracing::info!("reload: {line}");
+        }
+    }
+    if lines.iter().any(|l| l.starts_with("lock_delay changed")) {
+        applied.lock.lock_delay = new.lock.lock_delay;
+    }
+    if lines.iter().any(|l| l.starts_with("key ") && !l.contains("refused")) {
+        applied.key = new.key.clone();
+    }
+    if lines.is_empty() && new.log_level == current.log_level {
+        tracing::info!("reload: nothing changed");
+    }
+    applied
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

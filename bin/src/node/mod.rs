@@ -469,6 +469,11 @@ impl Node {
         self.me
     }
 
+    /// Changes the lock-delay (see [`LockNode::set_lock_delay`]).
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) -> Result<(), swimlock_lock::ConfigError> {
+        self.lock.set_lock_delay(lock_delay)
+    }
+
     /// The next [`swimlock_lock::Notice`] of the lock machine, for the log
     /// (optional to drain; the oldest are dropped past a bound).
     #[must_use]
