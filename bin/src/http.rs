@@ -32,7 +32,7 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `/ready` judges, as the node task last saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Readiness {
     /// The installed view's id, if the lock layer has a view.
     pub view_id: Option<u64>,

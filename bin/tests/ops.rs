@@ -289,3 +289,178 @@ fn json_logs_carry_the_event_fields() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
     }
 }
+
+/// `n` consecutive ports free for UDP and TCP on 127.0.0.1, from `base` on.
+fn free_run(n: u16) -> u16 {
+    let mut base = 20_000 + (std::process::id() % 20_000) as u16;
+    loop {
+        let free = (0..n).all(|i| {
+            std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+        });
+        if free {
+            return base;
+        }
+        base += n;
+    }
+}
+
+/// Usage errors exit 64 with the reason; durations take the documented
+/// forms only; a TOML syntax error names the file, line and column.
+#[test]
+fn usage_errors_exit_64_and_config_errors_say_where() {
+    let out = swimlock(&["lock", "", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid lock name"));
+    let long = "x".repeat(300);
+    let out = swimlock(&["lock", &long, "--", "true"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(swimlock(&["--no-such-flag"]).status.code(), Some(64));
+    assert_eq!(swimlock(&["lock"]).status.code(), Some(64));
+    assert_eq!(swimlock(&["--version"]).status.code(), Some(0));
+
+    let out = swimlock(&["agent", "--lease", "1 sec", "--metrics", "off", "--client", "off"]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lock.lease") && stderr.contains("is not a duration"), "{stderr}");
+
+    let dir = TempDir::new("toml");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "name = \"a\"\n\n  cluster = = \"x\"\n").unwrap();
+    let out = swimlock(&["agent", "--config", &path.display().to_string()]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&format!("swimlock agent: {}:3:", path.display())), "{stderr}");
+}
+
+/// `--bind localhost:PORT` works: the name is resolved once and logged.
+#[test]
+fn bind_accepts_a_host_name() {
+    let _serial = serial();
+    let dir = TempDir::new("hostname");
+    let port = free_port();
+    let bind = format!("localhost:{port}");
+    let agent = Agent::start(dir.path(), "named", Some(([127, 0, 0, 1], port).into()), &["--bind", &bind]);
+    wait_until(FORM, "the agent to be ready", || ready(&agent).is_some_and(|(code, _)| code == 200));
+    assert!(log_has(&agent, "host name resolved once, at start"), "{}", agent.log_tail());
+    assert!(log_has(&agent, &format!("127.0.0.1:{port}")), "{}", agent.log_tail());
+}
+
+/// Mode majority without a quorum: a lock request that waits is refused as
+/// "no quorum", not "timed out", and counted as `no_quorum`.
+#[test]
+fn a_wait_without_quorum_is_reported_as_no_quorum() {
+    let _serial = serial();
+    let cluster = Cluster::start("noquorum", 1, &["--mode", "majority", "--members", "3"]);
+    let a = &cluster.agents[0];
+    wait_until(FORM, "a view", || ready(a).is_some_and(|(_, body)| body["view_id"].is_u64()));
+    let out = a.cli(&["lock", "q", "--timeout", "1s", "--client", &a.client_arg(), "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no quorum"), "{stderr}");
+    assert!(!out.status.success());
+    let text = a.scrape().unwrap();
+    assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"no_quorum\""), Some(1.0));
+    assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"timed_out\""), Some(0.0));
+    assert_eq!(
+        metric_with(&text, "swimlock_acquire_latency_seconds_count", "result=\"no_quorum\""),
+        Some(1.0)
+    );
+}
+
+/// `swimlock demo` shows failover: a killed node is named, the survivors'
+/// new view is reported, `restart N` brings it back; a second demo on the
+/// same ports refuses to start; a closed standard output is no panic.
+#[test]
+fn demo_survives_a_killed_node_and_restarts_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let _serial = serial();
+    let base = free_run(9);
+    let dir = TempDir::new("demo");
+    let log = dir.path().join("demo.log");
+    let ports = |b: u16| {
+        vec![
+            "demo".to_string(),
+            "--udp-port".into(),
+            b.to_string(),
+            "--client-port".into(),
+            (b + 3).to_string(),
+            "--metrics-port".into(),
+            (b + 6).to_string(),
+        ]
+    };
+    let child = Command::new(BIN)
+        .args(ports(base))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut demo = Proc(Some(child));
+    let stdout = demo.0.as_mut().unwrap().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break; // closes the demo's standard output
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut expect = |what: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {what:?} within 20s; saw:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    let pids = expect("pids: ");
+    let pid_of = |node: &str| -> i32 {
+        let after = &pids[pids.find(&format!("{node} ")).unwrap() + node.len() + 1..];
+        after.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    // A second demo on the same ports refuses at once.
+    let second = Command::new(BIN).args(ports(base)).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(second.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already in use"));
+
+    let node2 = nix::unistd::Pid::from_raw(pid_of("node-2"));
+    nix::sys::signal::kill(node2, nix::sys::signal::Signal::SIGKILL).unwrap();
+    expect("node-2 exited");
+    let reformed = expect("re-formed");
+    assert!(reformed.contains("node-1, node-3") && reformed.contains("view of 2 members"), "{reformed}");
+
+    let stdin = demo.0.as_mut().unwrap().stdin.as_mut().unwrap();
+    stdin.write_all(b"restart 2\n").unwrap();
+    stdin.flush().unwrap();
+    expect("node-2 started again");
+    let back = expect("re-formed");
+    assert!(back.contains("view of 3 members"), "{back}");
+
+    // Nobody reads its output any more: the demo keeps running (it has
+    // something to say: node-3 dies), then stops cleanly on SIGTERM.
+    drop(rx);
+    let node3 = nix::unistd::Pid::from_raw(pid_of("node-3"));
+    nix::sys::signal::kill(node3, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let node1: SocketAddr = ([127, 0, 0, 1], base + 6).into();
+    wait_until(FORM, "node-1 alone in its view", || {
+        http(node1, "GET", "/ready").is_some_and(|(_, body)| body.contains("\"members\":1,"))
+    });
+    // The demo looks every 100 ms; give it a few looks to write to the closed pipe.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(demo.0.as_mut().unwrap().try_wait().unwrap().is_none(), "the demo still runs");
+    let pid = nix::unistd::Pid::from_raw(demo.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = demo.wait_exit(Duration::from_secs(15)).expect("the demo stops on SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -657,8 +657,14 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
-        // toml names the key and the line; keep its message whole.
-        ConfigError::new("config", format!("{}: {}", path.display(), e.to_string().trim_end()))
+        // FILE:LINE:COLUMN, as compilers say it, then toml's own words.
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(":{line}:{column}")
+        });
+        ConfigError::new("config", format!("{}{at}: {}", path.display(), e.message().trim_end()))
     })
 }
 
@@ -684,15 +690,35 @@ fn resolve_key(inline: Option<&str>, file: Option<&Path>) -> Result<Option<Key>,
     }
 }
 
-/// Parses `HOST:PORT` (an IP, or a name resolved now).
+/// Parses `HOST:PORT`: an IP address, or a host name resolved once, now
+/// (the first IPv4 address it has, else the first address; logged).
 fn addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(a) = text.parse() {
         return Ok(a);
     }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| ConfigError::new(field, format!("`{text}` is not a HOST:PORT address")))
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(ConfigError::new(
+            field,
+            format!("`{text}` is not HOST:PORT (an IP address or a host name, and a port)"),
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(ConfigError::new(
+            field,
+            format!("`{text}` is not HOST:PORT: the port must be a number below 65536"),
+        ));
+    }
+    let found: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(field, format!("cannot resolve host `{host}` of `{text}`: {e}")))?
+        .collect();
+    let chosen = found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| ConfigError::new(field, format!("host `{host}` of `{text}` has no address")))?;
+    Ok(chosen)
 }
 
 fn optional_addr(
@@ -715,10 +741,39 @@ fn set(slot: &mut Duration, field: &str, text: Option<&String>) -> Result<(), Co
     Ok(())
 }
 
-/// Parses "500ms", "2s", "1m 30s".
+/// Parses the documented forms only: whole numbers each followed by a unit
+/// `h`, `m`, `s`, `ms` or `us`, with no space between the number and its
+/// unit: "500ms", "2s", "1m", "1m 30s", "1m30s". ("1 sec" or "2 hours",
+/// which other parsers take, are refused, so that a typo is not read as
+/// something else.)
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 500ms or 2s ({e})"))
+    let refuse =
+        || format!("`{text}` is not a duration like 500ms, 2s, 1m or 1m 30s (units: h, m, s, ms, us)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(refuse());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(refuse());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| refuse())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "h" => number.checked_mul(3600).map(Duration::from_secs),
+            "m" => number.checked_mul(60).map(Duration::from_secs),
+            "s" => Some(Duration::from_secs(number)),
+            "ms" => Some(Duration::from_millis(number)),
+            "us" => Some(Duration::from_micros(number)),
+            _ => None,
+        };
+        total = part.and_then(|p| total.checked_add(p)).ok_or_else(refuse)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -729,6 +784,56 @@ mod tests {
         let mut a = AgentArgs::default();
         f(&mut a);
         a
+    }
+
+    #[test]
+    fn durations_take_the_documented_forms_only() {
+        let ok = |t: &str| parse_duration(t).unwrap();
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2s"), Duration::from_secs(2));
+        assert_eq!(ok("1m 30s"), Duration::from_secs(90));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("50us"), Duration::from_micros(50));
+        for bad in [
+            "1 sec",
+            "1sec",
+            "2 hours",
+            "soon",
+            "",
+            "1",
+            "s",
+            "-1s",
+            "1.5s",
+            "1m 30",
+            "99999999999999999999h",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("is not a duration"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_name_file_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("swimlock-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, "name = \"a\"\nbind = 127.0.0.1:7946\n").unwrap();
+        let e = read_file(&path).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.reason.starts_with(&format!("{}:2:8: ", path.display())), "{e}");
+    }
+
+    #[test]
+    fn bind_takes_a_host_name() {
+        let c = args(|a| a.bind = Some("localhost:7946".into())).resolve_with(FileConfig::default()).unwrap();
+        assert!(c.bind.ip().is_loopback() && c.bind.port() == 7946, "{}", c.bind);
+        let e = args(|a| a.bind = Some("no-such-host.invalid:7946".into()))
+            .resolve_with(FileConfig::default())
+            .unwrap_err();
+        assert!(e.field == "bind" && e.reason.contains("cannot resolve host"), "{e}");
+        let e = args(|a| a.bind = Some("localhost".into())).resolve_with(FileConfig::default()).unwrap_err();
+        assert!(e.reason.contains("HOST:PORT"), "{e}");
     }
 
     #[test]

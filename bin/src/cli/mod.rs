@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 
 use crate::agent::AgentArgs;
 
+/// Exit code: bad arguments (an unknown flag, a bad value, an invalid lock
+/// name), as sysexits' EX_USAGE.
+pub const EXIT_USAGE: u8 = 64;
 /// Exit code: the lock was not acquired within --timeout.
 pub const EXIT_TIMEOUT: u8 = 75;
 /// Exit code: the lock was lost while the command ran, or its lease ran
@@ -92,10 +95,28 @@ enum Commands {
 
 /// Runs the command line; the process exits with the returned code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    quiet_on_closed_stdout();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
     match cli.command {
         Commands::Agent(args) => agent(*args),
-        Commands::Lock(args) => runtime().block_on(lock::run(args)),
+        Commands::Lock(args) => match swimlock_wire::LockName::new(args.name.clone()) {
+            Ok(_) => runtime().block_on(lock::run(args)),
+            Err(e) => {
+                eprintln!("swimlock lock: invalid lock name: {e} (names are 1 to 255 bytes)");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Commands::Status(args) => runtime().block_on(status::run(args)),
         Commands::AcceptTerm(args) => runtime().block_on(status::accept_term(args)),
         Commands::Keygen => keyring::keygen(),
@@ -105,6 +126,26 @@ pub fn main() -> ExitCode {
         Commands::Bench(args) => crate::bench::main(args),
         Commands::Guardian => guardian::main(),
     }
+}
+
+/// `swimlock status | head`: once the reader is gone, printing fails with
+/// EPIPE and `println!` panics. A command whose output nobody reads exits
+/// quietly with 141 (128 + SIGPIPE, as a shell reports a command killed by
+/// it) instead of printing a panic. (The demo's own printing ignores the
+/// error and keeps running.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -125,12 +166,24 @@ pub fn init_tracing() {
 fn agent(args: AgentArgs) -> ExitCode {
     let config = match args.resolve() {
         Ok(config) => config,
+        // A file that does not parse: FILE:LINE:COLUMN: what is wrong.
+        Err(e) if e.field == "config" => {
+            eprintln!("swimlock agent: {}", e.reason);
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             eprintln!("swimlock agent: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let logging = crate::logging::init(config.log_format, config.log_level.as_deref());
+    for (field, given, resolved) in
+        [("bind", &args.bind, config.bind), ("advertise", &args.advertise, config.advertise)]
+    {
+        if let Some(name) = given.as_deref().filter(|t| t.parse::<std::net::SocketAddr>().is_err()) {
+            tracing::info!(field, name, address = %resolved, "host name resolved once, at start");
+        }
+    }
     runtime().block_on(async move {
         let handle = match crate::agent::spawn(config.clone()) {
             Ok(handle) => handle,
