@@ -11,6 +11,8 @@
 //! [`spawn`] starts all of it inside the current tokio runtime and returns a
 //! [`Handle`] that gives in-process [`Client`]s and shuts the node down.
 
+#[cfg(feature = "cli")]
+mod args;
 mod config;
 mod endpoint;
 mod keyring;
@@ -25,8 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+#[cfg(feature = "cli")]
+pub use args::AgentArgs;
 pub use config::{
-    AgentArgs, AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
+    AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
     DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
     DEFAULT_STOP_GRACE, MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
