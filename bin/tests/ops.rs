@@ -365,6 +365,21 @@ fn a_wait_without_quorum_is_reported_as_no_quorum() {
         metric_with(&text, "swimlock_acquire_latency_seconds_count", "result=\"no_quorum\""),
         Some(1.0)
     );
+
+    // Without --timeout, after 10 s it says what it waits for.
+    let log = cluster.dir.path().join("waiting.log");
+    let child = std::process::Command::new(BIN)
+        .args(["lock", "q", "--client", &a.client_arg(), "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _waiting = Proc(Some(child));
+    wait_until(Duration::from_secs(20), "the still-waiting line", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("still waiting")
+    });
+    let line = std::fs::read_to_string(&log).unwrap();
+    assert!(line.contains("lock q after 10s: no quorum: this agent's view has 1 of the 3"), "{line}");
 }
 
 /// `swimlock demo` shows failover: a killed node is named, the survivors'

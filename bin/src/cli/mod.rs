@@ -281,6 +281,64 @@ async fn reload(
     applied
 }
 
+/// How long `swimlock lock` without `--timeout` waits before it says what
+/// it waits for.
+const WAIT_HINT_AFTER: Duration = Duration::from_secs(10);
+
+/// Awaits `acquire`; without a timeout, once it has waited
+/// [`WAIT_HINT_AFTER`], prints one line saying what it waits for.
+pub(crate) async fn with_wait_hint<T>(
+    acquire: impl std::future::Future<Output = T>,
+    timeout: Option<Duration>,
+    client: &str,
+    name: &str,
+) -> T {
+    if timeout.is_some() {
+        return acquire.await;
+    }
+    tokio::pin!(acquire);
+    tokio::select! {
+        done = &mut acquire => return done,
+        () = tokio::time::sleep(WAIT_HINT_AFTER) => {}
+    }
+    let why = waiting_for(client, name).await;
+    eprintln!("swimlock lock: still waiting for lock {name} after {WAIT_HINT_AFTER:?}: {why}");
+    acquire.await
+}
+
+/// What a lock request on `name` waits for, as the agent at `client` sees
+/// it: no quorum, or the holder and the queue.
+async fn waiting_for(client: &str, name: &str) -> String {
+    let token = std::env::var(crate::agent::CLIENT_TOKEN_ENV).ok();
+    let status = match crate::client::Client::connect_with_token(client, token.as_deref()).await {
+        Ok(c) => c.status().await,
+        Err(e) => Err(e),
+    };
+    let Ok(s) = status else {
+        return "the agent does not answer a status request".into();
+    };
+    if let Some(n) = s.mode.strip_prefix("majority/").and_then(|n| n.parse::<usize>().ok())
+        && s.members.len() <= n / 2
+    {
+        return format!(
+            "no quorum: this agent's view has {} of the {n} configured members, {} needed",
+            s.members.len(),
+            n / 2 + 1
+        );
+    }
+    let coordinator = s.coordinator.as_ref().map_or("none yet", |c| c.name.as_str());
+    match &s.table {
+        Some(table) => match table.entries.iter().find(|e| e.name.as_str() == name) {
+            Some(e) => format!(
+                "held by client {} of {} (token {}); {} requests wait in the coordinator's queues",
+                e.client.0, e.node, e.token, table.waiters
+            ),
+            None => "the coordinator has not granted it yet (a lock-delay, or a round in progress)".into(),
+        },
+        None => format!("another client holds it, or holds it back (coordinator: {coordinator})"),
+    }
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
