@@ -338,9 +338,28 @@ fn usage_errors_exit_64_and_config_errors_say_where() {
 fn bind_accepts_a_host_name() {
     let _serial = serial();
     let dir = TempDir::new("hostname");
-    let port = free_port();
-    let bind = format!("localhost:{port}");
-    let agent = Agent::start(dir.path(), "named", Some(([127, 0, 0, 1], port).into()), &["--bind", &bind]);
+    let ports = Ports::free();
+    let port = ports.udp.port();
+    let log = dir.path().join("named.log");
+    let child = std::process::Command::new(BIN)
+        .args(["agent", "--name", "named", "--bind", &format!("localhost:{port}")])
+        .args(["--client", &ports.client.to_string(), "--metrics", &ports.metrics.to_string()])
+        .arg("--key-file")
+        .arg(key_file(dir.path()))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent {
+        name: "named".into(),
+        udp: ports.udp,
+        client: ports.client,
+        metrics: ports.metrics,
+        log,
+        proc: Proc(Some(child)),
+        netns: None,
+    };
     wait_until(FORM, "the agent to be ready", || ready(&agent).is_some_and(|(code, _)| code == 200));
     assert!(log_has(&agent, "host name resolved once, at start"), "{}", agent.log_tail());
     assert!(log_has(&agent, &format!("127.0.0.1:{port}")), "{}", agent.log_tail());
@@ -466,8 +485,8 @@ fn demo_survives_a_killed_node_and_restarts_it() {
     let node3 = nix::unistd::Pid::from_raw(pid_of("node-3"));
     nix::sys::signal::kill(node3, nix::sys::signal::Signal::SIGKILL).unwrap();
     let node1: SocketAddr = ([127, 0, 0, 1], base + 6).into();
-    wait_until(FORM, "node-1 alone in its view", || {
-        http(node1, "GET", "/ready").is_some_and(|(_, body)| body.contains("\"members\":1,"))
+    wait_until(FORM, "node-1 and node-2 in a view without node-3", || {
+        http(node1, "GET", "/ready").is_some_and(|(_, body)| body.contains("\"members\":2,"))
     });
     // The demo looks every 100 ms; give it a few looks to write to the closed pipe.
     std::thread::sleep(Duration::from_millis(500));

@@ -458,7 +458,7 @@ mod tests {
         std::fs::write(&path, "name = \"a\"\nbind = 127.0.0.1:7946\n").unwrap();
         let e = read_file(&path).unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(e.reason.starts_with(&format!("{}:2:8: ", path.display())), "{e}");
+        assert!(e.reason.starts_with(&format!("{}:2:", path.display())), "{e}");
     }
 
     #[test]

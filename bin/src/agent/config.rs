@@ -373,4 +373,3 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(total)
 }
-

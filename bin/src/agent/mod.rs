@@ -30,9 +30,9 @@ use tracing::{info, warn};
 #[cfg(feature = "cli")]
 pub use args::AgentArgs;
 pub use config::{
-    AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
-    DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
-    DEFAULT_STOP_GRACE, MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
+    AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT, DEFAULT_CLIENT_FRAME_TIMEOUT,
+    DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS, DEFAULT_STOP_GRACE,
+    MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
 pub use endpoint::{MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub use keyring::{generate_key, read_key_file};

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::{EXIT_UNAVAILABLE, status};
@@ -177,7 +176,16 @@ impl Demo {
 
     /// Reports deaths, re-formed views and restarts until Ctrl-C.
     async fn watch(&self, nodes: &mut [Option<Child>]) -> ExitCode {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        // Standard input is read by a thread of its own: a read blocked on
+        // it would keep the runtime from shutting down at the end.
+        let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut stdin_open = true;
         // After a death or a restart: the view size to wait for, since when.
         let mut awaiting: Option<(usize, Instant)> = None;
@@ -199,13 +207,13 @@ impl Demo {
                     }
                     awaiting = Some((alive, Instant::now()));
                 }
-                line = lines.next_line(), if stdin_open => match line {
-                    Ok(Some(line)) => {
+                line = lines.recv(), if stdin_open => match line {
+                    Some(line) => {
                         if let Some(size) = self.command(line.trim(), nodes) {
                             awaiting = Some((size, Instant::now()));
                         }
                     }
-                    _ => stdin_open = false,
+                    None => stdin_open = false,
                 },
                 _ = poll.tick(), if awaiting.is_some() => {
                     let Some((size, since)) = awaiting else { continue };
