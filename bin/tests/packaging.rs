@@ -54,7 +54,7 @@ fn deb_builds_installs_into_a_scratch_root_and_runs() {
     let status = run(Command::new("dpkg").arg(format!("--root={}", root.display())).args(["-s", "swimlock"]));
     assert!(status.contains("Status: install ok installed"), "{status}");
 
-    let version = run(&mut Command::new(root.join("usr/bin/swimlock")).arg("--version"));
+    let version = run(Command::new(root.join("usr/bin/swimlock")).arg("--version"));
     assert!(version.starts_with("swimlock 0.") && version.contains("(commit "), "{version}");
     for file in
         ["lib/systemd/system/swimlock.service", "etc/swimlock/agent.toml", "usr/share/doc/swimlock/README.md"]
