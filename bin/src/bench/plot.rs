@@ -80,8 +80,9 @@ where
     let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let (lo, hi) = if lo <= hi { (lo, hi) } else { (1.0, 10.0) };
+    // A decade of headroom above the highest line, for the legend.
     let (lo, hi) =
-        (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil().max(lo.log10().floor() + 1.0)));
+        (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil().max(lo.log10().floor() + 1.0) + 1.0));
     let mut chart = ChartBuilder::on(&root)
         .caption("swimlock bench: latency by percentile", (FAMILY, 22))
         .margin(12)
@@ -92,14 +93,11 @@ where
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("µs (log scale)")
-        .x_labels(6)
-        .x_label_formatter(&|x| match x.round() as i32 {
-            0 => "0".into(),
-            1 => "90".into(),
-            2 => "99".into(),
-            3 => "99.9".into(),
-            4 => "99.99".into(),
-            _ => "99.999".into(),
+        .x_labels(11)
+        .x_label_formatter(&|x| {
+            let p = 100.0 * (1.0 - 10f64.powf(-x));
+            let digits = (x.ceil() as usize).saturating_sub(2);
+            format!("{p:.digits$}")
         })
         .y_label_formatter(&|y| format!("{y}"))
         .label_style((FAMILY, 13))
