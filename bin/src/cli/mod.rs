@@ -113,7 +113,7 @@ pub fn main() -> ExitCode {
         Commands::Lock(args) => match swimlock_wire::LockName::new(args.name.clone()) {
             Ok(_) => runtime().block_on(lock::run(args)),
             Err(e) => {
-                eprintln!("swimlock lock: invalid lock name: {e} (names are 1 to 255 bytes)");
+                eprintln!("swimlock lock: invalid lock name: {e}");
                 ExitCode::from(EXIT_USAGE)
             }
         },
