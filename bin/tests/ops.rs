@@ -498,3 +498,149 @@ fn demo_survives_a_killed_node_and_restarts_it() {
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// One scrape of one agent: time, view members, is coordinator, acquired
+/// total, lost total.
+type Sample = (f64, f64, f64, f64, f64);
+/// A line of a panel: (seconds, value).
+type Series = Vec<(f64, f64)>;
+/// A panel: title, one line per agent, the top of its y axis.
+type Panel = (&'static str, Vec<Series>, f64);
+
+/// Not a check: draws the dashboard's main panels from a short run (3
+/// agents, a client locking in a loop, the coordinator killed after 4 s),
+/// scraping /metrics every 250 ms, into `$SWIMLOCK_DASHBOARD_OUT` (default
+/// `target/dashboard.svg`, and a PNG beside it). Grafana is not available
+/// offline; this shows the same queries' data.
+/// `cargo test --release -p swimlock --test ops -- --ignored --nocapture render_dashboard`
+#[test]
+#[ignore]
+fn render_dashboard_panels_from_a_short_run() {
+    use plotters::prelude::*;
+    let _serial = serial();
+    let mut cluster = Cluster::start("panels", 3, &[]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let client_addr = cluster.agents[2].client_arg();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async {
+                let client = swimlock::client::Client::connect(&client_addr).await.unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.lock("panel", Duration::from_millis(500)).await {
+                        Ok(g) => {
+                            let _ = g.unlock().await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+    };
+    let started = std::time::Instant::now();
+    // Per agent: (t, view members, is coordinator, acquired total, lost total).
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); 3];
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(12) {
+        let t = started.elapsed().as_secs_f64();
+        if !killed && t > 4.0 {
+            cluster.agents[0].proc.kill();
+            killed = true;
+        }
+        for (i, agent) in cluster.agents.iter().enumerate() {
+            if let Some(text) = agent.scrape() {
+                let m = |name: &str| metric(&text, name).unwrap_or(0.0);
+                let acquired =
+                    metric_with(&text, "swimlock_requests_total", "result=\"acquired\"").unwrap_or(0.0);
+                samples[i].push((
+                    t,
+                    m("swimlock_view_members"),
+                    m("swimlock_is_coordinator"),
+                    acquired,
+                    m("swimlock_locks_lost_total"),
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
+
+    let out = std::env::var("SWIMLOCK_DASHBOARD_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.svg"));
+    let font = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/DejaVuSans.ttf"))
+        .unwrap();
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, font);
+    let rate = |s: &[Sample]| -> Series {
+        s.windows(2).map(|w| (w[1].0, ((w[1].3 - w[0].3) / (w[1].0 - w[0].0)).max(0.0))).collect()
+    };
+    let panels: [Panel; 4] = [
+        (
+            "View size per node (swimlock_view_members)",
+            samples.iter().map(|s| s.iter().map(|p| (p.0, p.1)).collect()).collect(),
+            4.0,
+        ),
+        (
+            "Coordinator (swimlock_is_coordinator)",
+            samples.iter().map(|s| s.iter().map(|p| (p.0, p.2)).collect()).collect(),
+            1.2,
+        ),
+        (
+            "Grants/s on panels-3 (rate of swimlock_requests_total{result=\"acquired\"})",
+            vec![Vec::new(), Vec::new(), rate(&samples[2])],
+            samples[2].windows(2).map(|w| (w[1].3 - w[0].3) / (w[1].0 - w[0].0)).fold(10.0, f64::max) * 1.2,
+        ),
+        (
+            "Lost locks (swimlock_locks_lost_total)",
+            samples.iter().map(|s| s.iter().map(|p| (p.0, p.4)).collect()).collect(),
+            3.0,
+        ),
+    ];
+    fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Panel])
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).unwrap();
+        let root = root
+            .titled("swimlock dashboard: 3 agents, coordinator panels-1 killed at 4 s", ("sans-serif", 22))
+            .unwrap();
+        let areas = root.split_evenly((2, 2));
+        for (area, (title, lines, top)) in areas.iter().zip(panels) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(*title, ("sans-serif", 14))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..12f64, 0f64..*top)
+                .unwrap();
+            chart.configure_mesh().x_desc("seconds").label_style(("sans-serif", 11)).draw().unwrap();
+            for (i, line) in lines.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+                let color = Palette99::pick(i).to_rgba();
+                let style = ShapeStyle::from(&color).stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(line.clone(), style))
+                    .unwrap()
+                    .label(format!("panels-{}", i + 1))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 11))
+                .draw()
+                .unwrap();
+        }
+        root.present().unwrap();
+    }
+    let mut svg = String::new();
+    draw(SVGBackend::with_string(&mut svg, (1200, 800)).into_drawing_area(), &panels);
+    std::fs::write(&out, svg).unwrap();
+    draw(BitMapBackend::new(&out.with_extension("png"), (1200, 800)).into_drawing_area(), &panels);
+    eprintln!("dashboard panels written to {} and {}", out.display(), out.with_extension("png").display());
+}
