@@ -644,3 +644,39 @@ fn render_dashboard_panels_from_a_short_run() {
     draw(BitMapBackend::new(&out.with_extension("png"), (1200, 800)).into_drawing_area(), &panels);
     eprintln!("dashboard panels written to {} and {}", out.display(), out.with_extension("png").display());
 }
+
+/// Under systemd (`Type=notify`): the agent sends READY=1 to
+/// `$NOTIFY_SOCKET` once its first view is installed, and STOPPING=1 when
+/// it begins a stop.
+#[test]
+fn agent_notifies_systemd_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let _serial = serial();
+    let dir = TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(FORM)).unwrap();
+    let ports = Ports::free();
+    let child = std::process::Command::new(BIN)
+        .args(["agent", "--bind", &ports.udp.to_string(), "--client", &ports.client.to_string()])
+        .args(["--metrics", &ports.metrics.to_string()])
+        .arg("--key-file")
+        .arg(key_file(dir.path()))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Proc(Some(child));
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within the bound");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.starts_with("READY=1\nSTATUS=view "), "{ready}");
+    let (code, body) = http(ports.metrics, "GET", "/ready").unwrap();
+    assert_eq!(code, 200, "ready when systemd is told so: {body}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let n = socket.recv(&mut buf).expect("STOPPING=1 within the bound");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(agent.wait_exit(FORM).and_then(|s| s.code()), Some(0));
+}
