@@ -201,12 +201,18 @@ fn agent(args: AgentArgs) -> ExitCode {
                 notify::notify(&format!("READY=1\n{status}"));
             }
         });
-        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // Listeners made once, so that a signal that arrives while a reload
+        // runs is still seen when it is done.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).ok();
+        let mut terms = signal(SignalKind::terminate()).ok();
+        let mut interrupts = signal(SignalKind::interrupt()).ok();
         let mut config = config;
         loop {
             tokio::select! {
-                () = wait_for_stop_signal() => break,
-                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                () = next_signal(&mut terms) => break,
+                () = next_signal(&mut interrupts) => break,
+                () = next_signal(&mut hangups) => {
                     config = reload(&args, config, &handle, logging.as_ref()).await;
                 }
             }
@@ -226,6 +232,16 @@ fn agent(args: AgentArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// The next delivery of a signal; never, if it could not be listened to.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(s) = signal
+        && s.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// SIGHUP: reads the configuration again (the `--config` file under the
