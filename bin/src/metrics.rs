@@ -67,6 +67,8 @@ pub struct Metrics {
     /// `swimlock_quorum`, registered on the first update in `majority` mode.
     quorum: Option<Gauge>,
     ready: watch::Sender<Readiness>,
+    /// What readiness was last computed from.
+    ready_key: Option<(u64, Option<usize>, Option<NodeId>)>,
 }
 
 /// Handles to the registered metrics (cheap atomic updates).
@@ -172,6 +174,7 @@ impl Metrics {
             last_coordinator: None,
             quorum: None,
             ready: watch::channel(Readiness::default()).0,
+            ready_key: None,
         }
     }
 
@@ -272,11 +275,18 @@ impl Metrics {
         // Start stamps are microseconds since 1970: exact in an f64 for ages.
         self.m.coordinator_epoch.set(coordinator.map_or(0.0, |c| c.epoch as f64));
         let view = lock.view();
+        let members = node.membership().view();
+        // Readiness changes only with these; most updates (every batch of
+        // lock traffic) skip the rest.
+        let key = (members.id, view.map(|v| v.members.len()), coordinator);
+        if self.ready_key == Some(key) {
+            return;
+        }
+        self.ready_key = Some(key);
         let majority_of = match lock.config().mode {
             Mode::Majority { members } => Some(members.get()),
             Mode::Available => None,
         };
-        let members = node.membership().view();
         let readiness = Readiness {
             view_id: view.map(|_| members.id),
             members: view.map_or(0, |v| v.members.len()),
