@@ -4,17 +4,23 @@
 //! agents embedded in one process, as the demo and tests do, keep separate
 //! figures. The node task owns [`Metrics`] and updates it after every input
 //! from [`Node::counters`] and [`LockNode::stats`](swimlock_lock::LockNode::stats)
-//! deltas; [`serve`] answers `GET /metrics` with the rendered text.
+//! deltas, and publishes the node's [`Readiness`] from the same place;
+//! [`crate::http`] serves [`render`]ed text on `/metrics`.
 
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use swimlock_lock::{Alert, Stats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use swimlock_lock::{Alert, LossReason, Mode, Stats};
+use swimlock_wire::NodeId;
+use tokio::sync::watch;
 
+use crate::http::Readiness;
 use crate::node::{DropReason, Node, NodeCounters};
+
+/// The version with the commit it was built from (`git describe`-like;
+/// `unknown` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWIMLOCK_COMMIT"), ")");
 
 /// Every drop reason, in the order of the metric's series.
 const DROP_REASONS: [DropReason; 7] = [
@@ -31,6 +37,24 @@ const DROP_REASONS: [DropReason; 7] = [
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// The `reason` label of `swimlock_locks_lost_total`, one per [`LossReason`].
+const LOSS_REASONS: [&str; 3] = ["duplicate", "quorum_lost", "lease_expired"];
+
+/// The `result` label of the wait histogram: a wait ends in a grant, a
+/// timeout or a refusal for lack of quorum.
+const WAIT_RESULTS: [&str; 3] = ["acquired", "timed_out", "no_quorum"];
+
+/// How a lock request's wait ended, for the wait histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitResult {
+    /// Granted.
+    Acquired,
+    /// Not granted within its timeout.
+    TimedOut,
+    /// Refused: the node's view holds no majority.
+    NoQuorum,
+}
+
 /// Every metric of one agent, registered once.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -38,6 +62,13 @@ pub struct Metrics {
     client: ClientCounters,
     last_stats: Stats,
     last_counters: NodeCounters,
+    /// The coordinator last followed, to count changes.
+    last_coordinator: Option<NodeId>,
+    /// `swimlock_quorum`, registered on the first update in `majority` mode.
+    quorum: Option<Gauge>,
+    ready: watch::Sender<Readiness>,
+    /// What readiness was last computed from.
+    ready_key: Option<(u64, Option<usize>, Option<NodeId>)>,
 }
 
 /// Handles to the registered metrics (cheap atomic updates).
@@ -52,12 +83,14 @@ struct Instruments {
     requests_busy: Counter,
     requests_timed_out: Counter,
     requests_no_quorum: Counter,
-    acquire_latency: Histogram,
+    acquire_latency: [Histogram; WAIT_RESULTS.len()],
     retransmissions: Counter,
     reconciliations: Counter,
     merges: Counter,
     duplicates_resolved: Counter,
-    locks_lost: Counter,
+    locks_lost: [Counter; LOSS_REASONS.len()],
+    coordinator_changes: Counter,
+    coordinator_epoch: Gauge,
     datagrams_in: Counter,
     datagrams_out: Counter,
     dropped: [Counter; DROP_REASONS.len()],
@@ -105,12 +138,16 @@ impl Metrics {
                 requests_busy: result("busy"),
                 requests_timed_out: result("timed_out"),
                 requests_no_quorum: result("no_quorum"),
-                acquire_latency: metrics::histogram!("swimlock_acquire_latency_seconds"),
+                acquire_latency: WAIT_RESULTS
+                    .map(|r| metrics::histogram!("swimlock_acquire_latency_seconds", "result" => r)),
                 retransmissions: metrics::counter!("swimlock_retransmissions_total"),
                 reconciliations: metrics::counter!("swimlock_reconciliations_total"),
                 merges: metrics::counter!("swimlock_merges_total"),
                 duplicates_resolved: metrics::counter!("swimlock_duplicates_resolved_total"),
-                locks_lost: metrics::counter!("swimlock_locks_lost_total"),
+                locks_lost: LOSS_REASONS
+                    .map(|r| metrics::counter!("swimlock_locks_lost_total", "reason" => r)),
+                coordinator_changes: metrics::counter!("swimlock_coordinator_changes_total"),
+                coordinator_epoch: metrics::gauge!("swimlock_coordinator_epoch"),
                 datagrams_in: metrics::counter!("swimlock_datagrams_total", "direction" => "in"),
                 datagrams_out: metrics::counter!("swimlock_datagrams_total", "direction" => "out"),
                 dropped: DROP_REASONS
@@ -123,7 +160,37 @@ impl Metrics {
             }
         });
         let client = metrics::with_local_recorder(&recorder, ClientCounters::register);
-        Metrics { recorder, m, client, last_stats: Stats::default(), last_counters: NodeCounters::default() }
+        metrics::with_local_recorder(&recorder, || {
+            let commit = env!("SWIMLOCK_COMMIT");
+            let labels = [("version", env!("CARGO_PKG_VERSION")), ("commit", commit)];
+            metrics::gauge!("swimlock_build_info", &labels).set(1.0);
+        });
+        Metrics {
+            recorder,
+            m,
+            client,
+            last_stats: Stats::default(),
+            last_counters: NodeCounters::default(),
+            last_coordinator: None,
+            quorum: None,
+            ready: watch::channel(Readiness::default()).0,
+            ready_key: None,
+        }
+    }
+
+    /// The node's readiness, as of the last [`Metrics::update`].
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.ready.subscribe()
+    }
+
+    /// Counts a lock of this node's clients that was lost, by reason.
+    pub fn record_lost(&self, reason: LossReason) {
+        let i = match reason {
+            LossReason::Duplicate => 0,
+            LossReason::QuorumLost => 1,
+            LossReason::LeaseExpired => 2,
+        };
+        self.m.locks_lost[i].increment(1);
     }
 
     /// The client endpoint's counters, for its tasks.
@@ -146,9 +213,14 @@ impl Metrics {
         self.m.alerts[kind].increment(1);
     }
 
-    /// One acquired lock's wait, from request to grant.
-    pub fn record_acquire_latency(&self, latency: Duration) {
-        self.m.acquire_latency.record(latency.as_secs_f64());
+    /// One lock request's wait, from request to its end.
+    pub fn record_wait(&self, result: WaitResult, latency: Duration) {
+        let i = match result {
+            WaitResult::Acquired => 0,
+            WaitResult::TimedOut => 1,
+            WaitResult::NoQuorum => 2,
+        };
+        self.m.acquire_latency[i].record(latency.as_secs_f64());
     }
 
     /// Brings every figure up to date with `node`.
@@ -173,8 +245,8 @@ impl Metrics {
         self.m.reconciliations.increment(s.reconciliations.saturating_sub(old.reconciliations));
         self.m.merges.increment(s.merges.saturating_sub(old.merges));
         self.m.duplicates_resolved.increment(s.duplicates_resolved.saturating_sub(old.duplicates_resolved));
-        self.m.locks_lost.increment(s.lost.saturating_sub(old.lost));
         self.last_stats = s;
+        self.update_coordination(node);
 
         let (c, old) = (node.counters(), self.last_counters);
         self.m.datagrams_in.increment(c.datagrams_in - old.datagrams_in);
@@ -186,6 +258,175 @@ impl Metrics {
         self.last_counters = c;
         self.m.keyring_keys.set(node.keyring().map_or(0.0, |r| r.len() as f64));
         self.m.insecure.set(if node.keyring().is_none() { 1.0 } else { 0.0 });
+    }
+}
+
+impl Metrics {
+    /// Coordinator changes, quorum and readiness.
+    fn update_coordination(&mut self, node: &Node) {
+        let lock = node.lock_node();
+        let coordinator = lock.coordinator();
+        if coordinator.is_some() && coordinator != self.last_coordinator {
+            if self.last_coordinator.is_some() {
+                self.m.coordinator_changes.increment(1);
+            }
+            self.last_coordinator = coordinator;
+        }
+        // Start stamps are microseconds since 1970: exact in an f64 for ages.
+        self.m.coordinator_epoch.set(coordinator.map_or(0.0, |c| c.epoch as f64));
+        let view = lock.view();
+        let members = node.membership().view();
+        // Readiness changes only with these; most updates (every batch of
+        // lock traffic) skip the rest.
+        let key = (members.id, view.map(|v| v.members.len()), coordinator);
+        if self.ready_key == Some(key) {
+            return;
+        }
+        self.ready_key = Some(key);
+        let majority_of = match lock.config().mode {
+            Mode::Majority { members } => Some(members.get()),
+            Mode::Available => None,
+        };
+        let readiness = Readiness {
+            view_id: view.map(|_| members.id),
+            members: view.map_or(0, |v| v.members.len()),
+            coordinator: coordinator.map(|id| {
+                members.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), |m| m.name.clone())
+            }),
+            majority_of,
+        };
+        if majority_of.is_some() {
+            let recorder = &self.recorder;
+            let gauge = self.quorum.get_or_insert_with(|| {
+                metrics::with_local_recorder(recorder, || {
+                    metrics::describe_gauge!(
+                        "swimlock_quorum",
+                        "1 while this node's view holds a majority of the configured members (mode majority), else 0."
+                    );
+                    metrics::gauge!("swimlock_quorum")
+                })
+            });
+            gauge.set(if readiness.quorum() && view.is_some() { 1.0 } else { 0.0 });
+        }
+        self.ready.send_if_modified(|old| {
+            let changed = *old != readiness;
+            *old = readiness;
+            changed
+        });
+    }
+}
+
+/// The Prometheus text of `handle`: families in name order and the series of
+/// a counter or gauge in label order (the recorder's own order changes from
+/// one scrape to the next), then the process metrics.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = stable_order(&handle.render());
+    process::append(&mut text);
+    text
+}
+
+/// Sorts the families of a rendered text by name, and the sample lines of
+/// counters and gauges; histogram lines keep their order (buckets by `le`).
+fn stable_order(text: &str) -> String {
+    let mut families: Vec<(String, Vec<&str>)> = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let lines: Vec<&str> = block.lines().filter(|l| !l.is_empty()).collect();
+        let Some(type_line) = lines.iter().find(|l| l.starts_with("# TYPE ")) else {
+            families.push((String::new(), lines));
+            continue;
+        };
+        let mut words = type_line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+        let mut lines = lines.clone();
+        if kind == "counter" || kind == "gauge" {
+            let first = lines.iter().position(|l| !l.starts_with('#')).unwrap_or(lines.len());
+            lines[first..].sort_unstable();
+        }
+        families.push((name.to_string(), lines));
+    }
+    families.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Process metrics as the Prometheus client libraries name them, read from
+/// `/proc/self` at each scrape (nothing is written where it is missing).
+mod process {
+    use std::fmt::Write;
+
+    /// Appends `process_*` families to `out`.
+    pub fn append(out: &mut String) {
+        let ticks =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+        let page =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as f64;
+        let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
+        };
+        if let Some(stat) = self_stat() {
+            let field = |n: usize| stat.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (field(14), field(15)) {
+                family(
+                    "process_cpu_seconds_total",
+                    "counter",
+                    "Total user and system CPU time spent in seconds.",
+                    (user + system) / ticks,
+                );
+            }
+            if let Some(rss) = field(24) {
+                family(
+                    "process_resident_memory_bytes",
+                    "gauge",
+                    "Resident memory size in bytes.",
+                    rss * page,
+                );
+            }
+            if let Some(vsize) = field(23) {
+                family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsize);
+            }
+            if let Some(threads) = field(20) {
+                family("process_threads", "gauge", "Number of OS threads in the process.", threads);
+            }
+            if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+                family(
+                    "process_start_time_seconds",
+                    "gauge",
+                    "Start time of the process since unix epoch in seconds.",
+                    boot + start / ticks,
+                );
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            family("process_open_fds", "gauge", "Number of open file descriptors.", dir.count() as f64);
+        }
+        if let Some(max) = max_fds() {
+            family("process_max_fds", "gauge", "Maximum number of open file descriptors.", max);
+        }
+    }
+
+    /// The fields of `/proc/self/stat` after the command name (field 3 on).
+    fn self_stat() -> Option<Vec<String>> {
+        let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(str::to_string).collect())
+    }
+
+    fn boot_time() -> Option<f64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+    }
+
+    fn max_fds() -> Option<f64> {
+        let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
     }
 }
 
@@ -284,7 +525,7 @@ fn describe() {
     describe_histogram!(
         "swimlock_acquire_latency_seconds",
         Unit::Seconds,
-        "Time from a lock request to its grant, for this node's clients."
+        "Time a lock request of this node's clients waited, by how it ended (acquired, timed_out, no_quorum)."
     );
     describe_counter!("swimlock_retransmissions_total", "Lock requests sent again after no answer.");
     describe_counter!("swimlock_reconciliations_total", "Reconciliation rounds started as coordinator.");
@@ -293,7 +534,16 @@ fn describe() {
         "swimlock_duplicates_resolved_total",
         "Duplicate locks resolved as coordinator after merges."
     );
-    describe_counter!("swimlock_locks_lost_total", "Locks of this node's clients that were lost.");
+    describe_counter!("swimlock_locks_lost_total", "Locks of this node's clients that were lost, by reason.");
+    describe_counter!(
+        "swimlock_coordinator_changes_total",
+        "Times the coordinator this node follows changed to another member."
+    );
+    describe_gauge!(
+        "swimlock_coordinator_epoch",
+        "Start stamp (microseconds since 1970) of the coordinator this node follows, 0 when none: members that agree on their coordinator show the same value."
+    );
+    describe_gauge!("swimlock_build_info", "Always 1; the labels name the version and the commit built.");
     describe_counter!("swimlock_datagrams_total", "UDP datagrams, by direction.");
     describe_counter!(
         "swimlock_datagrams_dropped_total",
@@ -313,39 +563,4 @@ fn describe() {
         "swimlock_granting_halted",
         "1 while this coordinator grants nothing until `swimlock accept-term` (see the log)."
     );
-}
-
-/// Serves the rendered metrics over HTTP on `listener` until the task is
-/// dropped: every request gets the Prometheus text (any path works, and
-/// `/metrics` is the one to configure).
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    let mut upkeep = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = upkeep.tick() => handle.run_upkeep(),
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else {
-                    // At the open-file limit `accept` fails at once, again and again.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let body = handle.render();
-                tokio::spawn(async move {
-                    // Read the request head (bounded) before answering, so the
-                    // client does not see a reset; its content does not matter.
-                    let mut head = [0u8; 4096];
-                    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut head)).await;
-                    if !matches!(read, Ok(Ok(n)) if n > 0) {
-                        return;
-                    }
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        }
-    }
 }

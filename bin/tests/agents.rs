@@ -264,7 +264,11 @@ fn metrics_report_view_coordinator_and_requests() {
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"busy\""), Some(1.0));
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"timed_out\""), Some(1.0));
     assert_eq!(metric_with(&text, "swimlock_requests_total", "result=\"no_quorum\""), Some(0.0));
-    assert_eq!(metric(&text, "swimlock_acquire_latency_seconds_count"), Some(3.0));
+    let count = |result: &str| {
+        metric_with(&text, "swimlock_acquire_latency_seconds_count", &format!("result=\"{result}\""))
+    };
+    assert_eq!(count("acquired"), Some(3.0));
+    assert_eq!(count("timed_out"), Some(1.0), "a wait that timed out is in the histogram too");
     assert!(metric_with(&text, "swimlock_datagrams_total", "direction=\"in\"").unwrap() > 0.0);
     assert_eq!(metric(&text, "swimlock_locks_held"), Some(0.0));
 
@@ -420,7 +424,7 @@ fn a_term_jump_halts_grants_until_the_operator_accepts_it() {
     assert_eq!(too_low.status.code(), Some(1), "a lower term leaves it halted, and says so");
     assert!(String::from_utf8_lossy(&too_low.stderr).contains(&format!("accept {halted_on}")));
     let beyond = swimlock(&["accept-term", "8388608", "--client", &client]);
-    assert_eq!(beyond.status.code(), Some(2), "a term no token can carry is refused");
+    assert_eq!(beyond.status.code(), Some(64), "a term no token can carry is refused (a usage error)");
     let mut raw = std::net::TcpStream::connect(coordinator.client).unwrap();
     let reply = call(&mut raw, 1, client::Request::AcceptTerm { term: swimlock_wire::Token::MAX_TERM + 1 });
     assert!(matches!(reply, client::Reply::Error { .. }), "the agent refuses it too: {reply:?}");

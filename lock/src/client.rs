@@ -390,9 +390,12 @@ impl ClientRole {
             .filter(|(_, op)| matches!(op.kind, OpKind::Lock { deadline, .. } if deadline <= now))
             .map(|(id, _)| *id)
             .collect();
+        // A wait that ends while this node's side holds no majority ended
+        // for that reason: the client is told so, not just "timed out".
+        let why = if self.quorum { Failure::TimedOut } else { Failure::NoQuorum };
         for id in expired {
             let op = self.ops[&id].clone();
-            self.fail(op.caller(id), op.client, op.name, Failure::TimedOut, out);
+            self.fail(op.caller(id), op.client, op.name, why, out);
             self.cancel(now, id);
         }
         let mut timed_out = Vec::new();
@@ -407,7 +410,7 @@ impl ClientRole {
         }
         self.blocked.retain(|_, q| !q.is_empty());
         for (req, client, name) in timed_out {
-            self.fail(req, client, name, Failure::TimedOut, out);
+            self.fail(req, client, name, why, out);
         }
         self.flush(now, out);
     }

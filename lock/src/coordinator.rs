@@ -20,7 +20,7 @@ use swimlock_wire::lock::{
 use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
 use crate::config::{Config, Mode};
-use crate::node::{Alert, Event, Outbox, TableStats, Waiting};
+use crate::node::{Alert, Event, Notice, Outbox, TableStats, Waiting};
 use crate::serving::{Serving, Session};
 use crate::token::TokenIssuer;
 
@@ -210,6 +210,11 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
+    /// See [`crate::LockNode::set_lock_delay`].
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) {
+        self.config.lock_delay = lock_delay;
+    }
+
     /// BecomeCoord: starts the reconciliation round under `term`. The table
     /// is rebuilt from the members' answers, so it cannot know a holder
     /// that does not answer; fresh grants wait for what may still be held
@@ -464,10 +469,16 @@ impl Coordinator {
         // grants too.
         serving.set_hold(now, self.term, self.holds(now), out);
         let mut pending = Vec::new();
+        let duplicates_before = out.stats.duplicates_resolved;
         for (node, report) in reports {
             let session = Session::new(report.sync, report.next_req);
             pending.extend(serving.install_report(now, self.term, node, session, report, out));
         }
+        out.notice(Notice::ReconciliationFinished {
+            term: self.term,
+            locks: serving.stats().held,
+            duplicates: out.stats.duplicates_resolved - duplicates_before,
+        });
         sort_by_ticket(&mut pending);
         for (node, req) in pending {
             serving.admit_lock(now, self.term, node, req, out);

@@ -30,8 +30,8 @@ mod token;
 
 pub use config::{Config, ConfigError, Mode};
 pub use node::{
-    Alert, Event, Failure, HeldInfo, LockNode, LossReason, Stats, TableStats, Transmit, UnlockError, View,
-    Waiting,
+    Alert, Event, Failure, HeldInfo, LockNode, LossReason, MAX_NOTICES, Notice, Stats, TableStats, Transmit,
+    UnlockError, View, Waiting,
 };
 pub use token::TokenIssuer;
 

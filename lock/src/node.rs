@@ -104,6 +104,48 @@ pub enum Event {
     Alert(Alert),
 }
 
+/// Notices kept at most; older ones are dropped (a driver that never polls
+/// them must not grow without bound).
+pub const MAX_NOTICES: usize = 256;
+
+/// Something a coordinator did that an operator wants in the log, one line
+/// each. Nothing depends on them, unlike [`Event`]s: drain them with
+/// [`LockNode::poll_notice`] or not at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A reconciliation round ended: the coordinator serves.
+    ReconciliationFinished {
+        /// The term it grants under.
+        term: u32,
+        /// Locks the members reported, installed in the table.
+        locks: usize,
+        /// Duplicates among them, resolved.
+        duplicates: u64,
+    },
+    /// Two members held one lock: `kept` stays, `lost` is told DUPLICATE-LOCK.
+    DuplicateResolved {
+        /// The lock.
+        name: LockName,
+        /// The token kept (the higher).
+        kept: Token,
+        /// The token taken away.
+        lost: Token,
+        /// The member of the losing holder.
+        loser: NodeId,
+    },
+    /// A lock whose holder left the view was granted to its next waiter.
+    DepartedLockRegranted {
+        /// The lock.
+        name: LockName,
+        /// The member that held it and left.
+        departed: NodeId,
+        /// The new grant's token.
+        token: Token,
+        /// The member of the new holder.
+        to: NodeId,
+    },
+}
+
 /// A condition that needs the operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Alert {
@@ -231,6 +273,7 @@ pub(crate) struct Outbox {
     me: NodeId,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    notices: VecDeque<Notice>,
     /// Messages to this node itself, delivered before the input returns.
     local: VecDeque<LockMsg>,
     pub stats: Stats,
@@ -248,6 +291,13 @@ impl Outbox {
 
     pub fn emit(&mut self, event: Event) {
         self.events.push_back(event);
+    }
+
+    pub fn notice(&mut self, notice: Notice) {
+        if self.notices.len() == MAX_NOTICES {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(notice);
     }
 }
 
@@ -357,6 +407,7 @@ impl LockNode {
                 me,
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
+                notices: VecDeque::new(),
                 local: VecDeque::new(),
                 stats: Stats::default(),
             },
@@ -645,6 +696,21 @@ impl LockNode {
         self.end();
     }
 
+    /// Changes the lock-delay at run time (a configuration reload). Refused,
+    /// with nothing changed, when the new value breaks the inequality that
+    /// [`Config::validate`] checks; a lock already held back keeps the
+    /// release time it was given.
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) -> Result<(), crate::ConfigError> {
+        let mut config = self.config.clone();
+        config.lock_delay = lock_delay;
+        config.validate()?;
+        self.config = config;
+        if let Some(coord) = &mut self.coord {
+            coord.set_lock_delay(lock_delay);
+        }
+        Ok(())
+    }
+
     /// The operator accepts terms up to `term` (see [`Alert::TermJump`]):
     /// a coordinator halted on such a term starts a round above it.
     pub fn accept_term(&mut self, now: Duration, term: u32) {
@@ -708,6 +774,12 @@ impl LockNode {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.out.events.pop_front()
+    }
+
+    /// The next [`Notice`] for the log, if any (optional to drain).
+    #[must_use]
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.out.notices.pop_front()
     }
 
     /// When [`LockNode::handle_timeout`] should be called next.

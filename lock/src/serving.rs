@@ -12,7 +12,7 @@ use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};
 
 use crate::config::Config;
 use crate::coordinator::{Report, sort_by_ticket};
-use crate::node::{Outbox, TableStats, Waiting};
+use crate::node::{Notice, Outbox, TableStats, Waiting};
 use crate::table::{Grant, LockTable, Waiter};
 use crate::token::TokenIssuer;
 
@@ -78,7 +78,13 @@ pub(crate) struct Serving {
     /// Losers of duplicates, until they acknowledge: their names are not
     /// granted to anyone else meanwhile, since the loser may still act.
     dups: BTreeMap<(NodeId, ClientId, LockName, Token), Resend>,
+    /// Locks freed by a member's departure while others waited for them,
+    /// until their next grant (for [`Notice::DepartedLockRegranted`]).
+    departed: BTreeMap<LockName, NodeId>,
 }
+
+/// Entries of `Serving::departed` kept at most (it only feeds the log).
+const MAX_DEPARTED: usize = 4096;
 
 impl Serving {
     pub fn new(term: u32, grace_until: Option<Duration>, config: &Config) -> Serving {
@@ -90,6 +96,7 @@ impl Serving {
             table: LockTable::default(),
             sessions: BTreeMap::new(),
             dups: BTreeMap::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -343,6 +350,14 @@ impl Serving {
         let Some(next) = self.table.pop_grantable(name, now) else { return };
         let Some(token) = self.issuer.issue() else { return };
         out.stats.grants += 1;
+        if let Some(departed) = self.departed.remove(name) {
+            out.notice(Notice::DepartedLockRegranted {
+                name: name.clone(),
+                departed,
+                token,
+                to: next.owner.node,
+            });
+        }
         self.table.grant(name, Grant { owner: next.owner, token, req: next.req });
         self.reply(term, next.owner.node, next.req, LockOutcome::Granted(token), next.stamp, out);
     }
@@ -381,6 +396,12 @@ impl Serving {
             self.table.replace_holder(name, keep);
         }
         out.stats.duplicates_resolved += 1;
+        out.notice(Notice::DuplicateResolved {
+            name: name.clone(),
+            kept: keep.token,
+            lost: lose.token,
+            loser: lose.owner.node,
+        });
         let dup = DuplicateLock {
             term,
             client: lose.owner.client,
@@ -447,7 +468,16 @@ impl Serving {
     /// it lost as a duplicate and never confirmed.
     pub fn purge_node(&mut self, now: Duration, term: u32, node: NodeId, until: Duration, out: &mut Outbox) {
         self.sessions.remove(&node);
+        let waited: std::collections::BTreeSet<LockName> =
+            self.table.names_with_waiters().into_iter().collect();
         let mut touched = self.table.purge_node(node, Some(until));
+        for name in &touched {
+            // Free now and still wanted: the departed member held it.
+            let wanted = waited.contains(name);
+            if wanted && self.table.holder(name).is_none() && self.departed.len() < MAX_DEPARTED {
+                self.departed.insert(name.clone(), node);
+            }
+        }
         let contested: Vec<LockName> =
             self.dups.keys().filter(|(n, ..)| *n == node).map(|(_, _, name, _)| name.clone()).collect();
         self.dups.retain(|(n, ..), _| *n != node);

@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use swimlock_lock::{ClientId, LockName, NodeId, Owner, ReqId, Token};
-use swimlock_lock::{Config, Event, Failure, LockMsg, LockNode, LossReason, Mode, View};
+use swimlock_lock::{Config, Event, Failure, LockMsg, LockNode, LossReason, Mode, Notice, View};
 use swimlock_wire::lock::{LockOutcome, LockRsp};
 
 /// Upper bound on the steps of any loop of the harness, so a livelock fails
@@ -493,6 +493,15 @@ fn merge_resolves_a_duplicate_in_favour_of_the_higher_token() {
         .collect();
     assert_eq!(holders, vec![d], "exactly one client holds x");
     assert_eq!(net.table_stats_unacked(a), 0, "the loser acknowledged");
+    let notices = net.notices(a);
+    assert!(
+        notices.contains(&Notice::DuplicateResolved { name: name("x"), kept: td, lost: tb, loser: b }),
+        "the log names both tokens: {notices:?}"
+    );
+    assert!(
+        notices.iter().any(|n| matches!(n, Notice::ReconciliationFinished { locks: 1, duplicates: 1, .. })),
+        "{notices:?}"
+    );
 
     // Every grant after the merge exceeds every token of either side.
     net.unlock(d, C1, "x");
@@ -501,6 +510,12 @@ fn merge_resolves_a_duplicate_in_favour_of_the_higher_token() {
 }
 
 impl Net {
+    /// What `id` noticed for the log since last asked.
+    fn notices(&mut self, id: NodeId) -> Vec<Notice> {
+        let node = self.nodes.get_mut(&id).expect("a node of the net");
+        std::iter::from_fn(|| node.poll_notice()).collect()
+    }
+
     fn table_stats_unacked(&self, coord: NodeId) -> usize {
         self.node(coord).table_stats().unwrap().unacked_duplicates
     }
@@ -661,6 +676,8 @@ fn a_waiter_is_granted_when_the_holders_node_leaves() {
     let tc = net.granted(c, rc, C1, "x", 1);
     assert!(tc > tb);
     assert_eq!(net.table(a), vec![(name("x"), owner(c, C1), tc)]);
+    let regranted = Notice::DepartedLockRegranted { name: name("x"), departed: b, token: tc, to: c };
+    assert!(net.notices(a).contains(&regranted), "the log says whose lock went to whom");
 }
 
 /// Same, with a `lock_delay` above the lease bound: the freed lock is

@@ -11,6 +11,8 @@
 //! [`spawn`] starts all of it inside the current tokio runtime and returns a
 //! [`Handle`] that gives in-process [`Client`]s and shuts the node down.
 
+#[cfg(feature = "cli")]
+mod args;
 mod config;
 mod endpoint;
 mod keyring;
@@ -25,14 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+#[cfg(feature = "cli")]
+pub use args::AgentArgs;
 pub use config::{
-    AgentArgs, AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT,
-    DEFAULT_CLIENT_FRAME_TIMEOUT, DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS,
-    DEFAULT_STOP_GRACE, MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
+    AgentConfig, CLIENT_TOKEN_ENV, ConfigError, DEFAULT_BIND, DEFAULT_CLIENT, DEFAULT_CLIENT_FRAME_TIMEOUT,
+    DEFAULT_CLUSTER, DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_METRICS, DEFAULT_STOP_GRACE,
+    MAJORITY_LOCK_DELAY, MAX_STOP_GRACE, mode_name, node_tag, parse_duration,
 };
 pub use endpoint::{MAX_LOCK_WAITERS, MAX_OUTSTANDING, MAX_UNREAD_OUTPUT};
 pub use keyring::{generate_key, read_key_file};
-pub(crate) use task::Command;
+pub(crate) use task::{Command, Reload};
 
 use crate::client::{Client, ClientError};
 
@@ -89,9 +93,15 @@ pub struct Handle {
     udp: SocketAddr,
     client: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    ready: tokio::sync::watch::Receiver<crate::http::Readiness>,
 }
 
 impl Handle {
+    /// The node's readiness (what `/ready` answers), kept current.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<crate::http::Readiness> {
+        self.ready.clone()
+    }
+
     /// A new client of this node, in-process (no socket): the same API as
     /// [`Client::connect`].
     pub async fn client(&self) -> Result<Client, ClientError> {
@@ -125,6 +135,33 @@ impl Handle {
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.task.await;
         let _ = self.cleanup.await;
+    }
+
+    /// Applies the settings of `new` that can change while the node runs
+    /// (lock-delay, re-checked against the lease inequality; a new key from
+    /// the key file, accepted into the keyring) and returns one line per
+    /// setting that differs from `old`: what changed, what was refused and
+    /// why, and what only a restart can change. The log level is the
+    /// caller's (see [`crate::logging`]).
+    pub async fn reload(&self, old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
+        let mut report = Vec::new();
+        let mut change = Reload::default();
+        if new.lock.lock_delay != old.lock.lock_delay {
+            change.lock_delay = Some(new.lock.lock_delay);
+        }
+        if new.key != old.key {
+            change.key = new.key.clone();
+        }
+        if change.lock_delay.is_some() || change.key.is_some() {
+            let (reply, answer) = oneshot::channel();
+            if self.commands.send(Command::Reload { change, reply }).is_ok()
+                && let Ok(lines) = answer.await
+            {
+                report.extend(lines);
+            }
+        }
+        report.extend(config::fixed_changes(old, new));
+        report
     }
 
     /// A handle that can end the stop grace early, for use while
@@ -221,7 +258,8 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
         stopped_tx,
     )?
     .with_tag_store(tag_store);
-    let metrics_handle = agent.metrics_handle();
+    let ready = agent.readiness();
+    let http_sources = crate::http::Sources { metrics: agent.metrics_handle(), ready: ready.clone() };
     let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
@@ -235,7 +273,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     }
     let task = tokio::spawn(agent.run(rx));
     let mut aux = endpoint::spawn_listeners(listeners, endpoint);
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, metrics_handle)));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::http::serve(l, http_sources)));
     // The listeners live as long as the node task.
     let unix_socket = config.unix_socket.clone();
     let cleanup = tokio::spawn(async move {
@@ -248,7 +286,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
             let _ = std::fs::remove_file(path);
         }
     });
-    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr })
+    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr, ready })
 }
 
 /// How the node will protect its datagrams: the keyring of the state

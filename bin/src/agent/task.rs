@@ -21,7 +21,7 @@ use super::config::{AgentConfig, ConfigError};
 use super::keyring::KeyringStore;
 use super::state::{TagStore, TermStore};
 use crate::client::Session;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WaitResult};
 use crate::node::seal::Keyring;
 use crate::node::{KeyringReport, Node, NodeConfig, NodeEvent, Security};
 
@@ -48,10 +48,21 @@ pub(crate) enum Command {
     Request { client: ClientId, request: ClientRequest },
     /// The client went away: release its locks.
     Disconnect { client: ClientId },
+    /// A configuration reload: the settings that can change at run time.
+    Reload { change: Reload, reply: oneshot::Sender<Vec<String>> },
     /// Stop: ask the clients holding locks to let go (up to the stop
     /// grace), release what was let go, leave the cluster. A second one
     /// ends the grace at once.
     Shutdown,
+}
+
+/// What a configuration reload changes in the node task.
+#[derive(Debug, Default)]
+pub(crate) struct Reload {
+    /// A new lock-delay, applied only if the lease inequality still holds.
+    pub lock_delay: Option<Duration>,
+    /// A key (from a changed key file) to accept.
+    pub key: Option<crate::node::seal::Key>,
 }
 
 /// The node is stopping: it waits for the clients it told to let go.
@@ -190,6 +201,10 @@ impl NodeTask {
 
     pub fn metrics_handle(&self) -> PrometheusHandle {
         self.metrics.handle()
+    }
+
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<crate::http::Readiness> {
+        self.metrics.readiness()
     }
 
     pub fn client_counters(&self) -> crate::metrics::ClientCounters {
@@ -419,7 +434,29 @@ impl NodeTask {
                 debug!(%to, error = %e, "UDP send failed");
             }
         }
+        self.log_notices();
         self.metrics.update(&self.node);
+    }
+
+    /// Logs what the coordinator did (one INFO line each).
+    fn log_notices(&mut self) {
+        use swimlock_lock::Notice;
+        while let Some(notice) = self.node.poll_notice() {
+            let name = |id: swimlock_wire::NodeId| member_name(&self.node, id);
+            match notice {
+                Notice::ReconciliationFinished { term, locks, duplicates } => {
+                    info!(term, locks, duplicates, "reconciliation finished; serving")
+                }
+                Notice::DuplicateResolved { name: lock, kept, lost, loser } => info!(
+                    lock = %lock, %kept, %lost, loser = %name(loser),
+                    "duplicate lock resolved: the higher token stays, the other holder is told"
+                ),
+                Notice::DepartedLockRegranted { name: lock, departed, token, to } => info!(
+                    lock = %lock, departed = %name(departed), %token, to = %name(to),
+                    "lock of a departed member granted to its next waiter"
+                ),
+            }
+        }
     }
 
     /// Routes the node's events to clients and logs, until the node has no
@@ -480,7 +517,34 @@ impl NodeTask {
                 }
             }
             Command::Shutdown => self.begin_stop(),
+            Command::Reload { change, reply } => {
+                let _ = reply.send(self.reload(change));
+            }
         }
+    }
+
+    /// Applies a reload; one line per setting, saying what changed or why
+    /// it did not.
+    fn reload(&mut self, change: Reload) -> Vec<String> {
+        let mut report = Vec::new();
+        if let Some(delay) = change.lock_delay {
+            let old = self.node.lock_node().config().lock_delay;
+            report.push(match self.node.set_lock_delay(delay) {
+                Ok(()) => format!("lock_delay changed from {old:?} to {delay:?}"),
+                Err(e) => format!("lock_delay {delay:?} refused, still {old:?}: {}", e.reason),
+            });
+        }
+        if let Some(key) = change.key {
+            let id = key.id();
+            report.push(match self.node.install_key(key) {
+                Ok(true) => format!(
+                    "key {id} from the key file installed in the keyring (accepted;                      `swimlock keyring use` makes it the one sent with)"
+                ),
+                Ok(false) => format!("key {id} from the key file is already in the keyring"),
+                Err(e) => format!("key {id} from the key file refused: {e}"),
+            });
+        }
+        report
     }
 
     fn on_request(&mut self, now: Duration, client: ClientId, request: ClientRequest) {
@@ -589,7 +653,7 @@ impl NodeTask {
             NodeEvent::Lock(Event::Acquired { req, client, name, token, holds, safe_until }) => {
                 debug!(client = client.0, lock = %name, %token, holds, "lock acquired");
                 if let Some(op) = self.ops.remove(&req) {
-                    self.metrics.record_acquire_latency(op.started.elapsed());
+                    self.metrics.record_wait(WaitResult::Acquired, op.started.elapsed());
                     let reply = if op.with_lease {
                         Reply::AcquiredWithLease { token, holds, lease_ms: lease_ms(safe_until, op.received) }
                     } else {
@@ -606,6 +670,15 @@ impl NodeTask {
             NodeEvent::Lock(Event::Failed { req, client, name, reason }) => {
                 debug!(client = client.0, lock = %name, ?reason, "lock request failed");
                 if let Some(op) = self.ops.remove(&req) {
+                    match reason {
+                        Failure::TimedOut => {
+                            self.metrics.record_wait(WaitResult::TimedOut, op.started.elapsed())
+                        }
+                        Failure::NoQuorum => {
+                            self.metrics.record_wait(WaitResult::NoQuorum, op.started.elapsed())
+                        }
+                        Failure::Busy => {}
+                    }
                     let reason = match reason {
                         Failure::Busy => FailReason::Busy,
                         Failure::TimedOut => FailReason::TimedOut,
@@ -616,6 +689,9 @@ impl NodeTask {
             }
             NodeEvent::Lock(Event::Lost { client, name, token, reason }) => {
                 self.on_lost(client, name, token, reason)
+            }
+            NodeEvent::Lock(Event::TermStarted { term }) if self.node.lock_node().is_coordinator() => {
+                info!(term, "coordinator term started")
             }
             NodeEvent::Lock(Event::TermStarted { term }) => debug!(term, "term recorded"),
             NodeEvent::Lock(Event::Alert(alert)) => {
@@ -718,7 +794,13 @@ impl NodeTask {
     }
 
     fn on_lost(&mut self, client: ClientId, name: LockName, token: swimlock_wire::Token, reason: LossReason) {
-        warn!(client = client.0, lock = %name, %token, ?reason, "lock lost");
+        let why = match reason {
+            LossReason::Duplicate => "duplicate after a merge (another holder has a higher token)",
+            LossReason::QuorumLost => "quorum lost",
+            LossReason::LeaseExpired => "lease expired without renewal",
+        };
+        warn!(client = client.0, lock = %name, %token, reason = why, "client told its lock was lost");
+        self.metrics.record_lost(reason);
         let reason = match reason {
             LossReason::Duplicate => LostReason::Duplicate,
             LossReason::QuorumLost => LostReason::QuorumLost,
@@ -867,6 +949,12 @@ fn view_info(
         merge,
         subgroups,
     }
+}
+
+/// A member's name in the current view, else its identity.
+fn member_name(node: &Node, id: swimlock_wire::NodeId) -> String {
+    let view = node.membership().view();
+    view.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), |m| m.name.clone())
 }
 
 /// Logs a condition the operator must look at.

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod floor;
+mod plot;
 mod report;
 mod resp;
 
@@ -34,7 +35,8 @@ pub struct BenchArgs {
     /// Write the results as JSON here (one entry per measurement).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw the latency-percentile plot (SVG) here.
+    /// Draw the latency-by-percentile plot here (SVG), with a PNG beside it
+    /// and the failover times of the runs (NAME-failover.svg, .png).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Pin every thread of the run to this CPU.
@@ -269,8 +271,10 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("JSON written to {}", path.display());
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, report::svg(&results)).with_context(|| format!("writing {}", path.display()))?;
-        println!("plot written to {}", path.display());
+        let files =
+            plot::write(path, &results).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        println!("plots written to {}", names.join(", "));
     }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

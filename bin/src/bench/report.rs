@@ -1,4 +1,4 @@
-//! The results as a table, target checks, JSON and an SVG plot.
+//! The results as a table, target checks and JSON (the plots: `plot.rs`).
 
 use std::fmt::Write as _;
 
@@ -196,91 +196,4 @@ pub fn json(results: &[Measurement], args: &BenchArgs) -> String {
         "measurements": entries,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
-}
-
-const COLORS: [&str; 8] =
-    ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
-
-/// Latency by percentile, both axes logarithmic (x: 1/(1-p)), one line
-/// per measurement.
-pub fn svg(results: &[Measurement]) -> String {
-    let (w, h, left, right, top, bottom) = (900.0, 520.0, 70.0, 260.0, 30.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    // x: 0 (p0) .. 5 (p99.999); y: log10 µs.
-    let points = |hist: &Histogram<u64>| -> Vec<(f64, f64)> {
-        let mut v = Vec::new();
-        let mut x = 0.0;
-        while x <= 5.0 {
-            let p = 100.0 * (1.0 - 10f64.powf(-x));
-            v.push((x, (hist.value_at_percentile(p) as f64 / 1e3).max(0.1).log10()));
-            x += 0.05;
-        }
-        v
-    };
-    let all: Vec<Vec<(f64, f64)>> = results.iter().map(|m| points(&m.hist)).collect();
-    let ymin = all.iter().flatten().map(|p| p.1).fold(f64::MAX, f64::min).floor();
-    let ymax = all.iter().flatten().map(|p| p.1).fold(f64::MIN, f64::max).ceil().max(ymin + 1.0);
-    let sx = |x: f64| left + x / 5.0 * pw;
-    let sy = |y: f64| top + ph - (y - ymin) / (ymax - ymin) * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="18" font-size="14">swimlock bench: latency by percentile (µs, log scales)</text>"#
-    );
-    for (x, label) in [(0.0, "0"), (1.0, "90"), (2.0, "99"), (3.0, "99.9"), (4.0, "99.99"), (5.0, "99.999")] {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{0}" y1="{top}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{label}</text>"##,
-            sx(x),
-            top + ph,
-            top + ph + 16.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
-        left + pw / 2.0,
-        h - 10.0
-    );
-    let mut y = ymin;
-    while y <= ymax {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
-            sy(y),
-            left + pw,
-            left - 6.0,
-            sy(y) + 4.0,
-            10f64.powf(y)
-        );
-        y += 1.0;
-    }
-    for (i, (m, pts)) in results.iter().zip(&all).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-        let dash = if m.name == "udp_floor" { r#" stroke-dasharray="6,3""# } else { "" };
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash} points="{}"/>"#,
-            path.join(" ")
-        );
-        let ly = top + 14.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{color}" stroke-width="2"{dash}/><text x="{3}" y="{4}">{5}</text>"#,
-            left + pw + 12.0,
-            ly,
-            left + pw + 32.0,
-            left + pw + 38.0,
-            ly + 4.0,
-            m.name
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }

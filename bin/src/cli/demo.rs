@@ -1,7 +1,7 @@
 //! `swimlock demo`: a 3-node cluster on loopback, as child processes.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
@@ -11,7 +11,8 @@ use tokio::process::{Child, Command};
 use super::{EXIT_UNAVAILABLE, status};
 use crate::client::Client;
 
-/// Options of `swimlock demo`.
+/// Options of `swimlock demo`: `--nodes` agents on loopback. Kill one to see
+/// failover; `restart N` on standard input starts node-N again.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Number of nodes.
@@ -28,7 +29,10 @@ pub struct DemoArgs {
     pub metrics_port: u16,
 }
 
-/// Starts the nodes, prints how to use them, waits for Ctrl-C.
+/// Starts the nodes, prints how to use them, then watches them until
+/// Ctrl-C: a node that dies is reported with the time the survivors took to
+/// form a view without it, and `restart N` on standard input starts it
+/// again.
 pub async fn run(args: DemoArgs) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -37,8 +41,13 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let port = |base: u16, i: u16| base.checked_add(i).unwrap_or(base);
-    let seed = format!("127.0.0.1:{}", args.udp_port);
+    if let Err(taken) = ports_free(&args) {
+        eprintln!(
+            "swimlock demo: {taken} is already in use (another swimlock demo or agent?); stop it, or \
+             choose other ports with --udp-port, --client-port and --metrics-port"
+        );
+        return ExitCode::from(EXIT_UNAVAILABLE);
+    }
     // The demo's own cluster key, in a file only this user can read.
     let key_file = match DemoKey::create() {
         Ok(k) => k,
@@ -47,25 +56,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut children: Vec<Child> = Vec::new();
-    for i in 0..args.nodes {
-        let child = Command::new(&exe)
-            .arg("agent")
-            .args(["--name", &format!("node-{}", i + 1)])
-            .args(["--bind", &format!("127.0.0.1:{}", port(args.udp_port, i))])
-            .args(["--seed", &seed])
-            .args(["--client", &format!("127.0.0.1:{}", port(args.client_port, i))])
-            .args(["--metrics", &format!("127.0.0.1:{}", port(args.metrics_port, i))])
-            .args(["--node-tag", &(i + 1).to_string()])
-            .arg("--key-file")
-            .arg(&key_file.0)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .spawn();
-        match child {
-            Ok(child) => children.push(child),
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let demo = Demo { exe, args, key: key_file.0.clone(), level, started: Instant::now() };
+    let mut nodes: Vec<Option<Child>> = Vec::new();
+    for i in 0..demo.args.nodes {
+        match demo.spawn(i) {
+            Ok(child) => nodes.push(Some(child)),
             Err(e) => {
-                eprintln!("swimlock demo: cannot start node {}: {e}", i + 1);
-                stop(&mut children).await;
+                eprintln!("swimlock demo: cannot start node-{}: {e}", i + 1);
+                stop(&mut nodes).await;
                 return ExitCode::FAILURE;
             }
         }
@@ -73,33 +72,234 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let first = format!("127.0.0.1:{}", args.client_port);
-    let formed = wait_for_view(&first, usize::from(args.nodes), Duration::from_secs(10)).await;
+    let first = format!("127.0.0.1:{}", demo.args.client_port);
+    let formed = wait_for_view(&first, usize::from(demo.args.nodes), Duration::from_secs(10)).await;
     match formed {
-        Some(s) => print!("{}", status::to_text(&s)),
+        Some(s) => say(&status::to_text(&s)),
         None => {
-            eprintln!("swimlock demo: the nodes did not form one view within 10s (ports in use?)");
-            stop(&mut children).await;
+            eprintln!("swimlock demo: the nodes did not form one view within 10s (see their log above)");
+            stop(&mut nodes).await;
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     }
-    let last = format!("127.0.0.1:{}", port(args.client_port, args.nodes - 1));
-    println!();
-    println!("{} nodes running. From another shell:", args.nodes);
-    println!("  swimlock status --client {first}");
-    println!("  swimlock lock demo --client {last} -- sh -c 'echo token $SWIMLOCK_TOKEN; sleep 5'");
-    println!("  swimlock lock demo --client {first} --timeout 10s -- echo got it after the first");
-    println!("  curl -s http://127.0.0.1:{}/metrics | grep ^swimlock_", args.metrics_port);
-    println!("Ctrl-C stops the cluster.");
+    demo.banner(&nodes);
+    let code = demo.watch(&mut nodes).await;
+    stop(&mut nodes).await;
+    code
+}
 
-    tokio::select! {
-        () = super::wait_for_stop_signal() => {}
-        (i, status) = wait_any(&mut children) => {
-            eprintln!("swimlock demo: node-{} exited ({status}); stopping", i + 1);
+/// Prints a line; a closed standard output (`swimlock demo | head`) is not
+/// an error: the demo keeps running until Ctrl-C.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// The first of the demo's ports that cannot be bound, if any.
+fn ports_free(args: &DemoArgs) -> Result<(), String> {
+    for i in 0..args.nodes {
+        let node = i + 1;
+        let udp = port(args.udp_port, i);
+        std::net::UdpSocket::bind(("127.0.0.1", udp)).map_err(|_| format!("UDP port {udp} (node-{node})"))?;
+        for (what, base) in [("client", args.client_port), ("metrics", args.metrics_port)] {
+            let p = port(base, i);
+            std::net::TcpListener::bind(("127.0.0.1", p))
+                .map_err(|_| format!("TCP port {p} ({what} endpoint of node-{node})"))?;
         }
     }
-    stop(&mut children).await;
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+fn port(base: u16, i: u16) -> u16 {
+    base.saturating_add(i)
+}
+
+/// What the demo needs to start and watch its nodes.
+struct Demo {
+    exe: std::path::PathBuf,
+    args: DemoArgs,
+    key: std::path::PathBuf,
+    level: String,
+    started: Instant,
+}
+
+impl Demo {
+    /// Starts node `i` (0-based) as a child process.
+    fn spawn(&self, i: u16) -> std::io::Result<Child> {
+        let a = &self.args;
+        Command::new(&self.exe)
+            .arg("agent")
+            .args(["--name", &format!("node-{}", i + 1)])
+            .args(["--bind", &format!("127.0.0.1:{}", port(a.udp_port, i))])
+            .args(["--seed", &format!("127.0.0.1:{}", a.udp_port)])
+            .args(["--client", &format!("127.0.0.1:{}", port(a.client_port, i))])
+            .args(["--metrics", &format!("127.0.0.1:{}", port(a.metrics_port, i))])
+            .args(["--node-tag", &(i + 1).to_string()])
+            .args(["--log-level", &self.level])
+            .arg("--key-file")
+            .arg(&self.key)
+            // Commands are read by the demo, not by its nodes.
+            .stdin(std::process::Stdio::null())
+            .spawn()
+    }
+
+    fn banner(&self, nodes: &[Option<Child>]) {
+        let a = &self.args;
+        let pids: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some(format!("node-{} {}", i + 1, n.as_ref()?.id()?)))
+            .collect();
+        let pids = pids.join(", ");
+        let first = format!("127.0.0.1:{}", a.client_port);
+        let last = format!("127.0.0.1:{}", port(a.client_port, a.nodes - 1));
+        say(&format!(
+            "\n{n} nodes running (their logs, at level {level}, follow here; RUST_LOG=info swimlock demo \
+             shows more). From another shell:\n\
+             \x20 swimlock status --client {first}\n\
+             \x20 swimlock lock demo --client {last} -- sh -c 'echo token $SWIMLOCK_TOKEN; sleep 5'\n\
+             \x20 swimlock lock demo --client {first} --timeout 10s -- echo got it after the first\n\
+             \x20 curl -s http://127.0.0.1:{metrics}/ready; curl -s http://127.0.0.1:{metrics}/metrics | grep ^swimlock_\n\
+             Failover: kill a node (pids: {pids}; e.g. kill -9 PID): the demo says which one died and \
+             when the others re-formed. Type `restart N` and Enter to start node-N again. \
+             Ctrl-C stops the cluster.\n",
+            n = a.nodes,
+            level = self.level,
+            metrics = a.metrics_port,
+        ));
+    }
+
+    fn stamp(&self) -> String {
+        format!("[{:7.2}s]", self.started.elapsed().as_secs_f64())
+    }
+
+    /// Reports deaths, re-formed views and restarts until Ctrl-C.
+    async fn watch(&self, nodes: &mut [Option<Child>]) -> ExitCode {
+        // Standard input is read by a thread of its own: a read blocked on
+        // it would keep the runtime from shutting down at the end.
+        let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdin_open = true;
+        // After a death or a restart: the view size to wait for, since when.
+        let mut awaiting: Option<(usize, Instant)> = None;
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = super::wait_for_stop_signal() => return ExitCode::SUCCESS,
+                (i, status) = wait_any(nodes) => {
+                    nodes[i] = None;
+                    let alive = nodes.iter().filter(|n| n.is_some()).count();
+                    say(&format!(
+                        "{} node-{} exited ({status}); waiting for the {alive} others to form a view without it\n",
+                        self.stamp(),
+                        i + 1
+                    ));
+                    if alive == 0 {
+                        say("every node has exited; the demo stops\n");
+                        return ExitCode::FAILURE;
+                    }
+                    awaiting = Some((alive, Instant::now()));
+                }
+                line = lines.recv(), if stdin_open => match line {
+                    Some(line) => {
+                        if let Some(size) = self.command(line.trim(), nodes) {
+                            awaiting = Some((size, Instant::now()));
+                        }
+                    }
+                    None => stdin_open = false,
+                },
+                _ = poll.tick(), if awaiting.is_some() => {
+                    let Some((size, since)) = awaiting else { continue };
+                    if let Some(ready) = self.view_of(nodes, size).await {
+                        say(&format!(
+                            "{} {} re-formed in {:.2}s: view of {} members, coordinator {}\n",
+                            self.stamp(),
+                            alive_names(nodes),
+                            since.elapsed().as_secs_f64(),
+                            ready.members,
+                            ready.coordinator.as_deref().unwrap_or("-"),
+                        ));
+                        awaiting = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `restart N`: starts node-N again; returns the view size to wait for.
+    fn command(&self, line: &str, nodes: &mut [Option<Child>]) -> Option<usize> {
+        let mut words = line.split_whitespace();
+        let (Some("restart" | "r"), Some(n)) = (words.next(), words.next()) else {
+            if !line.is_empty() {
+                say("commands: restart N (start node-N again); Ctrl-C stops the demo\n");
+            }
+            return None;
+        };
+        let Some(i) = n.parse::<usize>().ok().filter(|i| (1..=nodes.len()).contains(i)).map(|i| i - 1) else {
+            say(&format!("no node {n}: nodes are 1 to {}\n", nodes.len()));
+            return None;
+        };
+        if nodes[i].is_some() {
+            say(&format!("node-{n} is running\n"));
+            return None;
+        }
+        match self.spawn(i as u16) {
+            Ok(child) => {
+                let pid = child.id().map_or_else(String::new, |p| format!(" (pid {p})"));
+                nodes[i] = Some(child);
+                say(&format!("{} node-{n} started again{pid}; waiting for it to join\n", self.stamp()));
+                Some(nodes.iter().filter(|n| n.is_some()).count())
+            }
+            Err(e) => {
+                say(&format!("cannot start node-{n}: {e}\n"));
+                None
+            }
+        }
+    }
+
+    /// The readiness of a live node once its view has `size` members and a
+    /// coordinator.
+    async fn view_of(&self, nodes: &[Option<Child>], size: usize) -> Option<crate::http::Readiness> {
+        let i = nodes.iter().position(Option::is_some)?;
+        let addr = format!("127.0.0.1:{}", port(self.args.metrics_port, i as u16));
+        let ready = get_ready(&addr).await?;
+        (ready.members == size && ready.reason().is_none()).then_some(ready)
+    }
+}
+
+/// The names of the live nodes, for messages.
+fn alive_names(nodes: &[Option<Child>]) -> String {
+    let names: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is_some())
+        .map(|(i, _)| format!("node-{}", i + 1))
+        .collect();
+    names.join(", ")
+}
+
+/// `GET /ready` of a node's metrics endpoint, parsed.
+async fn get_ready(addr: &str) -> Option<crate::http::Readiness> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), io).await.ok().flatten()
 }
 
 /// A fresh key in a private file, removed when the demo ends.
@@ -139,25 +339,27 @@ async fn wait_for_view(addr: &str, members: usize, limit: Duration) -> Option<sw
     None
 }
 
-async fn wait_any(children: &mut [Child]) -> (usize, String) {
+async fn wait_any(children: &mut [Option<Child>]) -> (usize, String) {
     loop {
         for (i, child) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(child) = child
+                && let Ok(Some(status)) = child.try_wait()
+            {
                 return (i, status.to_string());
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// SIGTERM to every node (they leave gracefully), SIGKILL after 5 s.
-async fn stop(children: &mut [Child]) {
-    for child in children.iter() {
+async fn stop(children: &mut [Option<Child>]) {
+    for child in children.iter().flatten() {
         if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
-    for child in children.iter_mut() {
+    for child in children.iter_mut().flatten() {
         if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
             let _ = child.kill().await;
         }

@@ -95,7 +95,8 @@ pub async fn run(args: LockArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let guard = match client.lock(&args.name, args.timeout.unwrap_or(FOREVER)).await {
+    let acquire = client.lock(&args.name, args.timeout.unwrap_or(FOREVER));
+    let guard = match super::with_wait_hint(acquire, args.timeout, &args.client, &args.name).await {
         Ok(guard) => guard,
         Err(ClientError::TimedOut) => {
             let waited = humantime::format_duration(args.timeout.unwrap_or(FOREVER));

@@ -5,6 +5,7 @@ mod guardian;
 mod keyring;
 mod lock;
 mod members;
+mod notify;
 mod status;
 mod watch;
 
@@ -15,6 +16,9 @@ use clap::{Parser, Subcommand};
 
 use crate::agent::AgentArgs;
 
+/// Exit code: bad arguments (an unknown flag, a bad value, an invalid lock
+/// name), as sysexits' EX_USAGE.
+pub const EXIT_USAGE: u8 = 64;
 /// Exit code: the lock was not acquired within --timeout.
 pub const EXIT_TIMEOUT: u8 = 75;
 /// Exit code: the lock was lost while the command ran, or its lease ran
@@ -36,7 +40,7 @@ pub const EXIT_AGENT_STOPPING: u8 = 79;
 /// swimlock: a distributed lock node (SWIM membership, CENTRAL_LOCK2 locks
 /// with fencing tokens).
 #[derive(Parser, Debug)]
-#[command(name = "swimlock", version)]
+#[command(name = "swimlock", version = crate::metrics::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -101,10 +105,28 @@ enum Commands {
 
 /// Runs the command line; the process exits with the returned code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    quiet_on_closed_stdout();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
     match cli.command {
         Commands::Agent(args) => agent(*args),
-        Commands::Lock(args) => runtime().block_on(lock::run(args)),
+        Commands::Lock(args) => match swimlock_wire::LockName::new(args.name.clone()) {
+            Ok(_) => runtime().block_on(lock::run(args)),
+            Err(e) => {
+                eprintln!("swimlock lock: invalid lock name: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Commands::Status(args) => runtime().block_on(status::run(args)),
         Commands::Members(args) => runtime().block_on(members::run(args)),
         Commands::Watch(args) => runtime().block_on(watch::run(args)),
@@ -118,6 +140,26 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `swimlock status | head`: once the reader is gone, printing fails with
+/// EPIPE and `println!` panics. A command whose output nobody reads exits
+/// quietly with 141 (128 + SIGPIPE, as a shell reports a command killed by
+/// it) instead of printing a panic. (The demo's own printing ignores the
+/// error and keeps running.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -128,36 +170,66 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `info`).
+/// Logs to stderr as text, filtered by RUST_LOG (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+    let _ = crate::logging::init(crate::logging::LogFormat::Text, None);
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
-    init_tracing();
     let config = match args.resolve() {
         Ok(config) => config,
+        // A file that does not parse: FILE:LINE:COLUMN: what is wrong.
+        Err(e) if e.field == "config" => {
+            eprintln!("swimlock agent: {}", e.reason);
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             eprintln!("swimlock agent: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let logging = crate::logging::init(config.log_format, config.log_level.as_deref());
+    for (field, given, resolved) in
+        [("bind", &args.bind, config.bind), ("advertise", &args.advertise, config.advertise)]
+    {
+        if let Some(name) = given.as_deref().filter(|t| t.parse::<std::net::SocketAddr>().is_err()) {
+            tracing::info!(field, name, address = %resolved, "host name resolved once, at start");
+        }
+    }
     runtime().block_on(async move {
-        let handle = match crate::agent::spawn(config) {
+        let handle = match crate::agent::spawn(config.clone()) {
             Ok(handle) => handle,
             Err(e) => {
                 eprintln!("swimlock agent: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        wait_for_stop_signal().await;
+        // systemd (Type=notify): ready once the first view is installed.
+        let mut ready = handle.readiness();
+        tokio::spawn(async move {
+            if let Ok(r) = ready.wait_for(|r| r.view_id.is_some()).await {
+                let status = format!("STATUS=view {} with {} members", r.view_id.unwrap_or(0), r.members);
+                drop(r);
+                notify::notify(&format!("READY=1\n{status}"));
+            }
+        });
+        // Listeners made once, so that a signal that arrives while a reload
+        // runs is still seen when it is done.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).ok();
+        let mut terms = signal(SignalKind::terminate()).ok();
+        let mut interrupts = signal(SignalKind::interrupt()).ok();
+        let mut config = config;
+        loop {
+            tokio::select! {
+                () = next_signal(&mut terms) => break,
+                () = next_signal(&mut interrupts) => break,
+                () = next_signal(&mut hangups) => {
+                    config = reload(&args, config, &handle, logging.as_ref()).await;
+                }
+            }
+        }
+        notify::notify("STOPPING=1");
         tracing::info!("stopping: asking clients to let go of their locks, then leaving the cluster");
         let stopper = handle.stopper();
         let shutdown = handle.shutdown();
@@ -172,6 +244,127 @@ fn agent(args: AgentArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// The next delivery of a signal; never, if it could not be listened to.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(s) = signal
+        && s.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// SIGHUP: reads the configuration again (the `--config` file under the
+/// same flags) and applies what can change at run time: the log level, the
+/// lock-delay (if the lease inequality still holds), a new key in the key
+/// file; names what only a restart changes. A configuration that does not
+/// resolve changes nothing. Returns the configuration now in force.
+async fn reload(
+    args: &AgentArgs,
+    current: crate::agent::AgentConfig,
+    handle: &crate::agent::Handle,
+    logging: Option<&crate::logging::Logging>,
+) -> crate::agent::AgentConfig {
+    tracing::info!(config = ?args.config, "SIGHUP: reloading the configuration");
+    let new = match args.resolve() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused, nothing changed");
+            return current;
+        }
+    };
+    let mut applied = current.clone();
+    if new.log_level != current.log_level {
+        let level = new.log_level.clone().unwrap_or_else(|| "info".into());
+        match logging.map(|l| l.set_level(&level)) {
+            Some(Ok(())) => {
+                applied.log_level = new.log_level.clone();
+                tracing::info!(from = ?current.log_level, to = %level, "reload: log level changed");
+            }
+            Some(Err(e)) => tracing::error!(level, error = %e, "reload: log level refused"),
+            None => tracing::warn!("reload: the log level cannot change (logger installed elsewhere)"),
+        }
+    }
+    let lines = handle.reload(&current, &new).await;
+    for line in &lines {
+        if line.contains("refused") {
+            tracing::error!("reload: {line}");
+        } else if line.contains("restart") {
+            tracing::warn!("reload: {line}");
+        } else {
+            tracing::info!("reload: {line}");
+        }
+    }
+    if lines.iter().any(|l| l.starts_with("lock_delay changed")) {
+        applied.lock.lock_delay = new.lock.lock_delay;
+    }
+    if lines.iter().any(|l| l.starts_with("key ") && !l.contains("refused")) {
+        applied.key = new.key.clone();
+    }
+    if lines.is_empty() && new.log_level == current.log_level {
+        tracing::info!("reload: nothing changed");
+    }
+    applied
+}
+
+/// How long `swimlock lock` without `--timeout` waits before it says what
+/// it waits for.
+const WAIT_HINT_AFTER: Duration = Duration::from_secs(10);
+
+/// Awaits `acquire`; without a timeout, once it has waited
+/// [`WAIT_HINT_AFTER`], prints one line saying what it waits for.
+pub(crate) async fn with_wait_hint<T>(
+    acquire: impl std::future::Future<Output = T>,
+    timeout: Option<Duration>,
+    client: &str,
+    name: &str,
+) -> T {
+    if timeout.is_some() {
+        return acquire.await;
+    }
+    tokio::pin!(acquire);
+    tokio::select! {
+        done = &mut acquire => return done,
+        () = tokio::time::sleep(WAIT_HINT_AFTER) => {}
+    }
+    let why = waiting_for(client, name).await;
+    eprintln!("swimlock lock: still waiting for lock {name} after {WAIT_HINT_AFTER:?}: {why}");
+    acquire.await
+}
+
+/// What a lock request on `name` waits for, as the agent at `client` sees
+/// it: no quorum, or the holder and the queue.
+async fn waiting_for(client: &str, name: &str) -> String {
+    let token = std::env::var(crate::agent::CLIENT_TOKEN_ENV).ok();
+    let status = match crate::client::Client::connect_with_token(client, token.as_deref()).await {
+        Ok(c) => c.status().await,
+        Err(e) => Err(e),
+    };
+    let Ok(s) = status else {
+        return "the agent does not answer a status request".into();
+    };
+    if let Some(n) = s.mode.strip_prefix("majority/").and_then(|n| n.parse::<usize>().ok())
+        && s.members.len() <= n / 2
+    {
+        return format!(
+            "no quorum: this agent's view has {} of the {n} configured members, {} needed",
+            s.members.len(),
+            n / 2 + 1
+        );
+    }
+    let coordinator = s.coordinator.as_ref().map_or("none yet", |c| c.name.as_str());
+    match &s.table {
+        Some(table) => match table.entries.iter().find(|e| e.name.as_str() == name) {
+            Some(e) => format!(
+                "held by client {} of {} (token {}); {} requests wait in the coordinator's queues",
+                e.client.0, e.node, e.token, table.waiters
+            ),
+            None => "the coordinator has not granted it yet (a lock-delay, or a round in progress)".into(),
+        },
+        None => format!("another client holds it, or holds it back (coordinator: {coordinator})"),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

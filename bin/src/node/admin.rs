@@ -117,6 +117,23 @@ fn apply(ring: &mut Keyring, op: &KeyringOp) -> (bool, KeyringResult) {
 }
 
 impl Node {
+    /// Adds `key` to this node's own keyring as an accepted key, not sent
+    /// with (a configuration reload with a new key file; `swimlock keyring
+    /// use` then makes it the primary everywhere). Emits
+    /// [`NodeEvent::KeyringChanged`] when it was new; `Ok(false)` if it was
+    /// there already.
+    pub fn install_key(&mut self, key: Key) -> Result<bool, String> {
+        let Some(ring) = self.sealing.keyring_mut() else {
+            return Err("insecure mode has no keyring".into());
+        };
+        let changed = ring.install(key).map_err(|e| e.to_string())?;
+        if changed {
+            let snapshot = ring.clone();
+            self.report_change(snapshot);
+        }
+        Ok(changed)
+    }
+
     /// Starts a keyring command across the current view; its outcome
     /// arrives as [`NodeEvent::Keyring`] with the returned id, within about
     /// `timeout` (twice that for `use` and `remove`, which check first).

@@ -481,6 +481,18 @@ impl Node {
         self.me
     }
 
+    /// Changes the lock-delay (see [`LockNode::set_lock_delay`]).
+    pub fn set_lock_delay(&mut self, lock_delay: Duration) -> Result<(), swimlock_lock::ConfigError> {
+        self.lock.set_lock_delay(lock_delay)
+    }
+
+    /// The next [`swimlock_lock::Notice`] of the lock machine, for the log
+    /// (optional to drain; the oldest are dropped past a bound).
+    #[must_use]
+    pub fn poll_notice(&mut self) -> Option<swimlock_lock::Notice> {
+        self.lock.poll_notice()
+    }
+
     /// The lock machine, for status and statistics.
     pub fn lock_node(&self) -> &LockNode {
         &self.lock
