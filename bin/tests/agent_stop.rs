@@ -11,7 +11,7 @@ use swimlock::client::{Client, LostCause};
 
 /// Long enough that a grant after a release (at once) and one after the
 /// holder departed (this long after it left) cannot be confused.
-const LOCK_DELAY: Duration = Duration::from_secs(2);
+const LOCK_DELAY: Duration = Duration::from_secs(3);
 
 fn config(port: u16, seed: u16, stop_grace: Duration) -> AgentConfig {
     let mut c = AgentConfig::new(([127, 0, 0, 1], port).into());

@@ -240,18 +240,18 @@ fn sighup_reloads_what_can_change_and_names_the_rest() {
     let key_path = dir.path().join("hup.key");
     let key = |_: ()| String::from_utf8(swimlock(&["keygen"]).stdout).unwrap();
     write_private(&key_path, &key(()));
-    std::fs::write(&config, "lock_delay = \"2s\"\nlog_level = \"info\"\n").unwrap();
+    std::fs::write(&config, "lock_delay = \"3s\"\nlog_level = \"info\"\n").unwrap();
     let key_arg = key_path.display().to_string();
     let config_arg = config.display().to_string();
     let agent = Agent::start(dir.path(), "hup", None, &["--config", &config_arg, "--key-file", &key_arg]);
     wait_until(FORM, "the agent to serve", || ready(&agent).is_some_and(|(code, _)| code == 200));
 
-    std::fs::write(&config, "lock_delay = \"3s\"\nlog_level = \"debug\"\ncluster = \"other\"\n").unwrap();
+    std::fs::write(&config, "lock_delay = \"4s\"\nlog_level = \"debug\"\ncluster = \"other\"\n").unwrap();
     write_private(&key_path, &key(()));
     hangup(&agent);
     wait_until(FORM, "the reload to be logged", || log_has(&agent, "reload: lock_delay changed"));
     let log = std::fs::read_to_string(&agent.log).unwrap();
-    assert!(log.contains("lock_delay changed from 2s to 3s"), "{log}");
+    assert!(log.contains("lock_delay changed from 3s to 4s"), "{log}");
     assert!(log.contains("reload: log level changed"), "{log}");
     assert!(log.contains("from the key file installed in the keyring"), "{log}");
     assert!(log.contains("cluster changed in the configuration; it takes a restart to apply"), "{log}");
@@ -269,6 +269,43 @@ fn sighup_reloads_what_can_change_and_names_the_rest() {
     let refusal = log.lines().find(|l| l.contains("reload refused")).unwrap();
     assert!(refusal.contains("lock_delay") && refusal.contains("below lease"), "{refusal}");
     assert_eq!(http(agent.metrics, "GET", "/health").unwrap().0, 200, "still running");
+}
+
+/// SIGHUP with a new `client_token`: connections that start after the
+/// reload must give the new one; the old one is refused.
+#[test]
+fn sighup_changes_the_client_token_for_new_connections() {
+    let _serial = serial();
+    let dir = TempDir::new("hup-token");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "client_token = \"first-token\"\n").unwrap();
+    let config_arg = config.display().to_string();
+    let agent = Agent::start(dir.path(), "tok", None, &["--config", &config_arg]);
+    let status_with = |token: &str| {
+        std::process::Command::new(BIN)
+            .args(["status", "--client", &agent.client_arg()])
+            .env("SWIMLOCK_CLIENT_TOKEN", token)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run swimlock status")
+    };
+    wait_until(FORM, "the agent to answer with the first token", || {
+        status_with("first-token").status.success()
+    });
+
+    std::fs::write(&config, "client_token = \"second-token\"\n").unwrap();
+    hangup(&agent);
+    wait_until(FORM, "the token change to be logged", || log_has(&agent, "client_token changed"));
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(!log.contains("first-token") && !log.contains("second-token"), "a token was logged: {log}");
+    assert!(status_with("second-token").status.success(), "the new token is taken");
+    let old = status_with("first-token");
+    assert!(!old.status.success(), "the old token is still taken");
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
 }
 
 /// `--log-format json` writes one JSON object per line, with the fields of

@@ -255,7 +255,7 @@ impl AgentConfig {
 pub(crate) fn fixed_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
     let mut lock_old = old.lock.clone();
     lock_old.lock_delay = new.lock.lock_delay;
-    let fields: [(&str, String, String); 20] = [
+    let fields: [(&str, String, String); 19] = [
         ("name", format!("{:?}", old.name), format!("{:?}", new.name)),
         ("bind", old.bind.to_string(), new.bind.to_string()),
         ("advertise", old.advertise.to_string(), new.advertise.to_string()),
@@ -279,12 +279,6 @@ pub(crate) fn fixed_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String>
         ("busy_poll", format!("{:?}", old.busy_poll), format!("{:?}", new.busy_poll)),
         ("insecure", old.insecure.to_string(), new.insecure.to_string()),
         ("log_format", format!("{:?}", old.log_format), format!("{:?}", new.log_format)),
-        (
-            "client_token",
-            // Compared, never shown.
-            (old.client_token != new.client_token).to_string(),
-            "false".to_string(),
-        ),
     ];
     fields
         .into_iter()

@@ -142,7 +142,7 @@ pub struct Endpoint {
     counters: ClientCounters,
     frame_timeout: Duration,
     /// The TCP endpoint's password, if it requires one.
-    token: Option<String>,
+    token: ClientToken,
     max_connections: usize,
     connections: AtomicUsize,
     /// LOCK requests waiting, every connection together.
@@ -159,11 +159,17 @@ impl Endpoint {
             commands,
             counters,
             frame_timeout: config.client_frame_timeout,
-            token: config.client_token.clone(),
+            token: ClientToken(Arc::new(std::sync::RwLock::new(config.client_token.clone()))),
             max_connections: config.max_client_connections,
             connections: AtomicUsize::new(0),
             lock_waiters: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The password clients give, shared with the agent's handle so that a
+    /// reload can change it.
+    pub fn client_token(&self) -> ClientToken {
+        self.token.clone()
     }
 
     /// A connection slot, if one is free.
@@ -174,6 +180,23 @@ impl Endpoint {
             })
             .ok()
             .map(|_| Slot(self.clone()))
+    }
+}
+
+/// The client endpoint's password (`client_token`), read by each new TCP
+/// connection: a reload changes it for connections that start after it;
+/// connections already authenticated stay so.
+#[derive(Clone, Debug)]
+pub struct ClientToken(Arc<std::sync::RwLock<Option<String>>>);
+
+impl ClientToken {
+    fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the password.
+    pub fn set(&self, token: Option<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = token;
     }
 }
 
@@ -260,7 +283,7 @@ async fn accept_loop(listener: Listener, endpoint: Arc<Endpoint>) {
                     match stream {
                         Accepted::Tcp(s) => {
                             let _ = s.set_nodelay(true);
-                            let auth = endpoint.token.is_some();
+                            let auth = endpoint.token.get().is_some();
                             connections.spawn(serve(s, slot, auth));
                         }
                         // The socket's file mode decides who may connect.
@@ -317,7 +340,7 @@ fn refuse(stream: Accepted) {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot, needs_auth: bool) {
     let endpoint = slot.0.clone();
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let password = if needs_auth { endpoint.token.clone() } else { None };
+    let password = if needs_auth { endpoint.token.get() } else { None };
     let mut conn = Conn::new(password, endpoint.lock_waiters.clone());
     let (events, mut from_node) = mpsc::unbounded_channel();
     let mut events = Some(events);

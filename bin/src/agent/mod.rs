@@ -94,6 +94,7 @@ pub struct Handle {
     client: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     ready: tokio::sync::watch::Receiver<crate::http::Readiness>,
+    client_token: endpoint::ClientToken,
 }
 
 impl Handle {
@@ -139,7 +140,8 @@ impl Handle {
 
     /// Applies the settings of `new` that can change while the node runs
     /// (lock-delay, re-checked against the lease inequality; a new key from
-    /// the key file, accepted into the keyring) and returns one line per
+    /// the key file, accepted into the keyring; the client token, for
+    /// connections that start after it) and returns one line per
     /// setting that differs from `old`: what changed, what was refused and
     /// why, and what only a restart can change. The log level is the
     /// caller's (see [`crate::logging`]).
@@ -159,6 +161,14 @@ impl Handle {
             {
                 report.extend(lines);
             }
+        }
+        if new.client_token != old.client_token {
+            // `new` passed validation: a non-loopback endpoint keeps a token.
+            self.client_token.set(new.client_token.clone());
+            report.push(
+                "client_token changed: new connections must give the new one (connected clients stay)"
+                    .to_string(),
+            );
         }
         report.extend(config::fixed_changes(old, new));
         report
@@ -261,6 +271,7 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
     let ready = agent.readiness();
     let http_sources = crate::http::Sources { metrics: agent.metrics_handle(), ready: ready.clone() };
     let endpoint = endpoint::Endpoint::new(&config, commands.clone(), agent.client_counters());
+    let client_token = endpoint.client_token();
     info!(
         name = %config.name, udp = %udp_addr, advertise = %config.advertise, cluster = %config.cluster,
         mode = %config.mode_name(), node_tag = config.lock.tag, epoch, term_floor,
@@ -286,7 +297,16 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
             let _ = std::fs::remove_file(path);
         }
     });
-    Ok(Handle { commands, task, cleanup, udp: udp_addr, client: client_addr, metrics: metrics_addr, ready })
+    Ok(Handle {
+        commands,
+        task,
+        cleanup,
+        udp: udp_addr,
+        client: client_addr,
+        metrics: metrics_addr,
+        ready,
+        client_token,
+    })
 }
 
 /// How the node will protect its datagrams: the keyring of the state
