@@ -332,9 +332,12 @@ struct Renewal {
     gap: Duration,
     /// When this node last renewed.
     last: Option<Duration>,
-    /// After a renewal that followed a "you are down", until foca is
-    /// connected again: when to give up on the members it still lists.
+    /// After a renewal that followed a "you are down", until a member
+    /// speaks to the new identity: when to announce to the members foca
+    /// still lists, then when to give up on them.
     rejoining: Option<Duration>,
+    /// The announce to the listed members went out.
+    reannounced: bool,
 }
 
 /// Longest wait between two renewals of a node that keeps being declared
@@ -475,6 +478,10 @@ impl Membership {
         if claimed != from {
             return Err(MembershipError::SenderMismatch { from, claimed });
         }
+        if header.dst == *self.foca.identity() {
+            // A member spoke to this identity (renewed or not).
+            self.renewal.rejoining = None;
+        }
         self.watch_header(header);
         let result = self.foca.handle_data(payload, &mut self.io);
         // foca may have applied part of a payload before failing on the
@@ -509,10 +516,22 @@ impl Membership {
 
     /// Nobody spoke to this node's renewed identity within a failure
     /// detection. foca restarted its timers with the identity and probes
-    /// nobody until a member speaks, so the members it still lists (some
-    /// suspected, with their down timers gone) would stay in every view for
-    /// ever: they are declared down here, as their timers would have.
+    /// nobody until a member speaks, and the members may know only the old
+    /// identity, so both ends can wait for ever (each renewed, each
+    /// listing the other's old identity). First this node announces itself
+    /// to every member it lists; if still nobody speaks within another
+    /// failure detection, those members (some suspected, with their down
+    /// timers gone) are declared down here, as their timers would have.
     fn give_up_rejoining(&mut self, now: Duration) {
+        if !self.renewal.reannounced {
+            self.renewal.reannounced = true;
+            self.renewal.rejoining = Some(now + self.config.suspect_to_down_after + self.config.probe_period);
+            let listed: Vec<Ident> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+            for id in listed {
+                let _ = self.foca.announce(id, &mut self.io);
+            }
+            return;
+        }
         self.renewal.rejoining = None;
         let listed: Vec<foca::Member<Ident>> =
             self.foca.iter_members().map(|m| foca::Member::down(m.id().clone())).collect();
@@ -819,6 +838,7 @@ impl Membership {
         let _ = self.foca.change_identity(Ident { bump, tag, ..mine }, &mut self.io);
         if was_down {
             self.renewal.rejoining = Some(now + self.config.suspect_to_down_after + self.config.probe_period);
+            self.renewal.reannounced = false;
             // A rejoin: the others will see this node come back.
             self.tracker.on_rejoin(now);
             self.merge_burst(now);
