@@ -60,6 +60,10 @@ struct Assembly {
     hold_until: Duration,
     next_ask: Duration,
     backoff: Duration,
+    /// LOCK-INFO-REQs sent to this member for this answer.
+    asks: u32,
+    /// When the last was sent.
+    asked_at: Duration,
 }
 
 /// What adding a part to an [`Assembly`] came to.
@@ -84,7 +88,15 @@ impl Assembly {
             hold_until: now + config.stretched(config.lease),
             next_ask: now,
             backoff: config.retransmit_initial,
+            asks: 0,
+            asked_at: now,
         }
+    }
+
+    /// Asked, not yet answered, and not silent for long enough to give its
+    /// place in the window up.
+    fn in_flight(&self) -> bool {
+        (1..crate::config::RECONCILE_WINDOW_ASKS).contains(&self.asks)
     }
 
     fn clear(&mut self) {
@@ -347,17 +359,33 @@ impl Coordinator {
         self.serving().is_some_and(|s| s.may_grant(now))
     }
 
+    /// Sends LOCK-INFO-REQ to every awaited member whose ask is due: again
+    /// to those asked before, and first asks while fewer than
+    /// `reconcile_window` members are in flight (asked, not answered, not
+    /// given up on).
     fn ask_due(&mut self, now: Duration, out: &mut Outbox) {
-        for (node, a) in self.awaiting.iter_mut() {
-            if a.next_ask > now {
-                continue;
-            }
+        let linger = self.linger_until.saturating_sub(now).as_millis();
+        let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
+        let (term, backoff_max) = (self.term, self.config.retransmit_max);
+        let mut ask = |node: NodeId, a: &mut Assembly| {
+            a.asks = a.asks.saturating_add(1);
+            a.asked_at = now;
             let have = a.got.keys().copied().collect();
-            let linger = self.linger_until.saturating_sub(now).as_millis();
-            let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
-            out.send(*node, LockMsg::LockInfoReq(LockInfoReq { term: self.term, have, linger_ms }));
+            out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms }));
             a.next_ask = now + a.backoff;
-            a.backoff = (a.backoff * 2).min(self.config.retransmit_max);
+            a.backoff = (a.backoff * 2).min(backoff_max);
+        };
+        // Again, to members asked before (some leave the window by it).
+        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks > 0 && a.next_ask <= now) {
+            ask(*node, a);
+        }
+        let mut in_flight = self.awaiting.values().filter(|a| a.in_flight()).count();
+        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks == 0 && a.next_ask <= now) {
+            if in_flight >= self.config.reconcile_window {
+                break;
+            }
+            in_flight += 1;
+            ask(*node, a);
         }
     }
 
@@ -441,6 +469,8 @@ impl Coordinator {
             Phase::Serving(s) => s.merge_late_report(now, self.term, from, report, out),
             Phase::Halted { .. } => {}
         }
+        // The answer freed a place in the window: the next member is asked.
+        self.ask_due(now, out);
         self.refresh_hold(now, out);
         self.after_serving(now, out);
     }
@@ -558,6 +588,19 @@ impl Coordinator {
     /// HELLO from a member that now follows this coordinator: acknowledged
     /// if its locks are known here, else it is asked for them.
     pub fn handle_hello(&mut self, now: Duration, from: NodeId, hello: Hello, out: &mut Outbox) {
+        // A member asked before it followed this coordinator dropped the
+        // ask; it follows now, so it is asked again at once instead of
+        // after its backoff (in a large cluster views arrive over a few
+        // hundred milliseconds, and the last one decides the round). A
+        // HELLO right after the ask may have crossed it: not that one.
+        if let Some(a) = self.awaiting.get_mut(&from)
+            && a.asks > 0
+            && a.next_ask > now
+            && now >= a.asked_at + self.config.retransmit_initial
+        {
+            a.next_ask = now;
+            self.ask_due(now, out);
+        }
         if self.in_sync(now, from, hello.sync, out) {
             out.send(from, LockMsg::HelloAck(HelloAck { term: self.term }));
         }
@@ -628,7 +671,10 @@ impl Coordinator {
     }
 
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        let asks = self.awaiting.values().map(|a| a.next_ask).min();
+        // Members waiting for a place in the window are asked when an
+        // answer frees one (or a silent member gives its place up at its
+        // own next ask), not by a deadline of their own.
+        let asks = self.awaiting.values().filter(|a| a.asks > 0).map(|a| a.next_ask).min();
         let hold_end = self.hold_end(now).filter(|t| *t < Duration::MAX);
         let phase = match &self.phase {
             Phase::Reconciling { deadline, .. } => Some(*deadline),

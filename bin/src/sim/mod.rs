@@ -53,6 +53,18 @@ pub struct SimArgs {
     /// With --scale: locks each node takes before the coordinator crashes.
     #[arg(long, default_value_t = 100)]
     pub locks_per_node: usize,
+    /// With --scale: longest simulated time of one step, in seconds, before
+    /// it counts as missed.
+    #[arg(long, default_value_t = 60)]
+    pub step_limit_secs: u64,
+    /// With --scale: membership's `max_transmissions` instead of the LAN
+    /// default (to compare settings).
+    #[arg(long)]
+    pub max_transmissions: Option<u8>,
+    /// With --scale: membership's `gossip_fanout` instead of the LAN
+    /// default (to compare settings).
+    #[arg(long)]
+    pub gossip_fanout: Option<usize>,
     /// Length of the fault phase, in seconds of simulated time.
     #[arg(long, default_value_t = 15)]
     pub fault_secs: u64,
@@ -265,7 +277,28 @@ fn scale_main(args: &SimArgs) -> ExitCode {
     };
     let threads = args.threads.max(1);
     let nodes = args.nodes;
-    let locks = args.locks_per_node;
+    let mut base = scale::ScaleConfig::new(0, nodes);
+    base.locks_per_node = args.locks_per_node;
+    base.step_limit = Duration::from_secs(args.step_limit_secs.max(1));
+    if let Some(n) = args.max_transmissions {
+        match std::num::NonZeroU8::new(n) {
+            Some(n) => base.membership.max_transmissions = n,
+            None => {
+                eprintln!("swimlock sim --scale: --max-transmissions must be at least 1");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(n) = args.gossip_fanout {
+        match NonZeroUsize::new(n) {
+            Some(n) => base.membership.gossip_fanout = n,
+            None => {
+                eprintln!("swimlock sim --scale: --gossip-fanout must be at least 1");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let base = &base;
     let reports: Vec<scale::ScaleReport> = std::thread::scope(|scope| {
         let chunks: Vec<Vec<u64>> =
             (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
@@ -276,9 +309,7 @@ fn scale_main(args: &SimArgs) -> ExitCode {
                     chunk
                         .into_iter()
                         .map(|seed| {
-                            let mut cfg = scale::ScaleConfig::new(seed, nodes);
-                            cfg.locks_per_node = locks;
-                            let report = scale::run(cfg);
+                            let report = scale::run(scale::ScaleConfig { seed, ..base.clone() });
                             for line in report.lines() {
                                 println!("{line}");
                             }

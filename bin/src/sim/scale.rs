@@ -85,6 +85,10 @@ pub struct Reconciliation {
     pub detection: Duration,
     /// That view to the end of the round (simulated time).
     pub round: Duration,
+    /// The last member's view without the old coordinator to the end of
+    /// the round (zero if the round ended first: a member that has not
+    /// installed the view yet answers once it has, and is merged late).
+    pub after_last_view: Duration,
     /// Real CPU time the new coordinator's node spent from that view to
     /// the end of the round (every input it handled meanwhile).
     pub cpu: Duration,
@@ -120,6 +124,9 @@ pub struct ScaleReport {
     pub split: Option<Duration>,
     /// The heal to one view of all.
     pub heal: Option<Duration>,
+    /// When a step missed: the views the nodes had then (distinct views,
+    /// smallest and largest).
+    pub missed_views: Option<String>,
     /// Events the run handled.
     pub steps: u64,
     /// Real time the run took.
@@ -129,9 +136,17 @@ pub struct ScaleReport {
 impl ScaleReport {
     /// The report as lines of text.
     pub fn lines(&self) -> Vec<String> {
-        let ms = |d: Option<Duration>| d.map_or("missed".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+        let ms = |d: Option<Duration>| {
+            d.map_or("missed".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+        };
         let mut lines = vec![
-            format!("seed {} nodes {} ({} steps, {:.1} s real)", self.seed, self.nodes, self.steps, self.wall.as_secs_f64()),
+            format!(
+                "seed {} nodes {} ({} steps, {:.1} s real)",
+                self.seed,
+                self.nodes,
+                self.steps,
+                self.wall.as_secs_f64()
+            ),
             format!("  cold start to one view            {}", ms(self.cold_start)),
             format!(
                 "  idle per node                     {:.1} datagrams/s (max {:.1}), {:.0} B/s (max {:.0})",
@@ -143,9 +158,10 @@ impl ScaleReport {
         match &self.reconciliation {
             Some(r) => {
                 lines.push(format!(
-                    "  coordinator crash: view after     {} ms; round {:.1} ms simulated, {:.1} ms CPU; {}/{} locks re-installed",
+                    "  coordinator crash: view after     {} ms; round {:.1} ms simulated ({:.1} ms after the last member's view), {:.1} ms CPU; {}/{} locks re-installed",
                     r.detection.as_millis(),
                     r.round.as_secs_f64() * 1e3,
+                    r.after_last_view.as_secs_f64() * 1e3,
                     r.cpu.as_secs_f64() * 1e3,
                     r.reinstalled,
                     r.held_before
@@ -159,6 +175,9 @@ impl ScaleReport {
         }
         lines.push(format!("  split into halves to two views    {}", ms(self.split)));
         lines.push(format!("  heal to one view                  {}", ms(self.heal)));
+        if let Some(views) = &self.missed_views {
+            lines.push(format!("  views when a step missed          {views}"));
+        }
         lines
     }
 }
@@ -218,6 +237,8 @@ struct Scale {
     /// Side of each host (hosts on different sides do not reach each other).
     side: Vec<u8>,
     watched: Option<NodeId>,
+    /// When no view listed the watched node any more.
+    watched_out_at: Option<Duration>,
     steps: u64,
     /// While measuring a round: the coordinator's CPU time and input.
     round: Option<RoundMeter>,
@@ -247,7 +268,18 @@ impl Scale {
             })
             .collect();
         let side = vec![0; cfg.nodes];
-        Scale { rng, now: Duration::ZERO, queue: Queue::default(), hosts, side, watched: None, steps: 0, round: None, cfg }
+        Scale {
+            rng,
+            now: Duration::ZERO,
+            queue: Queue::default(),
+            hosts,
+            side,
+            watched: None,
+            watched_out_at: None,
+            steps: 0,
+            round: None,
+            cfg,
+        }
     }
 
     fn start_all(&mut self) {
@@ -382,6 +414,9 @@ impl Scale {
         if let (Some(started), Some(r)) = (started, self.round.as_mut()) {
             r.cpu += thread_cpu().saturating_sub(started);
         }
+        if changed && self.watched.is_some() && self.watched_out_at.is_none() && self.done(Goal::WatchedOut) {
+            self.watched_out_at = Some(self.now);
+        }
         changed
     }
 
@@ -436,6 +471,35 @@ impl Scale {
         changed
     }
 
+    /// The views of the live nodes: how many distinct, their sizes.
+    fn describe_views(&self) -> String {
+        let views: std::collections::BTreeMap<(usize, u64), usize> =
+            self.live().fold(std::collections::BTreeMap::new(), |mut m, h| {
+                *m.entry(self.hosts[h].view).or_insert(0) += 1;
+                m
+            });
+        let sizes: Vec<usize> = self.live().map(|h| self.hosts[h].view.0).collect();
+        let mut largest: Vec<(usize, usize)> = views.iter().map(|((size, _), n)| (*n, *size)).collect();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        largest.truncate(5);
+        format!(
+            "{} distinct among {} nodes, sizes {}..{}; most shared (nodes, size): {largest:?}",
+            views.len(),
+            sizes.len(),
+            sizes.iter().min().unwrap_or(&0),
+            sizes.iter().max().unwrap_or(&0)
+        )
+    }
+
+    /// Watches `host` leave every view (from now on, every view lists it).
+    fn watch(&mut self, host: usize) {
+        self.watched = self.hosts[host].node.as_ref().map(|n| n.id());
+        self.watched_out_at = None;
+        for h in self.live().collect::<Vec<_>>() {
+            self.hosts[h].lists_watched = true;
+        }
+    }
+
     fn crash(&mut self, host: usize) {
         self.hosts[host].node = None;
         self.hosts[host].armed = None;
@@ -481,6 +545,7 @@ impl Scale {
         let held_before = self.live().map(|h| self.hosts[h].held).sum();
         let crashed_at = self.now;
         let old_view = self.hosts[new].view;
+        self.watch(old);
         self.crash(old);
         // The new coordinator's view without the old one.
         let mut guard = 0;
@@ -494,16 +559,31 @@ impl Scale {
             }
         }
         let detection = self.now - crashed_at;
-        self.round = Some(RoundMeter { host: new, cpu: Duration::ZERO, datagrams: 0, bytes: 0, per_ms: Vec::new(), since: self.now });
+        self.round = Some(RoundMeter {
+            host: new,
+            cpu: Duration::ZERO,
+            datagrams: 0,
+            bytes: 0,
+            per_ms: Vec::new(),
+            since: self.now,
+        });
         let round = self.run_until(Goal::Reconciled(new));
         let meter = self.round.take().expect("set above");
         let round = round?;
+        let ended = self.now;
+        // The members still installing the view: until the last has.
+        let last_view = match self.watched_out_at {
+            Some(at) => at,
+            None => ended + self.run_until(Goal::WatchedOut)?,
+        };
+        self.watched = None;
         let reinstalled = self.hosts[new].node.as_ref()?.lock_node().table_stats().map_or(0, |s| s.held);
         Some(Reconciliation {
             held_before,
             reinstalled,
             detection,
             round,
+            after_last_view: ended.saturating_sub(last_view),
             cpu: meter.cpu,
             datagrams_in: meter.datagrams,
             bytes_in: meter.bytes,
@@ -532,15 +612,15 @@ pub fn run(cfg: ScaleConfig) -> ScaleReport {
     let mut sim = Scale::new(cfg);
     sim.start_all();
     report.cold_start = sim.run_until(Goal::OneView);
+    if report.cold_start.is_none() {
+        report.missed_views = Some(sim.describe_views());
+    }
     if report.cold_start.is_some() {
         (report.idle_datagrams, report.idle_bytes) = sim.idle();
         // A member in the middle of the list (neither coordinator nor seed).
         let victim = sim.cfg.nodes / 2;
-        if let Some(id) = sim.hosts[victim].node.as_ref().map(|n| n.id()) {
-            sim.watched = Some(id);
-            for h in sim.live().collect::<Vec<_>>() {
-                sim.hosts[h].lists_watched = true;
-            }
+        if sim.hosts[victim].node.is_some() {
+            sim.watch(victim);
             sim.crash(victim);
             report.crash_out = sim.run_until(Goal::WatchedOut);
         }
@@ -656,7 +736,9 @@ impl Summary {
                 TARGET_IDLE_BYTES
             ),
             match self.heal {
-                Some(d) => format!("  heal of a split into halves to one view: {:.0} ms", d.as_secs_f64() * 1e3),
+                Some(d) => {
+                    format!("  heal of a split into halves to one view: {:.0} ms", d.as_secs_f64() * 1e3)
+                }
                 None => "  [MISS] heal: a run did not finish this step".to_string(),
             },
         ]
