@@ -5,8 +5,9 @@
 //!
 //! 1. cold start: every node starts at once, knowing the first three as
 //!    seeds, until every node has installed the same view of all nodes;
-//! 2. idle: datagrams and bytes each node sends per second (the sealed
-//!    datagram as it goes on the wire, without IP and UDP headers);
+//! 2. idle: after 10 s of quiet, datagrams and bytes each node sends per
+//!    second (the sealed datagram as it goes on the wire, without IP and
+//!    UDP headers);
 //! 3. a member crashes: until no view lists it;
 //! 4. every node takes `locks_per_node` locks; the coordinator crashes:
 //!    from the new coordinator's view to the end of its reconciliation
@@ -41,6 +42,9 @@ pub struct ScaleConfig {
     pub nodes: usize,
     /// Locks each node's clients take before the coordinator crashes.
     pub locks_per_node: usize,
+    /// How long the cluster stays quiet after the cold start before the idle
+    /// traffic is measured (the join's gossip dies down meanwhile).
+    pub quiet: Duration,
     /// How long the idle traffic is measured.
     pub idle: Duration,
     /// Longest simulated time any one step may take before it counts as
@@ -51,13 +55,15 @@ pub struct ScaleConfig {
 }
 
 impl ScaleConfig {
-    /// Defaults for `seed` and `nodes`: 100 locks per node, 10 s of idle,
+    /// Defaults for `seed` and `nodes`: 100 locks per node, 10 s of quiet
+    /// then 10 s of idle measured,
     /// 60 s per step, the LAN membership preset.
     pub fn new(seed: u64, nodes: usize) -> ScaleConfig {
         ScaleConfig {
             seed,
             nodes,
             locks_per_node: 100,
+            quiet: Duration::from_secs(10),
             idle: Duration::from_secs(10),
             step_limit: Duration::from_secs(60),
             membership: swimlock_membership::Config::lan(),
@@ -507,6 +513,7 @@ impl Scale {
     }
 
     fn idle(&mut self) -> (Rate, Rate) {
+        self.run_for(self.cfg.quiet);
         let before: Vec<(u64, u64)> = self.hosts.iter().map(|h| (h.sent, h.sent_bytes)).collect();
         self.run_for(self.cfg.idle);
         let secs = self.cfg.idle.as_secs_f64();
