@@ -225,7 +225,9 @@ pub struct ManyMembers {
 }
 
 impl ManyMembers {
-    /// `count` members holding `locks` locks each.
+    /// `count` members holding `locks` locks each (each member built for
+    /// real: a node holding many locks is slow to build, quadratic in its
+    /// locks; see [`ManyMembers::echoed`]).
     pub fn new(count: usize, locks: usize) -> ManyMembers {
         let coord_id = node(7001, 1);
         let ids: Vec<NodeId> = (0..count).map(|m| node(7002 + m as u16, 2 + m as u64)).collect();
@@ -244,8 +246,24 @@ impl ManyMembers {
         ManyMembers { members, view }
     }
 
+    /// `count` members in the view, of which only the first is built (it
+    /// takes `locks` locks); the others answer a round with a copy of its
+    /// answer under names of their own (see [`ManyMembers::round`]).
+    pub fn echoed(count: usize, locks: usize) -> ManyMembers {
+        let mut many = ManyMembers::new(1, locks);
+        let extra = (1..count).map(|m| node(7002 + m as u16, 2 + m as u64));
+        many.view.members.extend(extra);
+        for member in &mut many.members {
+            member.member.handle_view(Duration::from_millis(1), many.view.clone());
+            drain(&mut member.member);
+        }
+        many
+    }
+
     /// A fresh coordinator that has started its round, and every member's
-    /// answer (every part, member by member).
+    /// answer (every part, member by member). Members of the view that were
+    /// not built answer with the first member's parts, each lock renamed
+    /// `<member index>/<name>`.
     pub fn round(&mut self) -> (LockNode, Vec<(NodeId, LockMsg)>) {
         let now = Duration::from_millis(2);
         let coord_id = self.view.members[0];
@@ -262,6 +280,22 @@ impl ManyMembers {
             }
         }
         while coord.poll_event().is_some() {}
+        let built: Vec<NodeId> = self.members.iter().map(|m| m.member_id).collect();
+        let first: Vec<LockMsg> =
+            answers.iter().filter(|(from, _)| Some(from) == built.first()).map(|(_, m)| m.clone()).collect();
+        for (m, id) in self.view.members.iter().enumerate().skip(1) {
+            if built.contains(id) {
+                continue;
+            }
+            for msg in &first {
+                let LockMsg::LockInfoRsp(rsp) = msg else { continue };
+                let mut rsp = rsp.clone();
+                for held in &mut rsp.held {
+                    held.name = LockName::new(format!("{m}/{}", held.name.as_str())).expect("valid name");
+                }
+                answers.push((*id, LockMsg::LockInfoRsp(rsp)));
+            }
+        }
         (coord, answers)
     }
 }

@@ -379,12 +379,10 @@ impl Coordinator {
         for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks > 0 && a.next_ask <= now) {
             ask(*node, a);
         }
-        let mut in_flight = self.awaiting.values().filter(|a| a.in_flight()).count();
-        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks == 0 && a.next_ask <= now) {
-            if in_flight >= self.config.reconcile_window {
-                break;
-            }
-            in_flight += 1;
+        let in_flight = self.awaiting.values().filter(|a| a.in_flight()).count();
+        let room = self.config.reconcile_window.saturating_sub(in_flight);
+        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks == 0 && a.next_ask <= now).take(room)
+        {
             ask(*node, a);
         }
     }
