@@ -8,8 +8,7 @@
 use swimlock::sim::scale::{ScaleConfig, Summary, run};
 
 /// Every step of a 60-node run finishes, and the new coordinator's round
-/// re-installs every lock that survived the old coordinator (all but the
-/// old coordinator's own clients' locks).
+/// re-installs every lock that survived the old coordinator.
 #[test]
 fn every_step_of_a_small_scale_run_finishes() {
     let mut cfg = ScaleConfig::new(1, 60);
@@ -21,8 +20,10 @@ fn every_step_of_a_small_scale_run_finishes() {
     let summary = Summary::of(std::slice::from_ref(&report));
     assert!(summary.complete, "a step missed: {:?}", report);
     let r = report.reconciliation.expect("the round ended");
-    assert_eq!(r.held_before, 60 * 20);
-    assert_eq!(r.reinstalled, 59 * 20, "every lock of a live member is back in the table");
+    // One member crashed earlier in the script; the old coordinator's own
+    // clients' locks go with it.
+    assert_eq!(r.held_before, 59 * 20);
+    assert_eq!(r.reinstalled, 58 * 20, "every lock of a live member is back in the table");
 }
 
 /// One seed gives one trace: two runs of a seed measure the same
@@ -35,11 +36,14 @@ fn a_scale_run_is_deterministic() {
     assert_eq!((a.cold_start, a.crash_out, a.split, a.heal), (b.cold_start, b.crash_out, b.split, b.heal));
 }
 
-/// The figures of the README: 1,000 nodes, 100 locks each.
+/// The figures of the README: 1,000 nodes, 100 locks each, updates
+/// gossiped 20 times (see `swimlock_membership::Config::max_transmissions`).
 #[test]
 #[ignore = "about 10 minutes of one core: run by hand"]
 fn a_thousand_nodes() {
-    let report = run(ScaleConfig::new(0, 1_000));
+    let mut cfg = ScaleConfig::new(0, 1_000);
+    cfg.membership.max_transmissions = std::num::NonZeroU8::new(20).expect("non-zero");
+    let report = run(cfg);
     for line in report.lines() {
         println!("{line}");
     }

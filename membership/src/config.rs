@@ -36,13 +36,14 @@ pub struct Config {
     /// How many times one membership update is retransmitted. Should grow
     /// with log(cluster size): a member misses an update with odds of roughly
     /// e^-max_transmissions, and then has to find out by its own probe
-    /// round (up to cluster size × probe_period). 20 suits a thousand
-    /// members: with 12, a cold start of 1,000 simulated nodes left a node
-    /// or two without a member or two for 50 s and more (one view only
-    /// after 50 s, or not within 60 s), and a split into halves did not
-    /// settle within 60 s; with 20, one view after 2.8 s and the split in
-    /// 2.4 s. More transmissions cost nothing at idle (nothing to send)
-    /// and lengthen the gossip after a change, not its rate.
+    /// round (up to cluster size × probe_period). 12 suits a few hundred.
+    /// A thousand members need about 20: with 12, a cold start of 1,000
+    /// simulated nodes left a node or two without a member or two for 50 s
+    /// and more, and a split into halves did not settle within 60 s; with
+    /// 20, one view after 2.8-3.2 s and the split in 2.4 s
+    /// (`swimlock sim --scale --nodes 1000 --max-transmissions 20`). More
+    /// transmissions cost nothing at idle and lengthen the gossip after a
+    /// change, not its rate.
     pub max_transmissions: NonZeroU8,
     /// How often foca re-announces itself to one random active member (a
     /// full-state exchange that repairs divergent member lists).
@@ -88,7 +89,7 @@ impl Config {
             suspect_to_down_after: Duration::from_millis(400),
             gossip_interval: Duration::from_millis(50),
             gossip_fanout: NonZeroUsize::new(3).expect("non-zero"),
-            max_transmissions: NonZeroU8::new(20).expect("non-zero"),
+            max_transmissions: NonZeroU8::new(12).expect("non-zero"),
             announce_interval: Duration::from_secs(10),
             announce_to_down_interval: Duration::from_millis(500),
             announce_to_down_fanout: NonZeroUsize::new(2).expect("non-zero"),

@@ -121,7 +121,7 @@
 //! # LAN defaults ([`Config::lan`])
 //!
 //! Probe every 100 ms (40 ms for the direct ack), suspicion 400 ms, gossip
-//! every 50 ms to 3 members, updates retransmitted 20 times, announce to
+//! every 50 ms to 3 members, updates retransmitted 12 times, announce to
 //! down members every 500 ms, to seeds every 1 s, views settle for 200 ms.
 //! When a merge starts (a down member returns, or this node rejoins), this
 //! node also announces to every member it still believes down at once, so
