@@ -148,20 +148,34 @@ impl ReconcileFixture {
     pub fn new(locks: usize) -> ReconcileFixture {
         let member_id = node(7002, 2);
         let coord_id = node(7001, 1);
-        let mut member = LockNode::new(member_id, Config::lan(2));
+        let view = View { id: 2, members: vec![coord_id, member_id], merge: true, gossiped_term: 0 };
+        ReconcileFixture::holding(member_id, 2, coord_id, view, (0..locks).map(name))
+    }
+
+    /// Member `member_id` (node tag `tag`) that took a lock on each of
+    /// `names` while it coordinated alone, then installed `view` (merged,
+    /// coordinated by `coord_id`).
+    pub fn holding(
+        member_id: NodeId,
+        tag: u16,
+        coord_id: NodeId,
+        view: View,
+        names: impl Iterator<Item = LockName>,
+    ) -> ReconcileFixture {
+        let mut member = LockNode::new(member_id, Config::lan(tag));
         member.handle_view(
             Duration::ZERO,
             View { id: 1, members: vec![member_id], merge: false, gossiped_term: 0 },
         );
         let now = Duration::from_millis(1);
         member.handle_timeout(now);
-        let mut granted = 0;
-        for i in 0..locks {
-            member.lock(now, ClientId(i as u64 + 1), name(i), Duration::from_secs(10));
+        let (mut granted, mut locks) = (0, 0);
+        for (i, name) in names.enumerate() {
+            member.lock(now, ClientId(i as u64 + 1), name, Duration::from_secs(10));
             granted += drain(&mut member);
+            locks += 1;
         }
         assert_eq!(granted, locks, "the member did not get every lock");
-        let view = View { id: 2, members: vec![coord_id, member_id], merge: true, gossiped_term: 0 };
         member.handle_view(now, view.clone());
         drain(&mut member);
         ReconcileFixture { member, member_id, coord_id, view }
@@ -194,6 +208,102 @@ impl ReconcileFixture {
 pub fn reconcile(member: NodeId, mut coord: LockNode, answer: Vec<LockMsg>) -> LockNode {
     let now = Duration::from_millis(3);
     for msg in answer {
+        coord.handle_message(now, member, msg);
+    }
+    assert!(coord.is_serving(), "the coordinator did not finish its round");
+    while coord.poll_transmit().is_some() {}
+    coord
+}
+
+/// Several members holding many locks each (distinct names), and the
+/// coordinator that takes over when they merge: the million-lock harness.
+pub struct ManyMembers {
+    /// The members, each with the locks it took while it coordinated alone.
+    pub members: Vec<ReconcileFixture>,
+    /// The merged view: the coordinator first, then every member.
+    pub view: View,
+}
+
+impl ManyMembers {
+    /// `count` members holding `locks` locks each (each member built for
+    /// real: a node holding many locks is slow to build, quadratic in its
+    /// locks; see [`ManyMembers::echoed`]).
+    pub fn new(count: usize, locks: usize) -> ManyMembers {
+        let coord_id = node(7001, 1);
+        let ids: Vec<NodeId> = (0..count).map(|m| node(7002 + m as u16, 2 + m as u64)).collect();
+        let mut members_view = vec![coord_id];
+        members_view.extend(&ids);
+        let view = View { id: 2, members: members_view, merge: true, gossiped_term: 0 };
+        let members = ids
+            .iter()
+            .enumerate()
+            .map(|(m, id)| {
+                let names =
+                    (0..locks).map(|i| LockName::new(format!("m{m}/jobs/batch-{i:06}")).expect("valid"));
+                ReconcileFixture::holding(*id, 2 + m as u16, coord_id, view.clone(), names)
+            })
+            .collect();
+        ManyMembers { members, view }
+    }
+
+    /// `count` members in the view, of which only the first is built (it
+    /// takes `locks` locks); the others answer a round with a copy of its
+    /// answer under names of their own (see [`ManyMembers::round`]).
+    pub fn echoed(count: usize, locks: usize) -> ManyMembers {
+        let mut many = ManyMembers::new(1, locks);
+        let extra = (1..count).map(|m| node(7002 + m as u16, 2 + m as u64));
+        many.view.members.extend(extra);
+        for member in &mut many.members {
+            member.member.handle_view(Duration::from_millis(1), many.view.clone());
+            drain(&mut member.member);
+        }
+        many
+    }
+
+    /// A fresh coordinator that has started its round, and every member's
+    /// answer (every part, member by member). Members of the view that were
+    /// not built answer with the first member's parts, each lock renamed
+    /// `<member index>/<name>`.
+    pub fn round(&mut self) -> (LockNode, Vec<(NodeId, LockMsg)>) {
+        let now = Duration::from_millis(2);
+        let coord_id = self.view.members[0];
+        let mut coord = LockNode::with_term_floor(coord_id, Config::lan(1), 100);
+        coord.handle_view(now, self.view.clone());
+        let mut answers = Vec::new();
+        while let Some(t) = coord.poll_transmit() {
+            let Some(member) = self.members.iter_mut().find(|m| m.member_id == t.to) else { continue };
+            member.member.handle_message(now, coord_id, t.msg);
+            while let Some(a) = member.member.poll_transmit() {
+                if a.to == coord_id && matches!(a.msg, LockMsg::LockInfoRsp(_)) {
+                    answers.push((member.member_id, a.msg));
+                }
+            }
+        }
+        while coord.poll_event().is_some() {}
+        let built: Vec<NodeId> = self.members.iter().map(|m| m.member_id).collect();
+        let first: Vec<LockMsg> =
+            answers.iter().filter(|(from, _)| Some(from) == built.first()).map(|(_, m)| m.clone()).collect();
+        for (m, id) in self.view.members.iter().enumerate().skip(1) {
+            if built.contains(id) {
+                continue;
+            }
+            for msg in &first {
+                let LockMsg::LockInfoRsp(rsp) = msg else { continue };
+                let mut rsp = rsp.clone();
+                for held in &mut rsp.held {
+                    held.name = LockName::new(format!("{m}/{}", held.name.as_str())).expect("valid name");
+                }
+                answers.push((*id, LockMsg::LockInfoRsp(rsp)));
+            }
+        }
+        (coord, answers)
+    }
+}
+
+/// Feeds every member's answer to the coordinator; returns it serving.
+pub fn reconcile_all(mut coord: LockNode, answers: Vec<(NodeId, LockMsg)>) -> LockNode {
+    let now = Duration::from_millis(3);
+    for (member, msg) in answers {
         coord.handle_message(now, member, msg);
     }
     assert!(coord.is_serving(), "the coordinator did not finish its round");

@@ -102,7 +102,8 @@ fn partition_heal_resolves_duplicates() {
         let t = c.now();
         c.lock(1, 1, "x", SECS(3));
         c.lock(4, 1, "x", SECS(3));
-        c.run_until(SECS(2), |c| c.granted(1, 1, "x", t).is_some() && c.granted(4, 1, "x", t).is_some())
+        // Side 2 grants after the lock-delay (2.1 s) of the members it lost.
+        c.run_until(SECS(3), |c| c.granted(1, 1, "x", t).is_some() && c.granted(4, 1, "x", t).is_some())
             .expect("both sides grant");
         let (_, a) = c.granted(1, 1, "x", t).unwrap();
         let (_, b) = c.granted(4, 1, "x", t).unwrap();

@@ -75,7 +75,18 @@ pub struct Config {
     /// (a term that big is a bug or a forgery, and would use up the term
     /// space tokens have).
     pub max_term_step: u32,
+    /// Most members a reconciliation round asks at once: the next are asked
+    /// as answers come in, so that a round with a thousand members does
+    /// not draw all their answers into the coordinator's socket buffer at
+    /// once (about 5 KB per member holding 100 locks). A member asked
+    /// [`RECONCILE_WINDOW_ASKS`] times without a whole answer stops
+    /// taking a place in the window (it is still asked).
+    pub reconcile_window: usize,
 }
+
+/// Asks after which a silent member no longer takes a place in the
+/// reconciliation window (see [`Config::reconcile_window`]).
+pub const RECONCILE_WINDOW_ASKS: u32 = 4;
 
 impl Config {
     /// Settings for a LAN.
@@ -96,6 +107,7 @@ impl Config {
             max_report_entries: 1 << 20,
             max_report_bytes: 128 << 20,
             max_term_step: 1 << 16,
+            reconcile_window: 128,
         }
     }
 
@@ -154,6 +166,9 @@ impl Config {
         }
         if self.lease <= self.renew_interval(false) * 2 {
             return Err(ConfigError::new("lease", "must be longer than two renewal intervals"));
+        }
+        if self.reconcile_window == 0 {
+            return Err(ConfigError::new("reconcile_window", "must be greater than zero"));
         }
         if self.max_report_entries == 0 || self.max_report_bytes == 0 || self.max_term_step == 0 {
             return Err(ConfigError::new("max_report_entries", "limits must be greater than zero"));

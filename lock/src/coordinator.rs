@@ -60,6 +60,8 @@ struct Assembly {
     hold_until: Duration,
     next_ask: Duration,
     backoff: Duration,
+    /// LOCK-INFO-REQs sent to this member for this answer.
+    asks: u32,
 }
 
 /// What adding a part to an [`Assembly`] came to.
@@ -84,7 +86,14 @@ impl Assembly {
             hold_until: now + config.stretched(config.lease),
             next_ask: now,
             backoff: config.retransmit_initial,
+            asks: 0,
         }
+    }
+
+    /// Asked, not yet answered, and not silent for long enough to give its
+    /// place in the window up.
+    fn in_flight(&self) -> bool {
+        (1..crate::config::RECONCILE_WINDOW_ASKS).contains(&self.asks)
     }
 
     fn clear(&mut self) {
@@ -352,17 +361,30 @@ impl Coordinator {
         self.serving().is_some_and(|s| s.may_grant(now))
     }
 
+    /// Sends LOCK-INFO-REQ to every awaited member whose ask is due: again
+    /// to those asked before, and first asks while fewer than
+    /// `reconcile_window` members are in flight (asked, not answered, not
+    /// given up on).
     fn ask_due(&mut self, now: Duration, out: &mut Outbox) {
-        for (node, a) in self.awaiting.iter_mut() {
-            if a.next_ask > now {
-                continue;
-            }
+        let linger = self.linger_until.saturating_sub(now).as_millis();
+        let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
+        let (term, backoff_max) = (self.term, self.config.retransmit_max);
+        let mut ask = |node: NodeId, a: &mut Assembly| {
+            a.asks = a.asks.saturating_add(1);
             let have = a.got.keys().copied().collect();
-            let linger = self.linger_until.saturating_sub(now).as_millis();
-            let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
-            out.send(*node, LockMsg::LockInfoReq(LockInfoReq { term: self.term, have, linger_ms }));
+            out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms }));
             a.next_ask = now + a.backoff;
-            a.backoff = (a.backoff * 2).min(self.config.retransmit_max);
+            a.backoff = (a.backoff * 2).min(backoff_max);
+        };
+        // Again, to members asked before (some leave the window by it).
+        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks > 0 && a.next_ask <= now) {
+            ask(*node, a);
+        }
+        let in_flight = self.awaiting.values().filter(|a| a.in_flight()).count();
+        let room = self.config.reconcile_window.saturating_sub(in_flight);
+        for (node, a) in self.awaiting.iter_mut().filter(|(_, a)| a.asks == 0 && a.next_ask <= now).take(room)
+        {
+            ask(*node, a);
         }
     }
 
@@ -446,6 +468,8 @@ impl Coordinator {
             Phase::Serving(s) => s.merge_late_report(now, self.term, from, report, out),
             Phase::Halted { .. } => {}
         }
+        // The answer freed a place in the window: the next member is asked.
+        self.ask_due(now, out);
         self.refresh_hold(now, out);
         self.after_serving(now, out);
     }
@@ -639,7 +663,10 @@ impl Coordinator {
     }
 
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        let asks = self.awaiting.values().map(|a| a.next_ask).min();
+        // Members waiting for a place in the window are asked when an
+        // answer frees one (or a silent member gives its place up at its
+        // own next ask), not by a deadline of their own.
+        let asks = self.awaiting.values().filter(|a| a.asks > 0).map(|a| a.next_ask).min();
         let hold_end = self.hold_end(now).filter(|t| *t < Duration::MAX);
         let phase = match &self.phase {
             Phase::Reconciling { deadline, .. } => Some(*deadline),

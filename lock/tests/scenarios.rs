@@ -1564,3 +1564,53 @@ fn a_lock_delay_ends_even_when_the_lock_was_reinstalled_meanwhile() {
     );
     assert_eq!(net.table(a), vec![(name("y"), owner(c, C1), tc)]);
 }
+
+/// The members `coord` sent LOCK-INFO-REQ to, among the last delivered
+/// messages.
+fn asked_by(net: &Net, coord: NodeId) -> BTreeSet<NodeId> {
+    net.log
+        .iter()
+        .filter(|(from, _, m)| *from == coord && matches!(m, LockMsg::LockInfoReq(_)))
+        .map(|(_, to, _)| *to)
+        .collect()
+}
+
+/// ReconciliationProtocol (LOCK-INFO-REQ to all members), paced: a round
+/// asks at most `reconcile_window` members at once, asks the next as
+/// answers come in, and stops waiting on a silent member after a few asks,
+/// so that a thousand answers never reach the coordinator at once.
+#[test]
+fn a_round_asks_a_window_of_members_at_a_time() {
+    let mut net = Net::without_view(6, |c| c.reconcile_window = 2);
+    let all: Vec<NodeId> = net.nodes.keys().copied().collect();
+    let others: Vec<NodeId> = all.iter().copied().filter(|n| *n != id(1)).collect();
+    // Every answer but the coordinator's own is lost for now.
+    net.drop_where(|_, to, m| to == id(1) && matches!(m, LockMsg::LockInfoRsp(_)));
+    net.install_view(&all, false);
+    let first = asked_by(&net, id(1));
+    let first_others = first.iter().filter(|n| **n != id(1)).count();
+    assert!(first_others <= 2, "asked {first:?} at once with a window of 2");
+    // Silent members give their places up after a few asks: everyone is
+    // asked in the end, though nobody answers.
+    net.advance(ms(2_000));
+    let later = asked_by(&net, id(1));
+    assert!(others.iter().all(|n| later.contains(n)), "every member asked in the end: {later:?}");
+    // Once answers arrive, the round completes with every member.
+    net.heal();
+    net.advance(ms(2_000));
+    assert!(net.node(id(1)).is_serving());
+    assert!(net.node(id(1)).awaiting().is_empty(), "every member answered: {:?}", net.node(id(1)).awaiting());
+}
+
+/// With answers coming in, the window moves on one member per answer: a
+/// round of many members completes without any member asked twice.
+#[test]
+fn a_paced_round_completes_without_asking_twice() {
+    let mut net = Net::without_view(12, |c| c.reconcile_window = 3);
+    let all: Vec<NodeId> = net.nodes.keys().copied().collect();
+    net.install_view(&all, false);
+    let asks =
+        net.log.iter().filter(|(from, _, m)| *from == id(1) && matches!(m, LockMsg::LockInfoReq(_))).count();
+    assert!(net.node(id(1)).is_serving() && net.node(id(1)).awaiting().is_empty());
+    assert!(asks <= all.len(), "{asks} asks for {} members", all.len());
+}

@@ -360,6 +360,12 @@ pub struct Membership {
     /// Earliest time for the next burst of announces to down members.
     next_down_burst: Duration,
     tracker: ViewTracker,
+    /// foca reported something since the tracker last looked at its member
+    /// list: every change of the live set (up, down, rename) comes with a
+    /// notification, so without one there is nothing new to look at (the
+    /// look costs a pass over every member, too much per datagram in a
+    /// cluster of a thousand).
+    members_changed: bool,
     events: VecDeque<Event>,
     renewal: Renewal,
     /// The newest other identity seen in datagram headers at this node's
@@ -430,6 +436,7 @@ impl Membership {
             next_seed_announce: Duration::ZERO,
             next_down_burst: Duration::ZERO,
             tracker: ViewTracker::new(me, name, tag),
+            members_changed: true,
             events: VecDeque::new(),
             renewal: Renewal::default(),
             rival: None,
@@ -731,6 +738,7 @@ impl Membership {
 
     fn drain_notes(&mut self, now: Duration) {
         let mut merging = false;
+        self.members_changed |= !self.io.notes.is_empty();
         for note in std::mem::take(&mut self.io.notes) {
             match note {
                 OwnedNotification::Defunct => {
@@ -836,6 +844,7 @@ impl Membership {
         // An encode error leaves the old identity; the next "you are down"
         // renews again.
         let _ = self.foca.change_identity(Ident { bump, tag, ..mine }, &mut self.io);
+        self.members_changed = true;
         if was_down {
             self.renewal.rejoining = Some(now + self.config.suspect_to_down_after + self.config.probe_period);
             self.renewal.reannounced = false;
@@ -875,7 +884,9 @@ impl Membership {
             self.renew(now, tag);
             self.drain_notes(now);
         }
-        self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
+        if std::mem::take(&mut self.members_changed) {
+            self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
+        }
         if let Some(event) = self.tracker.poll(now, self.config.view_settle, self.config.view_max_delay) {
             self.events.push_back(event);
         }

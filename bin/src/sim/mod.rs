@@ -10,6 +10,7 @@ mod check;
 pub mod cluster;
 mod ledger;
 mod net;
+pub mod scale;
 mod world;
 
 pub use check::Violation;
@@ -29,18 +30,41 @@ use crate::node::seal::{Key, Keyring};
 /// Options of `swimlock sim`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimArgs {
-    /// Number of seeds to run, starting at --first-seed.
-    #[arg(long, default_value_t = 100)]
-    pub seeds: u64,
+    /// Number of seeds to run, starting at --first-seed (default 100; 3
+    /// with --scale).
+    #[arg(long)]
+    pub seeds: Option<u64>,
     /// First seed of the range.
     #[arg(long, default_value_t = 0)]
     pub first_seed: u64,
     /// Run only this seed and print its trace (replays a failure).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Nodes per run.
+    /// Nodes per run (1-64; with --scale up to 10,000).
     #[arg(long, default_value_t = 5)]
     pub nodes: usize,
+    /// Scale mode: one big cluster per seed through a fixed script (cold
+    /// start, idle traffic, a crash, the coordinator's crash with every
+    /// node holding locks, a split into halves and its heal), reporting
+    /// the time of each step in simulated time. Invariants are checked by
+    /// the ordinary runs, not here.
+    #[arg(long)]
+    pub scale: bool,
+    /// With --scale: locks each node takes before the coordinator crashes.
+    #[arg(long, default_value_t = 100)]
+    pub locks_per_node: usize,
+    /// With --scale: longest simulated time of one step, in seconds, before
+    /// it counts as missed.
+    #[arg(long, default_value_t = 60)]
+    pub step_limit_secs: u64,
+    /// With --scale: membership's `max_transmissions` instead of the LAN
+    /// default (to compare settings).
+    #[arg(long)]
+    pub max_transmissions: Option<u8>,
+    /// With --scale: membership's `gossip_fanout` instead of the LAN
+    /// default (to compare settings).
+    #[arg(long)]
+    pub gossip_fanout: Option<usize>,
     /// Length of the fault phase, in seconds of simulated time.
     #[arg(long, default_value_t = 15)]
     pub fault_secs: u64,
@@ -199,6 +223,10 @@ pub fn main(args: SimArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.scale {
+        return scale_main(&args);
+    }
+    let seeds = args.seeds.unwrap_or(100);
     if args.nodes == 0 || args.nodes > 64 {
         eprintln!("swimlock sim: --nodes must be between 1 and 64");
         return ExitCode::from(2);
@@ -231,13 +259,81 @@ pub fn main(args: SimArgs) -> ExitCode {
         println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
         return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
-    let summary = run_seeds(args.first_seed..args.first_seed + args.seeds, &base, args.threads);
+    let summary = run_seeds(args.first_seed..args.first_seed + seeds, &base, args.threads);
     for failure in &summary.failures {
         let replay = run(RunConfig { seed: failure.seed, trace: true, ..base.clone() });
         print_failure(&replay, &base, false);
     }
     println!("{} ({:.1}s)", summary.line(), started.elapsed().as_secs_f64());
     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// `swimlock sim --scale`: one report per seed, then the worst of each
+/// figure over the seeds and the targets.
+fn scale_main(args: &SimArgs) -> ExitCode {
+    if !(2..=10_000).contains(&args.nodes) {
+        eprintln!("swimlock sim --scale: --nodes must be between 2 and 10000");
+        return ExitCode::from(2);
+    }
+    if args.locks_per_node > 10_000 {
+        eprintln!("swimlock sim --scale: --locks-per-node must be at most 10000");
+        return ExitCode::from(2);
+    }
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (args.first_seed..args.first_seed + args.seeds.unwrap_or(3)).collect(),
+    };
+    let threads = args.threads.max(1);
+    let nodes = args.nodes;
+    let mut base = scale::ScaleConfig::new(0, nodes);
+    base.locks_per_node = args.locks_per_node;
+    base.step_limit = Duration::from_secs(args.step_limit_secs.max(1));
+    if let Some(n) = args.max_transmissions {
+        match std::num::NonZeroU8::new(n) {
+            Some(n) => base.membership.max_transmissions = n,
+            None => {
+                eprintln!("swimlock sim --scale: --max-transmissions must be at least 1");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(n) = args.gossip_fanout {
+        match NonZeroUsize::new(n) {
+            Some(n) => base.membership.gossip_fanout = n,
+            None => {
+                eprintln!("swimlock sim --scale: --gossip-fanout must be at least 1");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let base = &base;
+    let reports: Vec<scale::ScaleReport> = std::thread::scope(|scope| {
+        let chunks: Vec<Vec<u64>> =
+            (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|seed| {
+                            let report = scale::run(scale::ScaleConfig { seed, ..base.clone() });
+                            for line in report.lines() {
+                                println!("{line}");
+                            }
+                            report
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("simulator thread panicked")).collect()
+    });
+    let summary = scale::Summary::of(&reports);
+    for line in summary.lines() {
+        println!("{line}");
+    }
+    if summary.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// The cluster key of a simulated run, from the run's seed.
