@@ -218,36 +218,6 @@ fn bad_input_gets_errors_or_a_close_never_a_crash() {
     assert!(rss_kib < 32 * 1024, "agent RSS {rss_kib} KiB");
 }
 
-/// An nftables table that drops UDP between two loopback ports (both
-/// ways) while it exists: a silent partition.
-struct Partition(String, std::cell::Cell<bool>);
-
-impl Partition {
-    fn new(a: u16, b: u16) -> Partition {
-        let table = format!("swimlock_resp_{}", std::process::id());
-        let script = format!(
-            "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
-             udp sport {a} udp dport {b} drop\n  udp sport {b} udp dport {a} drop\n }}\n}}\n"
-        );
-        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
-        nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        assert!(nft.wait().unwrap().success(), "nft failed");
-        Partition(table, std::cell::Cell::new(false))
-    }
-
-    fn heal(&self) {
-        if !self.1.replace(true) {
-            let _ = Command::new("nft").args(["delete", "table", "inet", &self.0]).status();
-        }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.heal();
-    }
-}
-
 #[test]
 fn a_duplicate_after_a_merge_is_pushed_and_answered_in_band() {
     let _serial = serial();
@@ -260,7 +230,7 @@ fn a_duplicate_after_a_merge_is_pushed_and_answered_in_band() {
     let dir = TempDir::new("resp-dup");
     let a = agent(&dir, "dup-a");
     let b_ports = Ports::free();
-    let partition = Partition::new(a.udp.port(), b_ports.udp.port());
+    let mut partition = PortPartition::new("resp", a.udp.port(), b_ports.udp.port());
     // B seeds from A but cannot reach it: it forms a group of its own.
     let b = Agent::start_in(None, b_ports, dir.path(), "dup-b", Some(a.udp), &["--join-timeout", "300ms"]);
     wait_until(Duration::from_secs(15), "B to serve alone", || {

@@ -6,45 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-/// Drops UDP between two loopback ports, both ways, while it exists.
-struct Partition {
-    table: String,
-    healed: bool,
-}
-
-impl Partition {
-    fn new(a: u16, b: u16) -> Partition {
-        let table = format!("swimlock_watch_{}", std::process::id());
-        let script = format!(
-            "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
-             udp sport {a} udp dport {b} drop\n  udp sport {b} udp dport {a} drop\n }}\n}}\n"
-        );
-        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
-        nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        assert!(nft.wait().unwrap().success(), "nft failed");
-        Partition { table, healed: false }
-    }
-
-    fn heal(&mut self) {
-        if !std::mem::replace(&mut self.healed, true) {
-            let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
-        }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.heal();
-    }
-}
 
 /// The views the watcher printed, as they come.
 struct Watcher {
@@ -143,7 +111,7 @@ fn a_watcher_sees_join_leave_kill_and_a_merge_in_order() {
     let d_ports = Ports::free();
     let d = Agent::start_in(None, d_ports, dir.path(), "w-d", Some(a.udp), &[]);
     watch.until(&["w-a", "w-d"], Duration::from_secs(10));
-    let mut partition = Partition::new(a.udp.port(), d_ports.udp.port());
+    let mut partition = PortPartition::new("watch", a.udp.port(), d_ports.udp.port());
     watch.until(&["w-a"], Duration::from_secs(10));
     let healed = Instant::now();
     partition.heal();

@@ -736,6 +736,39 @@ fn a_cut_off_holder_loses_its_lease_before_anyone_else_is_granted() {
     let _ = rc;
 }
 
+/// Leases: a successor grants nothing, not even a lock nobody reported,
+/// until the old coordinator's own lease (x the clock margin) has passed
+/// since its view without it: the old coordinator may have renewed its own
+/// clients up to the moment it stopped, which SWIM may report at once.
+#[test]
+fn a_successor_waits_out_the_old_coordinators_own_lease() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    net.granted(a, ra, C1, "x", 1);
+    net.crash(a);
+    net.install_view(&[b], false);
+    let view_at = net.now;
+    let wait = Config::lan(2).stretched(Config::lan(2).own_lease);
+    let rb = net.lock(b, C1, "x", Duration::from_secs(10));
+    let mut granted_at = None;
+    for _ in 0..200 {
+        net.advance(ms(5));
+        if !net.events(b).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+    }
+    let granted_at = granted_at.expect("b was granted");
+    assert!(
+        granted_at >= view_at + wait,
+        "granted {:?} after the view, inside {wait:?}",
+        granted_at - view_at
+    );
+    assert!(granted_at <= view_at + wait + ms(100), "granted {:?} after the view", granted_at - view_at);
+    let _ = rb;
+}
+
 /// A coordinator that membership says was declared down (others may be
 /// installing views without it, while its own view still lists them) holds
 /// still: its own clients' short leases run out unrenewed and nothing is

@@ -348,3 +348,37 @@ pub fn test_key() -> swimlock::node::seal::Key {
     static KEY: std::sync::OnceLock<swimlock::node::seal::Key> = std::sync::OnceLock::new();
     KEY.get_or_init(|| swimlock::agent::generate_key().expect("a key from the OS")).clone()
 }
+
+/// An nftables table (named after `tag` and this process) that drops UDP
+/// between two loopback ports, both ways, while it exists: a silent
+/// partition. Removed on [`PortPartition::heal`] or when dropped.
+pub struct PortPartition {
+    table: String,
+    healed: bool,
+}
+
+impl PortPartition {
+    pub fn new(tag: &str, a: u16, b: u16) -> PortPartition {
+        let table = format!("swimlock_{tag}_{}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
+             udp sport {a} udp dport {b} drop\n  udp sport {b} udp dport {a} drop\n }}\n}}\n"
+        );
+        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
+        nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft failed");
+        PortPartition { table, healed: false }
+    }
+
+    pub fn heal(&mut self) {
+        if !std::mem::replace(&mut self.healed, true) {
+            let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+        }
+    }
+}
+
+impl Drop for PortPartition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
