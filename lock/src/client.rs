@@ -42,6 +42,91 @@ struct Held {
     safe_until: Duration,
 }
 
+/// The locks this node's clients hold, with their lease ends counted by
+/// value, so that the earliest and the latest are found without a scan:
+/// both are asked after every input, and a node may hold a million locks.
+#[derive(Debug, Default)]
+struct HeldLocks {
+    locks: BTreeMap<Key, Held>,
+    /// How many locks have each lease end.
+    ends: BTreeMap<Duration, usize>,
+}
+
+impl HeldLocks {
+    fn insert(&mut self, key: Key, held: Held) {
+        *self.ends.entry(held.safe_until).or_default() += 1;
+        if let Some(old) = self.locks.insert(key, held) {
+            self.forget_end(old.safe_until);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Held> {
+        let held = self.locks.remove(key)?;
+        self.forget_end(held.safe_until);
+        Some(held)
+    }
+
+    fn forget_end(&mut self, end: Duration) {
+        if let Some(n) = self.ends.get_mut(&end) {
+            *n -= 1;
+            if *n == 0 {
+                self.ends.remove(&end);
+            }
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<&Held> {
+        self.locks.get(key)
+    }
+
+    /// The hold count of a lock (its lease end is not changed here).
+    fn holds_mut(&mut self, key: &Key) -> Option<&mut u32> {
+        self.locks.get_mut(key).map(|h| &mut h.holds)
+    }
+
+    fn contains_key(&self, key: &Key) -> bool {
+        self.locks.contains_key(key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Key, &Held)> + '_ {
+        self.locks.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    fn earliest_end(&self) -> Option<Duration> {
+        self.ends.first_key_value().map(|(t, _)| *t)
+    }
+
+    fn latest_end(&self) -> Option<Duration> {
+        self.ends.last_key_value().map(|(t, _)| *t)
+    }
+
+    /// Moves every lease that ends before `until` to `until` (a renewal).
+    fn extend_all(&mut self, until: Duration) {
+        if self.earliest_end().is_none_or(|t| t >= until) {
+            return;
+        }
+        for held in self.locks.values_mut() {
+            held.safe_until = held.safe_until.max(until);
+        }
+        let later = self.ends.split_off(&until);
+        let moved: usize = std::mem::replace(&mut self.ends, later).into_values().sum();
+        *self.ends.entry(until).or_default() += moved;
+    }
+
+    fn take_all(&mut self) -> BTreeMap<Key, Held> {
+        self.ends.clear();
+        std::mem::take(&mut self.locks)
+    }
+}
+
 #[derive(Clone, Debug)]
 enum OpKind {
     /// `caller` is the id the caller was given and its events carry; the
@@ -121,7 +206,7 @@ pub(crate) struct ClientRole {
     /// A HELLO to the coordinator of the view, until it answers: when to
     /// send it next, and the backoff.
     hello: Option<(Duration, Duration)>,
-    held: BTreeMap<Key, Held>,
+    held: HeldLocks,
     ops: BTreeMap<ReqId, Op>,
     busy: BTreeMap<Key, ReqId>,
     blocked: BTreeMap<Key, VecDeque<Blocked>>,
@@ -145,7 +230,7 @@ impl ClientRole {
             round: None,
             syncs: 0,
             hello: None,
-            held: BTreeMap::new(),
+            held: HeldLocks::default(),
             ops: BTreeMap::new(),
             busy: BTreeMap::new(),
             blocked: BTreeMap::new(),
@@ -163,7 +248,7 @@ impl ClientRole {
 
     /// The end of the longest lease held now (this node's clients).
     pub fn longest_lease(&self) -> Option<Duration> {
-        self.held.values().map(|h| h.safe_until).max()
+        self.held.latest_end()
     }
 
     /// The lease a grant or renewal from `coordinator` gives: short when
@@ -175,7 +260,7 @@ impl ClientRole {
     /// Drops every lock whose lease has ended: its client is told, and the
     /// coordinator is asked to release it (it may still count it).
     pub fn expire(&mut self, now: Duration, out: &mut Outbox) {
-        if !self.held.values().any(|h| h.safe_until <= now) {
+        if self.held.earliest_end().is_none_or(|t| t > now) {
             return;
         }
         let expired: Vec<(Key, Token)> = self
@@ -253,11 +338,12 @@ impl ClientRole {
             self.blocked.entry(key).or_default().push_back(Blocked { req, wait, deadline });
             return;
         }
-        if let Some(held) = self.held.get_mut(&key) {
-            held.holds += 1;
+        if let Some(holds) = self.held.holds_mut(&key) {
+            *holds += 1;
             out.stats.acquired += 1;
-            let (client, name) = key;
+            let held = self.held.get(&key).expect("held above");
             let (token, holds, safe_until) = (held.token, held.holds, held.safe_until);
+            let (client, name) = key;
             out.emit(Event::Acquired { req, client, name, token, holds, safe_until });
             return;
         }
@@ -282,13 +368,12 @@ impl ClientRole {
         out: &mut Outbox,
     ) -> Result<(), UnlockError> {
         let key = (client, name.clone());
-        let held = self.held.get_mut(&key).ok_or(UnlockError::NotHeld)?;
-        if held.holds > 1 {
-            held.holds -= 1;
+        let holds = self.held.holds_mut(&key).ok_or(UnlockError::NotHeld)?;
+        if *holds > 1 {
+            *holds -= 1;
             return Ok(());
         }
-        let token = held.token;
-        self.held.remove(&key);
+        let token = self.held.remove(&key).expect("held above").token;
         self.start_release(now, key, token);
         self.flush(now, out);
         Ok(())
@@ -375,7 +460,7 @@ impl ClientRole {
     /// Every held lock is lost; each is still released at the coordinator,
     /// so that a table that kept it does not keep it forever.
     fn lose_all(&mut self, now: Duration, reason: LossReason, out: &mut Outbox) {
-        for ((client, name), held) in std::mem::take(&mut self.held) {
+        for ((client, name), held) in self.held.take_all() {
             out.stats.lost += 1;
             out.emit(Event::Lost { client, name: name.clone(), token: held.token, reason });
             self.start_release(now, (client, name), held.token);
@@ -471,7 +556,7 @@ impl ClientRole {
         } else {
             None
         };
-        let leases = self.held.values().map(|h| h.safe_until).min();
+        let leases = self.held.earliest_end();
         let deadlines = self.ops.values().filter_map(|op| match op.kind {
             OpKind::Lock { deadline, .. } => Some(deadline),
             _ => None,
@@ -517,9 +602,7 @@ impl ClientRole {
         if until <= now {
             return;
         }
-        for held in self.held.values_mut() {
-            held.safe_until = held.safe_until.max(until);
-        }
+        self.held.extend_all(until);
     }
 
     /// Whether an answer of `from` in round `term` may be applied.
@@ -801,5 +884,61 @@ fn request(id: ReqId, op: &Op, floor: ReqId, sync: u64, stamp: u64) -> LockMsg {
         }
         OpKind::Unlock { token } => LockMsg::Unlock(UnlockReq { id, sync, client, name, token }),
         OpKind::Cancel { target } => LockMsg::Cancel(CancelReq { id, sync, client, name, target }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(end_ms: u64) -> Held {
+        Held { token: Token(1), holds: 1, req: ReqId(1), safe_until: Duration::from_millis(end_ms) }
+    }
+
+    fn key(i: u64) -> Key {
+        (ClientId(i % 3), LockName::new(format!("l{i}")).unwrap())
+    }
+
+    /// The counted lease ends always agree with a scan of the locks, through
+    /// inserts, replacements, removals and renewals.
+    #[test]
+    fn lease_ends_follow_the_locks() {
+        let mut locks = HeldLocks::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..5_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = key(x % 40);
+            match x % 7 {
+                0..=2 => locks.insert(k, held(step + x % 500)),
+                3 | 4 => {
+                    locks.remove(&k);
+                }
+                5 => locks.extend_all(Duration::from_millis(step + x % 300)),
+                _ => {
+                    if let Some(h) = locks.holds_mut(&k) {
+                        *h += 1;
+                    }
+                }
+            }
+            let ends: Vec<Duration> = locks.iter().map(|(_, h)| h.safe_until).collect();
+            assert_eq!(locks.earliest_end(), ends.iter().min().copied(), "step {step}");
+            assert_eq!(locks.latest_end(), ends.iter().max().copied(), "step {step}");
+            assert_eq!(locks.ends.values().sum::<usize>(), locks.len(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_renewal_moves_only_the_leases_that_end_sooner() {
+        let mut locks = HeldLocks::default();
+        locks.insert(key(1), held(100));
+        locks.insert(key(2), held(300));
+        locks.extend_all(Duration::from_millis(200));
+        assert_eq!(locks.get(&key(1)).unwrap().safe_until, Duration::from_millis(200));
+        assert_eq!(locks.get(&key(2)).unwrap().safe_until, Duration::from_millis(300));
+        assert_eq!(locks.earliest_end(), Some(Duration::from_millis(200)));
+        assert_eq!(locks.take_all().len(), 2);
+        assert_eq!(locks.earliest_end(), None);
     }
 }

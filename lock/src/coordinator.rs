@@ -62,6 +62,8 @@ struct Assembly {
     backoff: Duration,
     /// LOCK-INFO-REQs sent to this member for this answer.
     asks: u32,
+    /// When the last was sent.
+    asked_at: Duration,
 }
 
 /// What adding a part to an [`Assembly`] came to.
@@ -87,6 +89,7 @@ impl Assembly {
             next_ask: now,
             backoff: config.retransmit_initial,
             asks: 0,
+            asked_at: now,
         }
     }
 
@@ -371,6 +374,7 @@ impl Coordinator {
         let (term, backoff_max) = (self.term, self.config.retransmit_max);
         let mut ask = |node: NodeId, a: &mut Assembly| {
             a.asks = a.asks.saturating_add(1);
+            a.asked_at = now;
             let have = a.got.keys().copied().collect();
             out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms }));
             a.next_ask = now + a.backoff;
@@ -593,6 +597,19 @@ impl Coordinator {
     /// HELLO from a member that now follows this coordinator: acknowledged
     /// if its locks are known here, else it is asked for them.
     pub fn handle_hello(&mut self, now: Duration, from: NodeId, hello: Hello, out: &mut Outbox) {
+        // A member asked before it followed this coordinator dropped the
+        // ask; it follows now, so it is asked again at once instead of
+        // after its backoff (in a large cluster views arrive over a few
+        // hundred milliseconds, and the last one decides the round). A
+        // HELLO right after the ask may have crossed it: not that one.
+        if let Some(a) = self.awaiting.get_mut(&from)
+            && a.asks > 0
+            && a.next_ask > now
+            && now >= a.asked_at + self.config.retransmit_initial
+        {
+            a.next_ask = now;
+            self.ask_due(now, out);
+        }
         if self.in_sync(now, from, hello.sync, out) {
             out.send(from, LockMsg::HelloAck(HelloAck { term: self.term }));
         }
