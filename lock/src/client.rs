@@ -734,7 +734,8 @@ impl ClientRole {
             self.round = Some((from, req.term));
         }
         let snapshot = self.snapshot.as_ref().expect("set above");
-        for part in snapshot.parts.iter().filter(|p| !req.have.contains(&p.part)) {
+        let missing = snapshot.parts.iter().filter(|p| !req.have.contains(&p.part));
+        for part in missing.take(crate::config::REPORT_WINDOW_PARTS) {
             out.send(from, LockMsg::LockInfoRsp(part.clone()));
         }
     }
@@ -833,6 +834,11 @@ impl ClientRole {
     /// When `client`'s hold of `name` stops being safe to use, if it holds it.
     pub fn safe_until(&self, client: ClientId, name: &LockName) -> Option<Duration> {
         self.held.get(&(client, name.clone())).map(|h| h.safe_until)
+    }
+
+    /// How many times `client` holds `name` (0: not at all).
+    pub fn holds(&self, client: ClientId, name: &LockName) -> u32 {
+        self.held.get(&(client, name.clone())).map_or(0, |h| h.holds)
     }
 
     /// Lock requests in flight to the coordinator: id, client, name.

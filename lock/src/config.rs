@@ -88,6 +88,12 @@ pub struct Config {
 /// reconciliation window (see [`Config::reconcile_window`]).
 pub const RECONCILE_WINDOW_ASKS: u32 = 4;
 
+/// Most parts of its answer a member sends per LOCK-INFO-REQ (64 parts of
+/// at most 32 entries: about 80 KB, within a default socket buffer). The
+/// coordinator asks for the next ones as soon as these are in, so a member
+/// holding 100,000 locks answers in 49 steps instead of one 4 MB burst.
+pub const REPORT_WINDOW_PARTS: usize = 64;
+
 impl Config {
     /// Settings for a LAN.
     pub fn lan(tag: u16) -> Config {

@@ -19,7 +19,7 @@ use swimlock_wire::lock::{
 };
 use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, REPORT_WINDOW_PARTS};
 use crate::node::{Alert, Event, Notice, Outbox, TableStats, Waiting};
 use crate::serving::{Serving, Session};
 use crate::token::TokenIssuer;
@@ -64,6 +64,9 @@ struct Assembly {
     asks: u32,
     /// When the last was sent.
     asked_at: Duration,
+    /// Parts received since the last ask: a whole window of them means the
+    /// member has more to send (see [`REPORT_WINDOW_PARTS`]).
+    fresh: usize,
 }
 
 /// What adding a part to an [`Assembly`] came to.
@@ -90,6 +93,7 @@ impl Assembly {
             backoff: config.retransmit_initial,
             asks: 0,
             asked_at: now,
+            fresh: 0,
         }
     }
 
@@ -125,6 +129,7 @@ impl Assembly {
         if self.parts.is_some_and(|p| p != rsp.parts) || self.got.contains_key(&rsp.part) {
             return Added::Incomplete;
         }
+        self.fresh += 1;
         let entries = rsp.held.len() + rsp.pending.len();
         let names: usize = rsp.held.iter().map(|h| h.name.as_str().len()).sum::<usize>()
             + rsp.pending.iter().map(|p| p.name.as_str().len()).sum::<usize>();
@@ -375,6 +380,7 @@ impl Coordinator {
         let mut ask = |node: NodeId, a: &mut Assembly| {
             a.asks = a.asks.saturating_add(1);
             a.asked_at = now;
+            a.fresh = 0;
             let have = a.got.keys().copied().collect();
             out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms }));
             a.next_ask = now + a.backoff;
@@ -448,6 +454,15 @@ impl Coordinator {
             return;
         };
         let report = match assembly.add(rsp, &self.config) {
+            Added::Incomplete if assembly.fresh >= REPORT_WINDOW_PARTS => {
+                // A whole window came in: the next one is asked for now, and
+                // the member, which is answering, keeps its place.
+                assembly.asks = 1;
+                assembly.next_ask = now;
+                assembly.backoff = self.config.retransmit_initial;
+                self.ask_due(now, out);
+                return;
+            }
             Added::Incomplete => return,
             Added::TooLarge => {
                 out.stats.reports_refused += 1;

@@ -28,7 +28,7 @@ mod serving;
 mod table;
 mod token;
 
-pub use config::{Config, ConfigError, Mode};
+pub use config::{Config, ConfigError, Mode, REPORT_WINDOW_PARTS};
 pub use node::{
     Alert, Event, Failure, HeldInfo, LockNode, LossReason, MAX_NOTICES, Notice, Stats, TableStats, Transmit,
     UnlockError, View, Waiting,

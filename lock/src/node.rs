@@ -863,6 +863,12 @@ impl LockNode {
         self.client.held().collect()
     }
 
+    /// How many times `client` holds `name` (0: not at all), without
+    /// listing every lock as [`LockNode::held`] does.
+    pub fn holds(&self, client: ClientId, name: &LockName) -> u32 {
+        self.client.holds(client, name)
+    }
+
     /// Until when `client` may use its hold of `name` (the end of its
     /// lease, on this node's clock), or `None` if it does not hold it.
     pub fn safe_until(&self, client: ClientId, name: &LockName) -> Option<Duration> {

@@ -1647,3 +1647,41 @@ fn a_paced_round_completes_without_asking_twice() {
     assert!(net.node(id(1)).is_serving() && net.node(id(1)).awaiting().is_empty());
     assert!(asks <= all.len(), "{asks} asks for {} members", all.len());
 }
+
+/// A member holding thousands of locks answers a new coordinator one window
+/// of parts per LOCK-INFO-REQ (never a burst larger than a socket buffer),
+/// and the coordinator asks for the next window as soon as one is in,
+/// without waiting for its retransmission timer.
+#[test]
+fn a_large_answer_comes_in_windows_asked_for_back_to_back() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use swimlock_lock::REPORT_WINDOW_PARTS;
+
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    // Two whole windows of 32-entry parts and a few more locks.
+    let locks = 32 * REPORT_WINDOW_PARTS * 2 + 100;
+    for i in 0..locks {
+        net.lock(c, C1, &format!("l{i}"), Duration::from_secs(30));
+    }
+    assert_eq!(net.node(c).held().len(), locks);
+    // (asks to c, parts since the last ask, most parts after one ask)
+    let seen = Rc::new(RefCell::new((0usize, 0usize, 0usize)));
+    let watch = Rc::clone(&seen);
+    net.drop_where(move |from, to, m| {
+        let mut s = watch.borrow_mut();
+        match m {
+            LockMsg::LockInfoReq(_) if to == c => (s.0, s.1) = (s.0 + 1, 0),
+            LockMsg::LockInfoRsp(_) if from == c => (s.1, s.2) = (s.1 + 1, s.2.max(s.1 + 1)),
+            _ => {}
+        }
+        false
+    });
+    net.crash(a);
+    net.install_view(&[b, c], false);
+    let (asks, _, most) = *seen.borrow();
+    assert_eq!(asks, 3, "one ask per window, each sent as the previous window came in");
+    assert_eq!(most, REPORT_WINDOW_PARTS, "no ask drew more than one window");
+    assert_eq!(net.table(b).iter().filter(|(_, o, _)| o.node == c).count(), locks, "the whole answer is in");
+}

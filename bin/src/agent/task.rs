@@ -598,8 +598,7 @@ impl NodeTask {
                 self.watchers.insert(client);
             }
             Request::Holds { name } => {
-                let held = self.node.lock_node().held();
-                let holds = held.iter().find(|h| h.client == client && h.name == name).map_or(0, |h| h.holds);
+                let holds = self.node.lock_node().holds(client, &name);
                 self.reply(client, id, Reply::Holds { holds });
             }
             Request::Unlock { name } => {
