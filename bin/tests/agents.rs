@@ -578,3 +578,41 @@ fn members_lists_the_view_and_the_departed() {
     let after = members(&cluster);
     assert_eq!(after.iter().filter(|m| m["state"] == "alive").count(), 1, "{after:?}");
 }
+
+/// A member that stops answering probes shows in `swimlock members` as
+/// suspect while gossip suspects it, and as alive again once it answers.
+#[test]
+fn members_shows_a_suspected_member() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let _serial = serial();
+    // A long suspicion timeout keeps the suspect state visible for seconds.
+    let mut cluster = Cluster::start("suspect", 3, &["--suspect-timeout", "5s"]);
+    cluster.wait_formed(&[0, 1, 2], FORM);
+    let paused = cluster.agents[2].name.clone();
+    let state = |cluster: &Cluster| -> Option<String> {
+        let out = cluster.agents[0].cli(&["members", "--json", "--client", &cluster.agents[0].client_arg()]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let members: Vec<serde_json::Value> =
+            text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        members
+            .iter()
+            .find(|m| m["name"] == paused.as_str())
+            .map(|m| m["state"].as_str().unwrap_or("").to_string())
+    };
+    let pid = Pid::from_raw(i32::try_from(cluster.agents[2].proc.pid()).unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let suspected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(4), "the paused member to show as suspect", || {
+            state(&cluster).as_deref() == Some("suspect")
+        })
+    }));
+    kill(pid, Signal::SIGCONT).unwrap();
+    if let Err(e) = suspected {
+        std::panic::resume_unwind(e);
+    }
+    wait_until(Duration::from_secs(10), "the resumed member to show as alive", || {
+        state(&cluster).as_deref() == Some("alive")
+    });
+}

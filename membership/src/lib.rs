@@ -697,6 +697,13 @@ impl Membership {
         self.foca.iter_members().next().is_some()
     }
 
+    /// Members that some member suspects of having failed (they stay in
+    /// the view until declared down or cleared): for display only.
+    pub fn suspected(&self) -> Vec<NodeId> {
+        let suspect = |m: &&foca::Member<Ident>| m.state() == foca::State::Suspect;
+        self.foca.iter_members().filter(suspect).map(|m| m.id().key()).collect()
+    }
+
     /// The view installed last (id 0, this node alone, before `start`).
     pub fn view(&self) -> &View {
         self.tracker.installed()

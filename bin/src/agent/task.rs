@@ -874,7 +874,11 @@ impl NodeTask {
 
     fn status(&self) -> Status {
         let view = self.node.membership().view();
-        let member = member_info;
+        let suspected = self.node.membership().suspected();
+        let member = |m: &swimlock_membership::Member| MemberInfo {
+            state: if suspected.contains(&m.id) { MemberState::Suspect } else { MemberState::Alive },
+            ..member_info(m)
+        };
         let lock = self.node.lock_node();
         let table = lock.table_stats().map(|t| {
             let entries = lock
@@ -928,8 +932,8 @@ impl NodeTask {
     }
 }
 
-/// A view member as `Status` shows it. The membership layer reports the
-/// members of the view only, all of them alive as far as it says.
+/// A view member as a view change reports it: alive (`Status` marks the
+/// suspected ones).
 fn member_info(m: &swimlock_membership::Member) -> MemberInfo {
     MemberInfo { name: m.name.clone(), id: m.id, state: MemberState::Alive }
 }
