@@ -588,7 +588,7 @@ fn members_shows_a_suspected_member() {
 
     let _serial = serial();
     // A long suspicion timeout keeps the suspect state visible for seconds.
-    let mut cluster = Cluster::start("suspect", 3, &["--suspect-timeout", "5s"]);
+    let cluster = Cluster::start("suspect", 3, &["--suspect-timeout", "5s"]);
     cluster.wait_formed(&[0, 1, 2], FORM);
     let paused = cluster.agents[2].name.clone();
     let state = |cluster: &Cluster| -> Option<String> {
