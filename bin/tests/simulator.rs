@@ -163,6 +163,11 @@ fn regression_seeds() {
     // counted as serving.
     let summary = run_seeds([366, 893, 1_131, 9_186].into_iter(), &gossip(5), 2);
     assert_clean(&summary, &gossip(5));
+    // 30057 granted inside another holder's lease once a coordinator
+    // re-asked a member at once on its HELLO (before the falsely-down
+    // fixes); the re-ask is back, the seed stays.
+    let summary = run_seeds([30_057].into_iter(), &gossip(5), 2);
+    assert_clean(&summary, &gossip(5));
     let waits = RunConfig { long_waits: true, ..gossip(5) };
     let summary = run_seeds([40_020].into_iter(), &waits, 2);
     assert_clean(&summary, &waits);
