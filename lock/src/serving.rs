@@ -384,7 +384,7 @@ impl Serving {
             return;
         }
         let Some(current) = self.table.holder(name) else {
-            self.table.grant(name, reported);
+            self.table.install_reported(name, reported);
             return;
         };
         if current == reported {
@@ -500,7 +500,9 @@ impl Serving {
             return;
         }
         for name in self.table.delays_over(now) {
-            if self.table.get(&name).is_some_and(|e| e.waiters().is_empty()) {
+            if self.table.holder(&name).is_some()
+                || self.table.get(&name).is_some_and(|e| e.waiters().is_empty())
+            {
                 self.table.end_delay(&name);
             } else {
                 self.grant_next(now, term, &name, out);

@@ -274,15 +274,26 @@ impl LockTable {
         entry.holder.map(|h| self.nodes.grant(h))
     }
 
-    /// Records `grant` as the holder of a free lock. A held lock is not in a
-    /// lock-delay: a delay left on it (a hold re-installed from a late
-    /// reconciliation answer) would otherwise outlive its end with nothing
-    /// to grant, and keep the coordinator's timer in the past.
+    /// Records `grant` as the holder of a free lock: a new grant, made once
+    /// any lock-delay on it was over, so the delay ends here. (A hold a
+    /// member reports keeps the delay: see [`Table::install_reported`].)
     pub fn grant(&mut self, name: &LockName, grant: Grant) {
         let entry = self.locks.entry(name.clone()).or_default();
         debug_assert!(entry.holder.is_none(), "grant of a held lock {name}");
         self.nodes.replace(&mut entry.holder, Some(grant));
         entry.set_delay(None);
+        entry.retain_waiters(|w| w.owner != grant.owner);
+        debug_assert!(entry.is_valid(&self.nodes));
+        track(&mut self.rare, name, Some(entry));
+    }
+
+    /// Installs a hold a member reported. Unlike a grant, it leaves a
+    /// lock-delay in force: a departed holder may still be inside its lease,
+    /// so when this holder lets go, the next waiter still waits it out.
+    pub fn install_reported(&mut self, name: &LockName, grant: Grant) {
+        let entry = self.locks.entry(name.clone()).or_default();
+        debug_assert!(entry.holder.is_none(), "reported hold of a held lock {name}");
+        self.nodes.replace(&mut entry.holder, Some(grant));
         entry.retain_waiters(|w| w.owner != grant.owner);
         debug_assert!(entry.is_valid(&self.nodes));
         track(&mut self.rare, name, Some(entry));
@@ -419,7 +430,8 @@ impl LockTable {
             .collect()
     }
 
-    /// Clears an expired delay on an entry with no waiters.
+    /// Clears an expired delay on an entry with no waiters, or with a
+    /// holder (its release grants the next waiter as usual).
     pub fn end_delay(&mut self, name: &LockName) {
         if let Some(entry) = self.locks.get_mut(name) {
             entry.set_delay(None);

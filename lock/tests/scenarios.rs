@@ -1685,3 +1685,41 @@ fn a_large_answer_comes_in_windows_asked_for_back_to_back() {
     assert_eq!(most, REPORT_WINDOW_PARTS, "no ask drew more than one window");
     assert_eq!(net.table(b).iter().filter(|(_, o, _)| o.node == c).count(), locks, "the whole answer is in");
 }
+
+/// A member that joins holding a lock it was granted elsewhere (a node that
+/// formed a group of its own) does not cancel the lock-delay of a departed
+/// holder of that lock: when it lets go, the next waiter still waits out the
+/// departed holder's delay (simulator seed 2123).
+#[test]
+fn a_reported_hold_keeps_a_departed_holders_lock_delay() {
+    let (a, b, c, e) = (id(1), id(2), id(3), id(5));
+    let mut net = Net::new(3, |_| {});
+    // Two more rounds: e's term (its first) stays below the coordinator's,
+    // so its answer is merged into the serving table.
+    for _ in 0..2 {
+        net.install_view(&[a, b, c], true);
+        net.advance(ms(500));
+    }
+    let rc = net.lock(c, C1, "x", Duration::from_secs(30));
+    net.granted(c, rc, C1, "x", 1);
+    // e, in a group of its own, takes x from itself.
+    net.add(LockNode::new(e, Config::lan(5)));
+    net.install_view(&[e], false);
+    net.advance(ms(10));
+    let re = net.lock(e, C1, "x", Duration::from_secs(30));
+    net.granted(e, re, C1, "x", 1);
+    // c leaves holding x: b's request for it waits out c's lease.
+    net.crash(c);
+    net.install_view(&[a, b], false);
+    let departed_at = net.now;
+    let rb = net.lock(b, C1, "x", Duration::from_secs(30));
+    // e joins, reports x, and lets it go.
+    net.install_view(&[a, b, e], false);
+    net.advance(ms(50));
+    net.unlock(e, C1, "x");
+    let lock_delay = Config::lan(1).lock_delay;
+    net.advance(lock_delay - (net.now - departed_at) - ms(10));
+    assert!(net.events(b).is_empty(), "b was granted x inside the departed holder's lock-delay");
+    net.advance(ms(100));
+    net.granted(b, rb, C1, "x", 1);
+}
