@@ -285,6 +285,9 @@ impl Node {
         if let Some((deadline, _)) = &mut self.joining {
             *deadline = now.saturating_add(self.join_timeout);
         }
+        // A gap counts from the start: a node stopped before its first
+        // input did not run either.
+        self.last_input.get_or_insert(now);
         self.membership.start(now);
         self.after_input(now);
     }
@@ -292,12 +295,14 @@ impl Node {
     /// Tells the lock machine when this node did not run for longer than
     /// failure detection (paused, starved): what it believed about the
     /// others may be out of date.
-    fn notice_gap(&mut self, now: Duration) {
+    fn notice_gap(&mut self, now: Duration) -> bool {
         let detection = self.lock.config().detection_min;
-        if self.last_input.is_some_and(|t| now.saturating_sub(t) >= detection) {
+        let gap = self.last_input.is_some_and(|t| now.saturating_sub(t) >= detection);
+        if gap {
             self.lock.note_gap(now);
         }
         self.last_input = Some(self.last_input.map_or(now, |t| t.max(now)));
+        gap
     }
 
     /// Whether the node still waits for a seed before it takes part in
@@ -383,7 +388,13 @@ impl Node {
 
     /// Runs the timers of both machines that are due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
-        self.notice_gap(now);
+        let gap = self.notice_gap(now);
+        if gap && let Some((deadline, _)) = &mut self.joining {
+            // The node did not run: seeds may have answered meanwhile, in
+            // datagrams not read yet. They are read before the join gives
+            // up on them.
+            *deadline = (*deadline).max(now + self.membership.config().probe_period);
+        }
         self.membership.handle_timeout(now);
         self.lock.handle_timeout(now);
         if let Some((deadline, _)) = &mut self.joining

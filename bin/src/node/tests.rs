@@ -594,3 +594,34 @@ fn a_node_whose_address_a_newer_process_took_reports_it() {
     assert_eq!(superseded(&net), 1, "reported once");
     assert_eq!(net.nodes[1].membership().superseded_by(), Some(newer));
 }
+
+/// A node paused while it joins (its join timeout passes while it is
+/// stopped) reads what the seed sent meanwhile before it gives up on the
+/// seed: it joins instead of forming a group of its own (simulator seed
+/// 2123, where such a node granted a lock another member held).
+#[test]
+fn a_node_paused_while_joining_reads_the_seeds_answer_before_giving_up() {
+    let mut net = Net::new(2);
+    // Node 1 stops at once; what the seed sends it waits in its socket.
+    net.alive[1] = false;
+    let paused_from = net.captured.len();
+    net.run_for(NodeConfig::JOIN_TIMEOUT + Duration::from_secs(1));
+    let queued: Vec<Vec<u8>> = net.captured[paused_from..]
+        .iter()
+        // (No live node has its address while it is stopped.)
+        .filter(|(from, to, _)| *from == 0 && to.is_none())
+        .map(|(_, _, d)| d.clone())
+        .collect();
+    assert!(!queued.is_empty(), "the seed answered the paused node");
+    // Resumed: its overdue timers fire first, then the queued datagrams.
+    net.alive[1] = true;
+    let now = net.now;
+    net.nodes[1].handle_timeout(now);
+    net.flush(1);
+    for d in &queued {
+        net.inject(1, addr(0), d);
+    }
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    let gave_up = net.events[1].iter().any(|e| matches!(e, NodeEvent::JoinTimedOut));
+    assert!(!gave_up, "the node formed a group of its own though the seed had answered");
+}
