@@ -581,7 +581,7 @@ mod tests {
         /// with rare parts give what a walk over the whole table gives.
         #[test]
         fn counts_and_rare_walks_agree_with_the_whole_table(
-            ops in proptest::collection::vec((0u8..7, 0u64..4, 0u64..6, 0u64..50), 1..120)
+            ops in proptest::collection::vec((0u8..8, 0u64..4, 0u64..6, 0u64..50), 1..120)
         ) {
             let mut t = LockTable::default();
             let mut ticket = 0;
@@ -592,6 +592,11 @@ mod tests {
                 match op {
                     0 if t.holder(&n).is_none() => {
                         t.grant(&n, Grant { owner: owner(who), token: Token(ticket), req: ReqId(ticket) })
+                    }
+                    7 if t.holder(&n).is_none() => {
+                        let delay = t.get(&n).and_then(Entry::delayed_until);
+                        t.install_reported(&n, Grant { owner: owner(who), token: Token(ticket), req: ReqId(ticket) });
+                        proptest::prop_assert_eq!(t.get(&n).and_then(Entry::delayed_until), delay);
                     }
                     1 if t.holder(&n).is_some_and(|h| h.owner != owner(who))
                         && t.waiting(&n, owner(who)).is_none() =>
@@ -618,7 +623,7 @@ mod tests {
                     }
                     _ => {
                         for over in t.delays_over(now) {
-                            if t.get(&over).is_some_and(|e| e.waiters().is_empty()) {
+                            if t.holder(&over).is_some() || t.get(&over).is_some_and(|e| e.waiters().is_empty()) {
                                 t.end_delay(&over);
                             }
                         }
