@@ -11,10 +11,12 @@
 //!
 //! Polling helps only while the node has a CPU to itself: on a host whose
 //! CPUs are all taken, a polling thread uses up its share and then waits
-//! behind the others, where a sleeping one would have been run at once on
-//! its wake-up. So the task compares its own CPU time with the wall time
-//! of each poll; when it got less than [`MIN_CPU_SHARE`] of it, it polls
-//! no more for [`BACKOFF`].
+//! behind the others (or keeps the thread it waits for from running),
+//! where a sleeping one would have been run at once on its wake-up. So
+//! the task polls only while the host's runnable threads (`/proc/loadavg`,
+//! looked at most every [`LOAD_EVERY`]) are no more than its CPUs, and
+//! it compares its own CPU time with the wall time of each poll: when it
+//! got less than [`MIN_CPU_SHARE`] of it, it polls no more for [`BACKOFF`].
 //!
 //! The round trip is measured from the first lock message sent to the next
 //! one received (on a non-coordinator the coordinator's answer, on the
@@ -51,6 +53,8 @@ pub const MIN_CPU_SHARE: f64 = 0.75;
 const MIN_JUDGED: Duration = Duration::from_micros(20);
 /// How long the node sleeps between inputs after a poll that competed.
 pub const BACKOFF: Duration = Duration::from_millis(50);
+/// How often the host's count of runnable threads is read again.
+pub const LOAD_EVERY: Duration = Duration::from_millis(20);
 
 /// The awake window of one node task.
 #[derive(Debug)]
@@ -69,6 +73,9 @@ pub struct Awake {
     fixed_until: Option<Instant>,
     /// No adaptive polling before this (the CPU was contended).
     backoff_until: Option<Instant>,
+    /// Whether the host had a CPU for each runnable thread, and when that
+    /// was read.
+    cpus_free: Option<(Instant, bool)>,
 }
 
 impl Awake {
@@ -82,6 +89,7 @@ impl Awake {
             adaptive_until: None,
             fixed_until: None,
             backoff_until: None,
+            cpus_free: None,
         }
     }
 
@@ -138,10 +146,30 @@ impl Awake {
     /// Until when to poll from `now`, if at all: the adaptive window only
     /// while the node `expects` lock traffic (it coordinates, or its
     /// callers wait on the coordinator).
-    pub fn poll_until(&self, now: Instant, expects: bool) -> Option<Instant> {
+    pub fn poll_until(&mut self, now: Instant, expects: bool) -> Option<Instant> {
+        self.poll_until_with(now, expects, host_has_free_cpu)
+    }
+
+    /// [`Awake::poll_until`], with `free_cpu` telling whether the host has
+    /// a CPU for each runnable thread.
+    fn poll_until_with(&mut self, now: Instant, expects: bool, free_cpu: fn() -> bool) -> Option<Instant> {
         let backing_off = self.backoff_until.is_some_and(|b| now < b);
-        let adaptive = self.adaptive_until.filter(|_| expects && !backing_off);
+        let window = self.adaptive_until.filter(|u| expects && !backing_off && *u > now);
+        let adaptive = window.filter(|_| self.cpus_free(now, free_cpu));
         [adaptive, self.fixed_until].into_iter().flatten().max().filter(|u| *u > now)
+    }
+
+    /// Whether the host has a CPU for each runnable thread, as `read` last
+    /// said (read again after [`LOAD_EVERY`]).
+    fn cpus_free(&mut self, now: Instant, read: impl FnOnce() -> bool) -> bool {
+        match self.cpus_free {
+            Some((at, free)) if now.saturating_duration_since(at) < LOAD_EVERY => free,
+            _ => {
+                let free = read();
+                self.cpus_free = Some((now, free));
+                free
+            }
+        }
     }
 
     /// A poll ran for `wall` and got `cpu` of CPU time in it: whether it
@@ -155,6 +183,16 @@ impl Awake {
         }
         competed
     }
+}
+
+/// Whether the host's runnable threads (this one included) are no more
+/// than its CPUs; true where that cannot be read.
+fn host_has_free_cpu() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let Ok(load) = std::fs::read_to_string("/proc/loadavg") else { return true };
+    // "0.20 0.18 0.12 2/150 6708": the fourth field is running/total.
+    let running = load.split_whitespace().nth(3).and_then(|f| f.split('/').next()?.parse::<usize>().ok());
+    running.is_none_or(|r| r <= cpus)
 }
 
 /// CPU time of the calling thread.
@@ -171,12 +209,20 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    fn idle() -> bool {
+        true
+    }
+
+    fn busy() -> bool {
+        false
+    }
+
     #[test]
     fn no_lock_traffic_no_polling() {
         let mut a = Awake::new(true, Duration::ZERO);
         let t = Instant::now();
         a.datagram(t);
-        assert_eq!(a.poll_until(t, true), None);
+        assert_eq!(a.poll_until_with(t, true, idle), None);
     }
 
     #[test]
@@ -191,7 +237,7 @@ mod tests {
         assert!(a.rtt() > us(29) && a.rtt() < us(32), "{:?}", a.rtt());
         assert_eq!(a.window(), a.rtt() * AWAKE_RTTS);
         let end = t + us(100) * 63 + us(30);
-        assert_eq!(a.poll_until(end, true), Some(end + a.window()));
+        assert_eq!(a.poll_until_with(end, true, idle), Some(end + a.window()));
         // A long wait (a held lock) is not a round trip.
         a.lock_sent(end);
         a.lock_received(end + Duration::from_millis(50));
@@ -211,9 +257,9 @@ mod tests {
         let t = Instant::now();
         a.lock_sent(t);
         let w = a.window();
-        assert_eq!(a.poll_until(t, true), Some(t + w));
-        assert_eq!(a.poll_until(t, false), None);
-        assert_eq!(a.poll_until(t + w, true), None);
+        assert_eq!(a.poll_until_with(t, true, idle), Some(t + w));
+        assert_eq!(a.poll_until_with(t, false, idle), None);
+        assert_eq!(a.poll_until_with(t + w, true, idle), None);
     }
 
     #[test]
@@ -223,13 +269,25 @@ mod tests {
         a.lock_sent(t);
         assert!(!a.polled(t, us(100), us(90)));
         assert!(!a.polled(t, us(10), us(1)), "too short to judge");
-        assert!(a.poll_until(t, true).is_some());
+        assert!(a.poll_until_with(t, true, idle).is_some());
         assert!(a.polled(t, us(100), us(40)));
-        assert_eq!(a.poll_until(t, true), None);
+        assert_eq!(a.poll_until_with(t, true, idle), None);
         a.lock_sent(t + BACKOFF / 2);
-        assert_eq!(a.poll_until(t + BACKOFF / 2, true), None);
+        assert_eq!(a.poll_until_with(t + BACKOFF / 2, true, idle), None);
         a.lock_sent(t + BACKOFF);
-        assert!(a.poll_until(t + BACKOFF, true).is_some());
+        assert!(a.poll_until_with(t + BACKOFF, true, idle).is_some());
+    }
+
+    #[test]
+    fn no_polling_while_every_cpu_is_taken() {
+        let mut a = Awake::new(true, Duration::ZERO);
+        let t = Instant::now();
+        a.lock_sent(t);
+        assert_eq!(a.poll_until_with(t, true, busy), None);
+        // The host's load is read again only after a while.
+        assert_eq!(a.poll_until_with(t + us(10), true, idle), None);
+        a.lock_sent(t + LOAD_EVERY);
+        assert!(a.poll_until_with(t + LOAD_EVERY, true, idle).is_some());
     }
 
     #[test]
@@ -237,8 +295,8 @@ mod tests {
         let mut a = Awake::new(false, us(50));
         let t = Instant::now();
         a.lock_sent(t);
-        assert_eq!(a.poll_until(t, true), None);
+        assert_eq!(a.poll_until_with(t, true, idle), None);
         a.datagram(t);
-        assert_eq!(a.poll_until(t, false), Some(t + us(50)));
+        assert_eq!(a.poll_until_with(t, false, idle), Some(t + us(50)));
     }
 }

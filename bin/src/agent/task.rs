@@ -353,6 +353,11 @@ impl NodeTask {
     /// (at most [`MAX_BATCH`] inputs); only then sends, so that what goes to
     /// one peer leaves in one datagram.
     async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) {
+        // The timer of a hold fires on the runtime's millisecond grain; an
+        // input after the hold ended lets what waited go out at once.
+        if self.cork_until.is_some_and(|c| Instant::now() >= c) {
+            self.uncork();
+        }
         let mut taken = 0;
         'rounds: while taken < MAX_BATCH {
             self.deliver_events();
