@@ -145,16 +145,21 @@ impl Awake {
 
     /// Until when to poll from `now`, if at all: the adaptive window only
     /// while the node `expects` lock traffic (it coordinates, or its
-    /// callers wait on the coordinator).
-    pub fn poll_until(&mut self, now: Instant, expects: bool) -> Option<Instant> {
+    /// callers wait on the coordinator; asked only within a window).
+    pub fn poll_until(&mut self, now: Instant, expects: impl FnOnce() -> bool) -> Option<Instant> {
         self.poll_until_with(now, expects, host_has_free_cpu)
     }
 
     /// [`Awake::poll_until`], with `free_cpu` telling whether the host has
     /// a CPU for each runnable thread.
-    fn poll_until_with(&mut self, now: Instant, expects: bool, free_cpu: fn() -> bool) -> Option<Instant> {
+    fn poll_until_with(
+        &mut self,
+        now: Instant,
+        expects: impl FnOnce() -> bool,
+        free_cpu: fn() -> bool,
+    ) -> Option<Instant> {
         let backing_off = self.backoff_until.is_some_and(|b| now < b);
-        let window = self.adaptive_until.filter(|u| expects && !backing_off && *u > now);
+        let window = self.adaptive_until.filter(|u| *u > now && !backing_off && expects());
         let adaptive = window.filter(|_| self.cpus_free(now, free_cpu));
         [adaptive, self.fixed_until].into_iter().flatten().max().filter(|u| *u > now)
     }
@@ -222,7 +227,7 @@ mod tests {
         let mut a = Awake::new(true, Duration::ZERO);
         let t = Instant::now();
         a.datagram(t);
-        assert_eq!(a.poll_until_with(t, true, idle), None);
+        assert_eq!(a.poll_until_with(t, || true, idle), None);
     }
 
     #[test]
@@ -237,7 +242,7 @@ mod tests {
         assert!(a.rtt() > us(29) && a.rtt() < us(32), "{:?}", a.rtt());
         assert_eq!(a.window(), a.rtt() * AWAKE_RTTS);
         let end = t + us(100) * 63 + us(30);
-        assert_eq!(a.poll_until_with(end, true, idle), Some(end + a.window()));
+        assert_eq!(a.poll_until_with(end, || true, idle), Some(end + a.window()));
         // A long wait (a held lock) is not a round trip.
         a.lock_sent(end);
         a.lock_received(end + Duration::from_millis(50));
@@ -257,9 +262,9 @@ mod tests {
         let t = Instant::now();
         a.lock_sent(t);
         let w = a.window();
-        assert_eq!(a.poll_until_with(t, true, idle), Some(t + w));
-        assert_eq!(a.poll_until_with(t, false, idle), None);
-        assert_eq!(a.poll_until_with(t + w, true, idle), None);
+        assert_eq!(a.poll_until_with(t, || true, idle), Some(t + w));
+        assert_eq!(a.poll_until_with(t, || false, idle), None);
+        assert_eq!(a.poll_until_with(t + w, || true, idle), None);
     }
 
     #[test]
@@ -269,13 +274,13 @@ mod tests {
         a.lock_sent(t);
         assert!(!a.polled(t, us(100), us(90)));
         assert!(!a.polled(t, us(10), us(1)), "too short to judge");
-        assert!(a.poll_until_with(t, true, idle).is_some());
+        assert!(a.poll_until_with(t, || true, idle).is_some());
         assert!(a.polled(t, us(100), us(40)));
-        assert_eq!(a.poll_until_with(t, true, idle), None);
+        assert_eq!(a.poll_until_with(t, || true, idle), None);
         a.lock_sent(t + BACKOFF / 2);
-        assert_eq!(a.poll_until_with(t + BACKOFF / 2, true, idle), None);
+        assert_eq!(a.poll_until_with(t + BACKOFF / 2, || true, idle), None);
         a.lock_sent(t + BACKOFF);
-        assert!(a.poll_until_with(t + BACKOFF, true, idle).is_some());
+        assert!(a.poll_until_with(t + BACKOFF, || true, idle).is_some());
     }
 
     #[test]
@@ -283,11 +288,11 @@ mod tests {
         let mut a = Awake::new(true, Duration::ZERO);
         let t = Instant::now();
         a.lock_sent(t);
-        assert_eq!(a.poll_until_with(t, true, busy), None);
+        assert_eq!(a.poll_until_with(t, || true, busy), None);
         // The host's load is read again only after a while.
-        assert_eq!(a.poll_until_with(t + us(10), true, idle), None);
+        assert_eq!(a.poll_until_with(t + us(10), || true, idle), None);
         a.lock_sent(t + LOAD_EVERY);
-        assert!(a.poll_until_with(t + LOAD_EVERY, true, idle).is_some());
+        assert!(a.poll_until_with(t + LOAD_EVERY, || true, idle).is_some());
     }
 
     #[test]
@@ -295,8 +300,8 @@ mod tests {
         let mut a = Awake::new(false, us(50));
         let t = Instant::now();
         a.lock_sent(t);
-        assert_eq!(a.poll_until_with(t, true, idle), None);
+        assert_eq!(a.poll_until_with(t, || true, idle), None);
         a.datagram(t);
-        assert_eq!(a.poll_until_with(t, false, idle), Some(t + us(50)));
+        assert_eq!(a.poll_until_with(t, || false, idle), Some(t + us(50)));
     }
 }

@@ -247,7 +247,7 @@ impl NodeTask {
                 armed = Some(at);
             }
             let lock = self.node.lock_node();
-            let expects = lock.is_coordinator() || lock.pending_ops() > 0;
+            let expects = || lock.is_coordinator() || lock.pending_ops() > 0;
             let poll_until = self.awake.poll_until(Instant::now(), expects);
             let polled = match poll_until {
                 Some(until) => {
