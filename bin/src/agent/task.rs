@@ -104,7 +104,6 @@ pub(crate) struct NodeTask {
     /// An in-process caller was answered since the task last yielded: it
     /// may have a new request ready once it runs.
     woke_local: bool,
-
     /// When to poll the socket instead of sleeping.
     awake: Awake,
     /// [`NodeCounters::lock_ops_in`](crate::node::NodeCounters) and
@@ -466,7 +465,7 @@ impl NodeTask {
             let deadline = self.node.poll_timeout().map(|d| (self.origin + d).min(give_up)).or(Some(give_up));
             tokio::select! {
                 received = self.socket.recv_from(buf) => if let Ok((len, from)) = received {
-                    self.node.handle_datagram(self.now(), from, &buf[..len]);
+                    self.on_datagram(from, &buf[..len]);
                 },
                 () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
             }
@@ -489,7 +488,8 @@ impl NodeTask {
             self.awake.lock_sent(now);
             // Until these are answered, what follows waits to share a
             // datagram (never on the coordinator, whose answers go at once).
-            if !self.node.lock_node().is_coordinator() && self.stopping.is_none() {
+            let stopping = self.stopping.is_some() || self.superseded;
+            if !self.node.lock_node().is_coordinator() && !stopping {
                 self.cork_until = Some(now + self.awake.hold());
                 self.node.set_corked(true);
             }
