@@ -109,6 +109,11 @@ pub struct AgentArgs {
     /// CPUs are slow to wake, for a CPU kept busy [default: 0s, off].
     #[arg(long, value_name = "DURATION")]
     pub busy_poll: Option<String>,
+    /// Never poll the socket after lock traffic (by default the node polls
+    /// for a few measured lock round trips while an answer is likely, and
+    /// never without lock traffic).
+    #[arg(long)]
+    pub no_adaptive_poll: bool,
     /// Cluster key (base64, from `swimlock keygen`); prefer --key-file,
     /// since a command line is visible to every user of the host.
     #[arg(long, value_name = "KEY")]
@@ -149,6 +154,7 @@ struct FileConfig {
     node_tag: Option<u16>,
     lock_delay: Option<String>,
     busy_poll: Option<String>,
+    adaptive_poll: Option<bool>,
     join_timeout: Option<String>,
     stop_grace: Option<String>,
     max_client_connections: Option<usize>,
@@ -290,6 +296,7 @@ impl AgentArgs {
         set(&mut l.reconcile_timeout, "lock.reconcile_timeout", reconcile)?;
         set(&mut l.try_lock_timeout, "lock.try_lock_timeout", lf.try_lock_timeout.as_ref())?;
         set(&mut c.busy_poll, "busy_poll", self.busy_poll.as_ref().or(file.busy_poll.as_ref()))?;
+        c.adaptive_poll = !self.no_adaptive_poll && file.adaptive_poll.unwrap_or(true);
         let join = self.join_timeout.as_ref().or(file.join_timeout.as_ref());
         set(&mut c.join_timeout, "join_timeout", join)?;
         set(&mut c.stop_grace, "stop_grace", self.stop_grace.as_ref().or(file.stop_grace.as_ref()))?;
@@ -538,6 +545,9 @@ mod tests {
         assert_eq!(c.key, Some(key.clone()));
         let file: FileConfig = toml::from_str("insecure = true").unwrap();
         assert!(AgentArgs::default().resolve_with(file).unwrap().insecure);
+        let file: FileConfig = toml::from_str("adaptive_poll = false").unwrap();
+        assert!(!AgentArgs::default().resolve_with(file).unwrap().adaptive_poll);
+        assert!(AgentArgs::default().resolve_with(FileConfig::default()).unwrap().adaptive_poll);
         let other = crate::node::seal::Key::from_bytes([6; 32]);
         let file: FileConfig = toml::from_str(&format!("key = \"{}\"", key.to_base64())).unwrap();
         let c = args(|a| a.key = Some(other.to_base64())).resolve_with(file).unwrap();

@@ -93,6 +93,10 @@ pub struct AgentConfig {
     /// awake instead of paying a wake-up, at the price of a CPU kept busy
     /// that long after traffic; see [`MAX_BUSY_POLL`].
     pub busy_poll: Duration,
+    /// After lock traffic, poll the socket for a few measured lock round
+    /// trips while an answer or the next request is likely (see
+    /// `agent::awake`); no polling without lock traffic. On by default.
+    pub adaptive_poll: bool,
     /// With seeds, wait this long for one to answer before forming a group
     /// alone (see [`NodeConfig::join_timeout`](crate::node::NodeConfig)).
     pub join_timeout: Duration,
@@ -154,6 +158,7 @@ impl AgentConfig {
             state_dir: None,
             epoch: None,
             busy_poll: Duration::ZERO,
+            adaptive_poll: true,
             join_timeout: crate::node::NodeConfig::JOIN_TIMEOUT,
             stop_grace: DEFAULT_STOP_GRACE,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
@@ -255,7 +260,7 @@ impl AgentConfig {
 pub(crate) fn fixed_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
     let mut lock_old = old.lock.clone();
     lock_old.lock_delay = new.lock.lock_delay;
-    let fields: [(&str, String, String); 19] = [
+    let fields: [(&str, String, String); 20] = [
         ("name", format!("{:?}", old.name), format!("{:?}", new.name)),
         ("bind", old.bind.to_string(), new.bind.to_string()),
         ("advertise", old.advertise.to_string(), new.advertise.to_string()),
@@ -277,6 +282,7 @@ pub(crate) fn fixed_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<String>
             new.max_client_connections.to_string(),
         ),
         ("busy_poll", format!("{:?}", old.busy_poll), format!("{:?}", new.busy_poll)),
+        ("adaptive_poll", old.adaptive_poll.to_string(), new.adaptive_poll.to_string()),
         ("insecure", old.insecure.to_string(), new.insecure.to_string()),
         ("log_format", format!("{:?}", old.log_format), format!("{:?}", new.log_format)),
     ];

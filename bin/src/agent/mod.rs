@@ -13,6 +13,7 @@
 
 #[cfg(feature = "cli")]
 mod args;
+mod awake;
 mod config;
 mod endpoint;
 mod keyring;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::awake::{Awake, thread_cpu_time};
 use super::config::{AgentConfig, ConfigError};
 use super::keyring::KeyringStore;
 use super::state::{TagStore, TermStore};
@@ -35,6 +36,8 @@ const MAX_BATCH: usize = 64;
 /// releases of its clients' locks before it leaves anyway (leaving releases
 /// them too, after failure detection).
 const RELEASE_GRACE: Duration = Duration::from_secs(1);
+/// Turns of a poll between two looks at the thread's CPU time.
+const CPU_CHECK_TURNS: u32 = 8;
 /// How long each stage of a keyring command waits for the members.
 const KEYRING_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -101,8 +104,14 @@ pub(crate) struct NodeTask {
     /// An in-process caller was answered since the task last yielded: it
     /// may have a new request ready once it runs.
     woke_local: bool,
-    /// See [`AgentConfig::busy_poll`].
-    busy_poll: Duration,
+    /// When to poll the socket instead of sleeping.
+    awake: Awake,
+    /// [`NodeCounters::lock_ops_in`](crate::node::NodeCounters) and
+    /// `lock_ops_out` as last seen.
+    lock_ops_seen: (u64, u64),
+    /// Lock messages are held back until an answer comes or this time
+    /// passes (see [`Node::set_corked`]).
+    cork_until: Option<Instant>,
     /// This node's tag, where a changed one is saved, and whether it was
     /// configured (a change then warns).
     tag: u16,
@@ -169,7 +178,9 @@ impl NodeTask {
             coordinator: false,
             terms,
             woke_local: false,
-            busy_poll: config.busy_poll,
+            awake: Awake::new(config.adaptive_poll, config.busy_poll),
+            lock_ops_seen: (0, 0),
+            cork_until: None,
             tag: config.lock.tag,
             tags: None,
             tag_configured: config.node_tag_configured,
@@ -226,8 +237,6 @@ impl NodeTask {
         let timer = tokio::time::sleep_until(self.origin);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
-        // Whether the last batch began with a datagram: then busy-poll.
-        let mut from_peer = false;
         loop {
             let wanted = self.node.poll_timeout().map(|d| self.origin + d);
             if let Some(at) = wanted
@@ -236,9 +245,19 @@ impl NodeTask {
                 timer.as_mut().reset(at);
                 armed = Some(at);
             }
-            if std::mem::take(&mut from_peer) && self.poll_busily(&commands, &mut buf, armed).await {
-                from_peer = true;
-            } else {
+            let lock = self.node.lock_node();
+            let expects = || lock.is_coordinator() || lock.pending_ops() > 0;
+            let poll_until = self.awake.poll_until(Instant::now(), expects);
+            let polled = match poll_until {
+                Some(until) => {
+                    let until = [armed, self.cork_until].into_iter().flatten().fold(until, Instant::min);
+                    self.poll_busily(&commands, &mut buf, until).await
+                }
+                None => false,
+            };
+            if !polled && self.cork_until.is_some_and(|c| Instant::now() >= c) {
+                self.uncork();
+            } else if !polled {
                 let stop_deadline = self.stopping.as_ref().map(|s| s.deadline);
                 tokio::select! {
                     command = commands.recv(), if !self.commands_closed => match command {
@@ -249,10 +268,7 @@ impl NodeTask {
                         }
                     },
                     received = self.socket.recv_from(&mut buf) => match received {
-                        Ok((len, from)) => {
-                            from_peer = true;
-                            self.node.handle_datagram(self.now(), from, &buf[..len]);
-                        }
+                        Ok((len, from)) => self.on_datagram(from, &buf[..len]),
                         Err(e) => debug!(error = %e, "UDP receive failed"),
                     },
                     () = &mut timer, if armed.is_some() => {
@@ -260,6 +276,7 @@ impl NodeTask {
                         self.node.handle_timeout(self.now());
                     }
                     () = sleep_until(stop_deadline), if stop_deadline.is_some() => {}
+                    () = sleep_until(self.cork_until), if self.cork_until.is_some() => self.uncork(),
                 }
             }
             self.batch(&mut commands, &mut buf).await;
@@ -271,33 +288,62 @@ impl NodeTask {
         self.stop(&mut buf).await;
     }
 
-    /// Busy-polls the socket for up to [`AgentConfig::busy_poll`] (nothing
-    /// when zero), and never past the `timer` deadline: true once a datagram
-    /// was handled, false when the time is up or a command waits. Each turn
-    /// yields, so the runtime's other tasks run and its driver looks at the
-    /// sockets without sleeping.
+    /// Polls the socket until `until` (see [`Awake`]): true once a datagram
+    /// was handled, false when the time is up, a command waits, or the
+    /// thread is found competing for its CPU. Each turn yields, so the
+    /// runtime's other tasks run and its driver looks at the sockets
+    /// without sleeping.
     async fn poll_busily(
         &mut self,
         commands: &mpsc::UnboundedReceiver<Command>,
         buf: &mut [u8],
-        timer: Option<Instant>,
+        until: Instant,
     ) -> bool {
-        if self.busy_poll.is_zero() {
-            return false;
-        }
-        let spin_end = Instant::now() + self.busy_poll;
-        let until = timer.map_or(spin_end, |t| t.min(spin_end));
-        while Instant::now() < until {
-            tokio::task::yield_now().await;
-            if !commands.is_empty() {
+        let (wall, cpu) = (Instant::now(), thread_cpu_time());
+        let mut turns = 0u32;
+        let got = loop {
+            let now = Instant::now();
+            if now >= until {
+                break false;
+            }
+            turns += 1;
+            if turns.is_multiple_of(CPU_CHECK_TURNS)
+                && self.awake.polled(now, now - wall, thread_cpu_time().saturating_sub(cpu))
+            {
                 return false;
             }
-            if let Ok((len, from)) = self.socket.try_recv_from(buf) {
-                self.node.handle_datagram(self.now(), from, &buf[..len]);
-                return true;
+            tokio::task::yield_now().await;
+            if !commands.is_empty() {
+                break false;
             }
+            if let Ok((len, from)) = self.socket.try_recv_from(buf) {
+                self.on_datagram(from, &buf[..len]);
+                break true;
+            }
+        };
+        let now = Instant::now();
+        self.awake.polled(now, now - wall, thread_cpu_time().saturating_sub(cpu));
+        got
+    }
+
+    /// One datagram from the socket, to the node; notes lock traffic.
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let at = Instant::now();
+        self.node.handle_datagram(self.now(), from, datagram);
+        self.awake.datagram(at);
+        let ops_in = self.node.counters().lock_ops_in;
+        if ops_in != self.lock_ops_seen.0 {
+            self.lock_ops_seen.0 = ops_in;
+            self.awake.lock_received(at);
+            self.uncork();
         }
-        false
+    }
+
+    /// What was held back goes out with the next drain.
+    fn uncork(&mut self) {
+        if self.cork_until.take().is_some() {
+            self.node.set_corked(false);
+        }
     }
 
     /// After an input: answers the clients, lets the in-process callers it
@@ -306,6 +352,11 @@ impl NodeTask {
     /// (at most [`MAX_BATCH`] inputs); only then sends, so that what goes to
     /// one peer leaves in one datagram.
     async fn batch(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>, buf: &mut [u8]) {
+        // The timer of a hold fires on the runtime's millisecond grain; an
+        // input after the hold ended lets what waited go out at once.
+        if self.cork_until.is_some_and(|c| Instant::now() >= c) {
+            self.uncork();
+        }
         let mut taken = 0;
         'rounds: while taken < MAX_BATCH {
             self.deliver_events();
@@ -324,7 +375,7 @@ impl NodeTask {
                     }
                     Ok(command) => self.on_command(command),
                     Err(mpsc::error::TryRecvError::Empty) => match self.socket.try_recv_from(buf) {
-                        Ok((len, from)) => self.node.handle_datagram(self.now(), from, &buf[..len]),
+                        Ok((len, from)) => self.on_datagram(from, &buf[..len]),
                         Err(_) => break,
                     },
                 }
@@ -388,6 +439,7 @@ impl NodeTask {
     /// them as held by a departed member (lock-delay), so that no waiter is
     /// granted one while its holder may still be using it.
     async fn stop(&mut self, buf: &mut [u8]) {
+        self.uncork();
         let now = self.now();
         let left = self.node.lock_node().held();
         if !left.is_empty() {
@@ -413,7 +465,7 @@ impl NodeTask {
             let deadline = self.node.poll_timeout().map(|d| (self.origin + d).min(give_up)).or(Some(give_up));
             tokio::select! {
                 received = self.socket.recv_from(buf) => if let Ok((len, from)) = received {
-                    self.node.handle_datagram(self.now(), from, &buf[..len]);
+                    self.on_datagram(from, &buf[..len]);
                 },
                 () = sleep_until(deadline) => self.node.handle_timeout(self.now()),
             }
@@ -429,6 +481,19 @@ impl NodeTask {
     /// Routes the node's events and sends its datagrams.
     async fn drain(&mut self) {
         self.deliver_events();
+        let ops_out = self.node.counters().lock_ops_out;
+        if ops_out != self.lock_ops_seen.1 {
+            self.lock_ops_seen.1 = ops_out;
+            let now = Instant::now();
+            self.awake.lock_sent(now);
+            // Until these are answered, what follows waits to share a
+            // datagram (never on the coordinator, whose answers go at once).
+            let stopping = self.stopping.is_some() || self.superseded;
+            if !self.node.lock_node().is_coordinator() && !stopping {
+                self.cork_until = Some(now + self.awake.hold());
+                self.node.set_corked(true);
+            }
+        }
         while let Some((to, datagram)) = self.node.poll_transmit() {
             if let Err(e) = self.socket.send_to(&datagram, to).await {
                 debug!(%to, error = %e, "UDP send failed");

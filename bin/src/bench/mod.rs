@@ -49,6 +49,24 @@ pub struct BenchArgs {
     /// Failover runs (a fresh cluster each).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub failover_runs: u32,
+    /// Run only the rows whose names start with one of these prefixes
+    /// (comma-separated, e.g. `resp_noncoord,uncontended_noncoord`); the
+    /// floors are always measured.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    /// Whether a row named `row` is to run (see [`BenchArgs::only`]).
+    fn wants(&self, row: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| row.starts_with(p.as_str()))
+    }
+
+    /// Whether any row of the group named `prefix` is to run.
+    fn wants_group(&self, prefix: &str) -> bool {
+        self.only.is_empty()
+            || self.only.iter().any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
 }
 
 /// Clients of the throughput and contention measurements.
@@ -153,6 +171,9 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("uncontended_coord_tcp", coord, true),
     ];
     for (name, node, tcp) in cases {
+        if !args.wants(name) {
+            continue;
+        }
         let floor = floor::measure(payload).await?;
         floors.push(floor.clone());
         let hist = if tcp {
@@ -171,87 +192,46 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         });
     }
 
-    let tcp_floors = endpoint_rows(&mut results, coord, other, args.duration).await?;
+    let tcp_floors = endpoint_rows(&mut results, coord, other, args).await?;
 
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(coord.agent().client().await?);
     }
-    let (hist, rate) = coord.run(throughput(clients.clone(), None, args.duration)).await?;
-    results.push(Measurement {
-        name: "throughput_16_distinct".into(),
-        what: "lock+unlock pair",
-        hist,
-        floor: Some(floor),
-        rate: Some(rate),
-    });
-
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
-    let (hist, rate) = coord.run(throughput(clients.clone(), Some("bench/contended"), args.duration)).await?;
-    results.push(Measurement {
-        name: "contention_16_one_name".into(),
-        what: "wait for the lock",
-        hist,
-        floor: Some(floor),
-        rate: Some(rate),
-    });
+    for (name, shared, what) in [
+        ("throughput_16_distinct", None, "lock+unlock pair"),
+        ("contention_16_one_name", Some("bench/contended"), "wait for the lock"),
+    ] {
+        if !args.wants(name) {
+            continue;
+        }
+        let floor = floor::measure(payload).await?;
+        floors.push(floor.clone());
+        let (hist, rate) = coord.run(throughput(clients.clone(), shared, args.duration)).await?;
+        results.push(Measurement { name: name.into(), what, hist, floor: Some(floor), rate: Some(rate) });
+    }
     drop(clients);
     cluster.stop().await;
 
     // The same non-coordinator pairs, every node busy-polling after traffic.
-    let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
-    let other = cluster.node(1)?;
-    let client = other.agent().client().await?;
-    let hist = other.run(uncontended(client, BUSY_POLL_ROW, args.duration)).await?;
-    results.push(Measurement {
-        name: BUSY_POLL_ROW.into(),
-        what: "lock+unlock pair",
-        hist,
-        floor: Some(floor),
-        rate: None,
-    });
-    cluster.stop().await;
-
-    // Sealed against insecure: two fresh clusters side by side, the
-    // non-coordinator pairs of both in short alternating rounds.
-    let sealed = Cluster::start(nodes, Duration::ZERO, false).await?;
-    let plain = Cluster::start(nodes, Duration::ZERO, true).await?;
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
-    let (sealed_hist, plain_hist, diffs) = paired(sealed.node(1)?, plain.node(1)?, args.duration).await?;
-    println!(
-        "paired sealed/insecure: {} rounds of {} pairs each, median per-round p50 difference {:.1} µs",
-        diffs.len(),
-        PAIRED_BLOCK,
-        median(&diffs)
-    );
-    for (name, hist) in [(PAIRED_SEALED_ROW, sealed_hist), (PAIRED_INSECURE_ROW, plain_hist)] {
+    if args.wants(BUSY_POLL_ROW) {
+        busy_poll_row(&mut results, &mut floors, nodes, payload, args.duration).await?;
+    }
+    if args.wants(PAIRED_SEALED_ROW) || args.wants(PAIRED_INSECURE_ROW) {
+        paired_rows(&mut results, &mut floors, nodes, payload, args.duration).await?;
+    }
+    if args.wants("failover_kill_coordinator") {
+        let floor = floor::measure(payload).await?;
+        floors.push(floor.clone());
+        let hist = failover(nodes, args.failover_runs).await?;
         results.push(Measurement {
-            name: name.into(),
-            what: "lock+unlock pair",
+            name: "failover_kill_coordinator".into(),
+            what: "kill to first grant",
             hist,
-            floor: Some(floor.clone()),
+            floor: Some(floor),
             rate: None,
         });
     }
-    plain.stop().await;
-    sealed.stop().await;
-
-    let floor = floor::measure(payload).await?;
-    floors.push(floor.clone());
-    let hist = failover(nodes, args.failover_runs).await?;
-    results.push(Measurement {
-        name: "failover_kill_coordinator".into(),
-        what: "kill to first grant",
-        hist,
-        floor: Some(floor),
-        rate: None,
-    });
 
     for (name, what, floors) in
         [("tcp_floor", "TCP round trip", &tcp_floors), ("udp_floor", "UDP round trip", &floors)]
@@ -280,6 +260,66 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The non-coordinator embedded pairs again, on a fresh cluster whose
+/// nodes busy-poll after traffic.
+async fn busy_poll_row(
+    results: &mut Vec<Measurement>,
+    floors: &mut Vec<Floor>,
+    nodes: usize,
+    payload: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start(nodes, BUSY_POLL, false).await?;
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let other = cluster.node(1)?;
+    let client = other.agent().client().await?;
+    let hist = other.run(uncontended(client, BUSY_POLL_ROW, limit)).await?;
+    results.push(Measurement {
+        name: BUSY_POLL_ROW.into(),
+        what: "lock+unlock pair",
+        hist,
+        floor: Some(floor),
+        rate: None,
+    });
+    cluster.stop().await;
+    Ok(())
+}
+
+/// Sealed against insecure: two fresh clusters side by side, the
+/// non-coordinator pairs of both in short alternating rounds.
+async fn paired_rows(
+    results: &mut Vec<Measurement>,
+    floors: &mut Vec<Floor>,
+    nodes: usize,
+    payload: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let sealed = Cluster::start(nodes, Duration::ZERO, false).await?;
+    let plain = Cluster::start(nodes, Duration::ZERO, true).await?;
+    let floor = floor::measure(payload).await?;
+    floors.push(floor.clone());
+    let (sealed_hist, plain_hist, diffs) = paired(sealed.node(1)?, plain.node(1)?, limit).await?;
+    println!(
+        "paired sealed/insecure: {} rounds of {} pairs each, median per-round p50 difference {:.1} µs",
+        diffs.len(),
+        PAIRED_BLOCK,
+        median(&diffs)
+    );
+    for (name, hist) in [(PAIRED_SEALED_ROW, sealed_hist), (PAIRED_INSECURE_ROW, plain_hist)] {
+        results.push(Measurement {
+            name: name.into(),
+            what: "lock+unlock pair",
+            hist,
+            floor: Some(floor.clone()),
+            rate: None,
+        });
+    }
+    plain.stop().await;
+    sealed.stop().await;
+    Ok(())
+}
+
 /// The client-endpoint rows, through a raw RESP client: on the
 /// coordinator's and on a non-coordinator's endpoint, one client, then 16
 /// clients (distinct names, one name); the same against a
@@ -289,30 +329,44 @@ async fn endpoint_rows(
     results: &mut Vec<Measurement>,
     coord: &cluster::Node,
     other: &cluster::Node,
-    limit: Duration,
+    args: &BenchArgs,
 ) -> anyhow::Result<Vec<Floor>> {
+    let limit = args.duration;
     use resp::Server;
     let addr = |n: &cluster::Node| n.agent().client_addr().context("no client endpoint");
     let mut servers = vec![
         ("resp_coord", Server::Swimlock(addr(coord)?)),
         ("resp_noncoord", Server::Swimlock(addr(other)?)),
     ];
-    let redis = resp::Redis::start().await?;
+    servers.retain(|(prefix, _)| args.wants_group(prefix));
+    let redis = if args.wants_group("redis") { resp::Redis::start().await? } else { None };
     match &redis {
         Some(r) => servers.push(("redis", r.server.clone())),
-        None => println!("redis-server is not installed: no Redis rows"),
+        None if args.wants_group("redis") => println!("redis-server is not installed: no Redis rows"),
+        None => {}
     }
     let mut floors = Vec::new();
     for (prefix, server) in &servers {
-        let floor = resp::tcp_floor().await?;
-        floors.push(floor.clone());
         let name = format!("{prefix}_1_client");
-        let hist = resp::pairs(server, &name, limit, UNCONTENDED_PAIRS).await?;
-        results.push(Measurement { name, what: "lock+unlock pair", hist, floor: Some(floor), rate: None });
+        if args.wants(&name) {
+            let floor = resp::tcp_floor().await?;
+            floors.push(floor.clone());
+            let hist = resp::pairs(server, &name, limit, UNCONTENDED_PAIRS).await?;
+            results.push(Measurement {
+                name,
+                what: "lock+unlock pair",
+                hist,
+                floor: Some(floor),
+                rate: None,
+            });
+        }
         for (suffix, shared, what) in [
             ("16_distinct", None, "lock+unlock pair"),
             ("16_one_name", Some(format!("{prefix}-contended")), "wait for the lock"),
         ] {
+            if !args.wants(&format!("{prefix}_{suffix}")) {
+                continue;
+            }
             let floor = resp::tcp_floor().await?;
             floors.push(floor.clone());
             let (hist, rate) = resp::many(server, CLIENTS, shared.as_deref(), limit).await?;

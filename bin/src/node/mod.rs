@@ -160,6 +160,12 @@ pub struct NodeCounters {
     /// Times another member declared this node down (and the lock machine
     /// held still until the view after the renewal).
     pub held_down: u64,
+    /// Lock operations received from members: requests (lock, unlock,
+    /// cancel) and their answers, not leases or reconciliation. The agent
+    /// stays awake briefly after them (see `agent::task`).
+    pub lock_ops_in: u64,
+    /// Lock operations sent, as [`NodeCounters::lock_ops_in`] counts them.
+    pub lock_ops_out: u64,
 }
 
 impl NodeCounters {
@@ -223,6 +229,8 @@ pub struct Node {
     /// How many times membership said others declared this node down, as
     /// last passed to the lock machine.
     downs_seen: u64,
+    /// Lock messages wait in the lock machine (see [`Node::set_corked`]).
+    corked: bool,
 }
 
 impl Node {
@@ -276,6 +284,7 @@ impl Node {
             counters: NodeCounters::default(),
             superseded: false,
             downs_seen: 0,
+            corked: false,
         })
     }
 
@@ -382,6 +391,7 @@ impl Node {
             return self.count_drop(DropReason::Misaddressed);
         }
         for msg in frame.msgs {
+            self.counters.lock_ops_in += u64::from(is_lock_op(&msg));
             self.lock.handle_message(now, from, msg);
         }
     }
@@ -468,6 +478,24 @@ impl Node {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.transmits.pop_front()
+    }
+
+    /// While corked, the lock messages that inputs produce wait instead of
+    /// becoming datagrams; uncorking packs everything that waited per peer,
+    /// as if it came from one input. A driver corks while an answer is on
+    /// its way and more messages are likely to follow, so that they share
+    /// a datagram; it must uncork soon (every lock message is delayed as
+    /// long as it is corked). Gossip is never held.
+    pub fn set_corked(&mut self, corked: bool) {
+        self.corked = corked;
+        if !corked {
+            self.batch_lock_transmits();
+        }
+    }
+
+    /// Whether datagrams wait for [`Node::poll_transmit`].
+    pub fn has_transmits(&self) -> bool {
+        !self.transmits.is_empty()
     }
 
     /// The next event. Drain after every input.
@@ -588,7 +616,9 @@ impl Node {
                 self.push_transmit(to.addr, datagram);
             }
         }
-        self.batch_lock_transmits();
+        if !self.corked {
+            self.batch_lock_transmits();
+        }
     }
 
     /// Before `view` reaches the lock machine: if an older member has this
@@ -622,6 +652,7 @@ impl Node {
     fn batch_lock_transmits(&mut self) {
         let mut per_peer: Vec<(NodeId, Vec<LockMsg>)> = Vec::new();
         while let Some(t) = self.lock.poll_transmit() {
+            self.counters.lock_ops_out += u64::from(is_lock_op(&t.msg));
             match per_peer.iter_mut().find(|(to, _)| *to == t.to) {
                 Some((_, msgs)) => msgs.push(t.msg),
                 None => per_peer.push((t.to, vec![t.msg])),
@@ -665,4 +696,17 @@ impl Node {
         self.counters.bytes_out += datagram.len() as u64;
         self.transmits.push_back((to, datagram));
     }
+}
+
+/// Whether `msg` is a lock operation or its answer, which a peer's next
+/// message often follows within a round trip.
+fn is_lock_op(msg: &LockMsg) -> bool {
+    matches!(
+        msg,
+        LockMsg::Lock(_)
+            | LockMsg::Unlock(_)
+            | LockMsg::Cancel(_)
+            | LockMsg::LockRsp(_)
+            | LockMsg::UnlockRsp(_)
+    )
 }

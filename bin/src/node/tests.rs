@@ -315,6 +315,38 @@ fn messages_of_one_input_to_one_peer_share_a_datagram() {
 }
 
 #[test]
+fn a_corked_node_holds_lock_messages_and_packs_them_when_uncorked() {
+    let mut net = Net::new(2);
+    net.run_until(Duration::from_secs(5), Net::one_view);
+    net.run_until(Duration::from_secs(2), |n| n.nodes[0].lock_node().is_serving());
+    let before = net.nodes[1].counters();
+    net.nodes[1].set_corked(true);
+    let mut reqs = Vec::new();
+    for (client, lock) in [(1, "a"), (2, "b"), (3, "c")] {
+        let now = net.now;
+        reqs.push(net.nodes[1].lock(now, ClientId(client), name(lock), Duration::from_secs(2)));
+        assert!(!net.nodes[1].has_transmits(), "held while corked");
+    }
+    assert_eq!(net.nodes[1].counters().lock_ops_out, before.lock_ops_out);
+    // Three inputs, one datagram.
+    net.nodes[1].set_corked(false);
+    let (to, datagram) = net.nodes[1].poll_transmit().expect("requests sent");
+    assert_eq!((to, net.nodes[1].poll_transmit()), (addr(0), None));
+    assert_eq!(net.nodes[1].counters().lock_ops_out - before.lock_ops_out, 3);
+    let mut receiver = Sealing::new(id(0), CLUSTER, sealed(id(0)));
+    let mut scratch = Vec::new();
+    let opened = receiver.open(&datagram, &mut scratch).expect("sealed for node 0");
+    let frame = frame::decode_lock(opened.body).unwrap();
+    assert_eq!(frame.msgs.len(), 3);
+    assert!(frame.msgs.iter().all(|m| matches!(m, LockMsg::Lock(_))));
+    // Delivered, they are granted; the answers (and any to retransmitted
+    // copies) count as lock operations in.
+    net.inject(0, addr(1), &datagram);
+    net.run_until(Duration::from_secs(2), |n| reqs.iter().all(|r| n.acquired(1, *r).is_some()));
+    assert!(net.nodes[1].counters().lock_ops_in - before.lock_ops_in >= 3);
+}
+
+#[test]
 fn garbage_foreign_misaddressed_and_spoofed_datagrams_are_counted_and_ignored() {
     let mut net = Net::new(2);
     net.run_until(Duration::from_secs(5), Net::one_view);
