@@ -170,6 +170,22 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// The agent's runtime. Internal, for `swimlock bench --processes` to
+/// compare: `SWIMLOCK_AGENT_RUNTIME=current` (one thread) or `multi` (a
+/// worker per CPU); unset, the default.
+fn agent_runtime() -> tokio::runtime::Runtime {
+    match std::env::var(crate::bench::AGENT_RUNTIME_ENV).as_deref() {
+        Ok("current") => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("swimlock: cannot start the async runtime: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => runtime(),
+    }
+}
+
 /// Logs to stderr as text, filtered by RUST_LOG (default `info`).
 pub fn init_tracing() {
     let _ = crate::logging::init(crate::logging::LogFormat::Text, None);
@@ -196,7 +212,7 @@ fn agent(args: AgentArgs) -> ExitCode {
             tracing::info!(field, name, address = %resolved, "host name resolved once, at start");
         }
     }
-    runtime().block_on(async move {
+    agent_runtime().block_on(async move {
         let handle = match crate::agent::spawn(config.clone()) {
             Ok(handle) => handle,
             Err(e) => {
