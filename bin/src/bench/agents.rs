@@ -101,6 +101,11 @@ impl Agents {
         &self.dir
     }
 
+    /// CPU time each agent has used so far (all its threads).
+    pub fn cpu_times(&self) -> Vec<Duration> {
+        self.procs.iter().map(|p| cpu_time(p.pid())).collect()
+    }
+
     fn write_key(&self) -> anyhow::Result<PathBuf> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -200,6 +205,18 @@ impl Drop for Agents {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// CPU time of process `pid` with nanosecond resolution: the sum of the
+/// first field of each of its threads' `schedstat` (zero if unreadable).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 /// A UDP and a TCP port on 127.0.0.1 that nobody uses now.

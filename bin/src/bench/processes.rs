@@ -102,6 +102,7 @@ pub async fn measure(
         );
         agents.push(a);
     }
+    idle_cpu(&agents, args.duration).await;
     let addr = |n: &super::cluster::Node| n.agent().client_addr().context("no client endpoint");
     let mut groups =
         vec![Group { prefix: String::new(), coord: addr(inproc.node(0)?)?, other: addr(inproc.node(1)?)? }];
@@ -153,6 +154,31 @@ pub async fn measure(
     results.extend(cli_rows(&exe, &groups[1..], args.duration).await?);
     drop(agents);
     Ok((results, udp_floors, tcp_floors))
+}
+
+/// Prints the CPU each agent process uses while idle (gossip only, no
+/// client), over `window` clamped to 0.5-5 s.
+async fn idle_cpu(agents: &[Agents], window: Duration) {
+    let window = window.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let before: Vec<Vec<Duration>> = agents.iter().map(Agents::cpu_times).collect();
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    for (a, before) in agents.iter().zip(before) {
+        let shares: Vec<String> = a
+            .cpu_times()
+            .iter()
+            .zip(before)
+            .map(|(after, before)| {
+                format!("{:.2}%", 100.0 * after.saturating_sub(before).as_secs_f64() / elapsed)
+            })
+            .collect();
+        println!(
+            "idle CPU per agent process ({} runtime, {elapsed:.1} s, gossip only): {} of a CPU",
+            a.runtime,
+            shares.join(" ")
+        );
+    }
 }
 
 /// Whether `m` is a row of the CLI end to end (or its process-start floor).

@@ -97,6 +97,9 @@ enum Commands {
     Sim(crate::sim::SimArgs),
     /// Measure a 3-node loopback cluster (latency, throughput, contention,
     /// failover) against the raw UDP round trip; table, JSON, SVG plot.
+    /// With --processes: real `swimlock agent` processes through their
+    /// client endpoints, beside in-process agents in the same run, and
+    /// `swimlock lock NAME -- true` end to end.
     Bench(crate::bench::BenchArgs),
     /// Internal: the guardian process of `swimlock lock`.
     #[command(name = guardian::GUARDIAN_ARG, hide = true)]
@@ -171,18 +174,41 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The agent's runtime. Internal, for `swimlock bench --processes` to
-/// compare: `SWIMLOCK_AGENT_RUNTIME=current` (one thread) or `multi` (a
-/// worker per CPU); unset, the default.
+/// compare: `SWIMLOCK_AGENT_RUNTIME=current` (one thread), `split` (the
+/// client endpoint on one thread, the node task on [`node_thread`]) or
+/// `multi` (a worker per CPU); unset, the default.
 fn agent_runtime() -> tokio::runtime::Runtime {
     match std::env::var(crate::bench::AGENT_RUNTIME_ENV).as_deref() {
-        Ok("current") => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("swimlock: cannot start the async runtime: {e}");
-                std::process::exit(1);
-            }
-        },
+        Ok("current" | "split") => current_thread(),
         _ => runtime(),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swimlock: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A thread running a single-threaded runtime for as long as the process
+/// lives; its handle.
+fn node_thread() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("swimlock-node".into()).spawn(move || {
+        let rt = current_thread();
+        let _ = tx.send(rt.handle().clone());
+        rt.block_on(std::future::pending::<()>());
+    });
+    match spawned.ok().and_then(|_| rx.recv().ok()) {
+        Some(handle) => handle,
+        None => {
+            eprintln!("swimlock: cannot start the node thread");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -212,8 +238,14 @@ fn agent(args: AgentArgs) -> ExitCode {
             tracing::info!(field, name, address = %resolved, "host name resolved once, at start");
         }
     }
+    let split = std::env::var(crate::bench::AGENT_RUNTIME_ENV).is_ok_and(|v| v == "split");
     agent_runtime().block_on(async move {
-        let handle = match crate::agent::spawn(config.clone()) {
+        let spawned = if split {
+            crate::agent::spawn_split(config.clone(), &node_thread())
+        } else {
+            crate::agent::spawn(config.clone())
+        };
+        let handle = match spawned {
             Ok(handle) => handle,
             Err(e) => {
                 eprintln!("swimlock agent: {e}");
