@@ -60,7 +60,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub processes: bool,
     /// With --processes: one cluster of agent processes per runtime named
-    /// (`multi`, `current`), for comparing them in one run.
+    /// (`current`, the default; `multi`; `split`), for comparing them in
+    /// one run.
     #[arg(long, value_delimiter = ',', hide = true)]
     pub agent_runtimes: Vec<String>,
 }

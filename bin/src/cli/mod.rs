@@ -173,14 +173,17 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-/// The agent's runtime. Internal, for `swimlock bench --processes` to
-/// compare: `SWIMLOCK_AGENT_RUNTIME=current` (one thread), `split` (the
-/// client endpoint on one thread, the node task on [`node_thread`]) or
-/// `multi` (a worker per CPU); unset, the default.
+/// The agent's runtime: one thread for the node task and the client
+/// endpoint, so a connection's request reaches the node task without a
+/// wake-up of another thread and requests of many connections meet in
+/// one pass of it (README, *Agent processes*, for the figures).
+/// `SWIMLOCK_AGENT_RUNTIME` picks another, for `swimlock bench
+/// --processes` to compare: `multi` (a worker per CPU) or `split` (the
+/// client endpoint on one thread, the node task on [`node_thread`]).
 fn agent_runtime() -> tokio::runtime::Runtime {
     match std::env::var(crate::bench::AGENT_RUNTIME_ENV).as_deref() {
-        Ok("current" | "split") => current_thread(),
-        _ => runtime(),
+        Ok("multi") => runtime(),
+        _ => current_thread(),
     }
 }
 
