@@ -18,6 +18,8 @@ use crate::client::Client;
 
 /// How long the agents may take to form one view with a serving coordinator.
 const FORM_LIMIT: Duration = Duration::from_secs(20);
+/// Lines of each agent's log shown when a run fails.
+const LOG_TAIL: usize = 20;
 /// The environment variable that picks an agent's tokio runtime (see
 /// `swimlock agent`); unset, the agent's default.
 pub const RUNTIME_ENV: &str = "SWIMLOCK_AGENT_RUNTIME";
@@ -99,6 +101,18 @@ impl Agents {
     /// The temporary directory (state directories, key, logs).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Prints the last lines of every agent's log to stderr.
+    pub fn print_logs(&self) {
+        for p in &self.procs {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("log of agent {} (pid {}), last lines:", p.name, p.pid());
+            for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+                eprintln!("  {line}");
+            }
+        }
     }
 
     /// CPU time each agent has used so far (all its threads).

@@ -1,8 +1,8 @@
 //! `swimlock bench --processes`: the client-endpoint rows measured on real
 //! `swimlock agent` processes (the binary and runtime users deploy) and,
-//! in the same run, on in-process agents, in alternating halves (A B, then
-//! B A) so the machine's drift falls on both alike; then `swimlock lock
-//! NAME -- true` end to end, process start included.
+//! in the same run, on in-process agents, in alternating rounds (A B,
+//! B A, A B, B A) so the machine's drift falls on both alike; then
+//! `swimlock lock NAME -- true` end to end, process start included.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ pub const ENDPOINT_ROWS: [&str; 8] = [
     "uncontended_coord_tcp",
     "uncontended_noncoord_tcp",
 ];
+/// Rounds of each row: one slot of `--duration / ROUNDS` per group and
+/// round, the groups in turn, every other round in reverse order.
+const ROUNDS: u32 = 4;
 /// Runs of `swimlock lock NAME -- true` per row, at most.
 const CLI_RUNS: u64 = 2_000;
 /// The CLI rows end to end, on the coordinator's and a non-coordinator's agent.
@@ -113,6 +116,28 @@ pub async fn measure(
             other: a.agent(1)?.client_addr(),
         });
     }
+    let measured = async {
+        let (mut results, udp_floors, tcp_floors) = endpoint_rows(&groups, payload, args.duration).await?;
+        results.extend(cli_rows(&exe, &groups[1..], args.duration).await?);
+        anyhow::Ok((results, udp_floors, tcp_floors))
+    }
+    .await;
+    if measured.is_err() {
+        // The directory goes with the agents: show what they logged first.
+        agents.iter().for_each(Agents::print_logs);
+    }
+    inproc.stop().await;
+    drop(agents);
+    measured
+}
+
+/// Every row of [`ENDPOINT_ROWS`] on every group, in [`ROUNDS`] rounds;
+/// the UDP and TCP floors measured before the rows.
+async fn endpoint_rows(
+    groups: &[Group],
+    payload: usize,
+    duration: Duration,
+) -> anyhow::Result<(Vec<Measurement>, Vec<Floor>, Vec<Floor>)> {
     let (mut results, mut udp_floors, mut tcp_floors) = (Vec::new(), Vec::new(), Vec::new());
     for row in ENDPOINT_ROWS {
         let floor = match kind(row) {
@@ -129,11 +154,13 @@ pub async fn measure(
         };
         let mut per_group: Vec<(Histogram<u64>, Vec<f64>)> =
             groups.iter().map(|_| (new_hist(), vec![])).collect();
-        for half in 0..2 {
+        for round in 0..ROUNDS {
             let order: Vec<usize> =
-                if half == 0 { (0..groups.len()).collect() } else { (0..groups.len()).rev().collect() };
+                if round % 2 == 0 { (0..groups.len()).collect() } else { (0..groups.len()).rev().collect() };
             for g in order {
-                let (hist, rate) = measure_row(row, &groups[g], args.duration / 2).await?;
+                let (hist, rate) = measure_row(row, &groups[g], duration / ROUNDS)
+                    .await
+                    .with_context(|| format!("row {}", row_name(&groups[g].prefix, row)))?;
                 per_group[g].0.add(&hist).context("merging histograms")?;
                 per_group[g].1.extend(rate);
             }
@@ -150,9 +177,6 @@ pub async fn measure(
             });
         }
     }
-    inproc.stop().await;
-    results.extend(cli_rows(&exe, &groups[1..], args.duration).await?);
-    drop(agents);
     Ok((results, udp_floors, tcp_floors))
 }
 
@@ -191,13 +215,15 @@ pub fn row_name(prefix: &str, row: &str) -> String {
     if prefix.is_empty() { row.to_string() } else { format!("{prefix}_{row}") }
 }
 
-/// One half of one row on one group: the histogram, and the rate if the
+/// One slot of one row on one group: the histogram, and the rate if the
 /// row has one.
 async fn measure_row(row: &str, g: &Group, limit: Duration) -> anyhow::Result<(Histogram<u64>, Option<f64>)> {
     let addr = if row.contains("noncoord") { g.other } else { g.coord };
     let server = Server::Swimlock(addr);
     Ok(match kind(row) {
-        Kind::RespPairs => (resp::pairs(&server, row, limit, UNCONTENDED_PAIRS / 2).await?, None),
+        Kind::RespPairs => {
+            (resp::pairs(&server, row, limit, UNCONTENDED_PAIRS / u64::from(ROUNDS)).await?, None)
+        }
         Kind::RespMany(one_name) => {
             let shared = one_name.then(|| format!("{row}-contended"));
             let (hist, rate) = resp::many(&server, CLIENTS, shared.as_deref(), limit).await?;
@@ -207,7 +233,7 @@ async fn measure_row(row: &str, g: &Group, limit: Duration) -> anyhow::Result<(H
             let client = Client::connect(&addr.to_string()).await?;
             let name: &'static str = if row.contains("noncoord") { "proc_noncoord" } else { "proc_coord" };
             super::pairs(client.clone(), name, WARMUP_PAIRS, Duration::MAX).await?;
-            (super::pairs(client, name, UNCONTENDED_PAIRS / 2, limit).await?, None)
+            (super::pairs(client, name, UNCONTENDED_PAIRS / u64::from(ROUNDS), limit).await?, None)
         }
     })
 }
