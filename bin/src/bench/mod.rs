@@ -54,15 +54,22 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub failover_runs: u32,
     /// Measure real `swimlock agent` processes (this binary, started on
-    /// loopback) through their client endpoints, beside the same rows of
-    /// in-process agents in the same run, and `swimlock lock NAME -- true`
-    /// end to end (process start included). Replaces the in-process rows.
+    /// loopback) through their client endpoints, each row beside the same
+    /// row of in-process agents of the same run; also their idle CPU and
+    /// `swimlock lock NAME -- true` end to end (process start included).
+    /// Instead of the default rows (embedded, failover).
     #[arg(long)]
     pub processes: bool,
     /// With --processes: one cluster of agent processes per runtime named
     /// (`current`, the default; `multi`; `split`), for comparing them in
     /// one run.
-    #[arg(long, value_delimiter = ',', hide = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        hide = true,
+        requires = "processes",
+        value_parser = ["current", "multi", "split"]
+    )]
     pub agent_runtimes: Vec<String>,
 }
 
