@@ -47,6 +47,37 @@ struct Group {
     prefix: String,
     coord: SocketAddr,
     other: SocketAddr,
+    /// The threads of its coordinator and non-coordinator.
+    threads: [Threads; 2],
+}
+
+/// Threads whose time waiting for a CPU while runnable is counted: all
+/// of process `pid`, or only those named `name`.
+struct Threads {
+    pid: u32,
+    name: Option<String>,
+}
+
+impl Threads {
+    /// Their time on a run queue so far (second field of `schedstat`).
+    fn waited(&self) -> Duration {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return Duration::ZERO };
+        let nanos = tasks
+            .flatten()
+            .filter(|t| {
+                self.name.as_ref().is_none_or(|name| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(nanos)
+    }
+}
+
+fn waited(threads: &[Threads; 2]) -> Duration {
+    threads.iter().map(Threads::waited).sum()
 }
 
 /// How one row is measured.
@@ -107,13 +138,22 @@ pub async fn measure(
     }
     idle_cpu(&agents, args.duration).await;
     let addr = |n: &super::cluster::Node| n.agent().client_addr().context("no client endpoint");
-    let mut groups =
-        vec![Group { prefix: String::new(), coord: addr(inproc.node(0)?)?, other: addr(inproc.node(1)?)? }];
+    let mut groups = vec![Group {
+        prefix: String::new(),
+        coord: addr(inproc.node(0)?)?,
+        other: addr(inproc.node(1)?)?,
+        // The node threads, named after their node.
+        threads: [1, 2].map(|i| Threads { pid: std::process::id(), name: Some(format!("bench-{i}")) }),
+    }];
     for (a, rt) in agents.iter().zip(&runtimes) {
         groups.push(Group {
             prefix: prefix(*rt, runtimes.len() > 1),
             coord: a.agent(0)?.client_addr(),
             other: a.agent(1)?.client_addr(),
+            threads: [
+                Threads { pid: a.agent(0)?.pid(), name: None },
+                Threads { pid: a.agent(1)?.pid(), name: None },
+            ],
         });
     }
     let measured = async {
@@ -154,16 +194,34 @@ async fn endpoint_rows(
         };
         let mut per_group: Vec<(Histogram<u64>, Vec<f64>)> =
             groups.iter().map(|_| (new_hist(), vec![])).collect();
+        let mut waits = vec![(Duration::ZERO, Duration::ZERO); groups.len()];
         for round in 0..ROUNDS {
             let order: Vec<usize> =
                 if round % 2 == 0 { (0..groups.len()).collect() } else { (0..groups.len()).rev().collect() };
             for g in order {
+                let (before, t) = (waited(&groups[g].threads), Instant::now());
                 let (hist, rate) = measure_row(row, &groups[g], duration / ROUNDS)
                     .await
                     .with_context(|| format!("row {}", row_name(&groups[g].prefix, row)))?;
+                waits[g].0 += waited(&groups[g].threads).saturating_sub(before);
+                waits[g].1 += t.elapsed();
                 per_group[g].0.add(&hist).context("merging histograms")?;
                 per_group[g].1.extend(rate);
             }
+        }
+        if row.contains("_16_") {
+            let rates: Vec<String> = groups
+                .iter()
+                .zip(&waits)
+                .map(|(g, (w, t))| {
+                    let who = if g.prefix.is_empty() { "in-process" } else { g.prefix.as_str() };
+                    format!("{who} {:.0}", 1e3 * w.as_secs_f64() / t.as_secs_f64().max(1e-9))
+                })
+                .collect();
+            println!(
+                "{row}: ms per second the coordinator + non-coordinator waited for a CPU while runnable: {}",
+                rates.join(", ")
+            );
         }
         for (g, (hist, rates)) in groups.iter().zip(per_group) {
             let rate = (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
