@@ -174,9 +174,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The agent's runtime: one thread for the node task and the client
-/// endpoint, so a connection's request reaches the node task without a
-/// wake-up of another thread and requests of many connections meet in
-/// one pass of it (README, *Agent processes*, for the figures).
+/// endpoint, the layout of the in-process agents and, by a small margin,
+/// the fastest measured (README, *Agent processes*).
 /// `SWIMLOCK_AGENT_RUNTIME` picks another, for `swimlock bench
 /// --processes` to compare: `multi` (a worker per CPU) or `split` (the
 /// client endpoint on one thread, the node task on [`node_thread`]).
