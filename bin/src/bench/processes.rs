@@ -128,12 +128,12 @@ pub async fn measure(
     let mut agents = Vec::new();
     for rt in &runtimes {
         let a = Agents::start(&exe, nodes, *rt).await?;
-        println!(
+        say(format_args!(
             "agent processes ({} runtime): pids {} in {}",
             a.runtime,
             a.pids().iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
             a.dir().display()
-        );
+        ));
         agents.push(a);
     }
     idle_cpu(&agents, args.duration).await;
@@ -218,10 +218,10 @@ async fn endpoint_rows(
                     format!("{who} {:.0}", 1e3 * w.as_secs_f64() / t.as_secs_f64().max(1e-9))
                 })
                 .collect();
-            println!(
+            say(format_args!(
                 "{row}: ms per second the coordinator + non-coordinator waited for a CPU while runnable: {}",
                 rates.join(", ")
-            );
+            ));
         }
         for (g, (hist, rates)) in groups.iter().zip(per_group) {
             let rate = (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
@@ -255,11 +255,11 @@ async fn idle_cpu(agents: &[Agents], window: Duration) {
                 format!("{:.2}%", 100.0 * after.saturating_sub(before).as_secs_f64() / elapsed)
             })
             .collect();
-        println!(
+        say(format_args!(
             "idle CPU per agent process ({} runtime, {elapsed:.1} s, gossip only): {} of a CPU",
             a.runtime,
             shares.join(" ")
-        );
+        ));
     }
 }
 
@@ -364,4 +364,11 @@ async fn runs(program: PathBuf, args: Vec<String>, limit: Duration) -> anyhow::R
         Ok(hist)
     })
     .await?
+}
+
+/// Prints a line while agents run. A closed stdout is ignored here: a
+/// panic on it would end the process without the guard killing them.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
