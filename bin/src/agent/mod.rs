@@ -211,14 +211,32 @@ impl Stopper {
 ///
 /// # Panics
 /// When called outside a tokio runtime.
-pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
+pub fn spawn(config: AgentConfig) -> Result<Handle, AgentError> {
+    spawn_on(config, None)
+}
+
+/// [`spawn`], with the node task and its UDP socket on `node_runtime`
+/// and the client endpoint on the current runtime: the two on different
+/// threads when each runtime has one.
+pub fn spawn_split(config: AgentConfig, node_runtime: &tokio::runtime::Handle) -> Result<Handle, AgentError> {
+    spawn_on(config, Some(node_runtime))
+}
+
+fn spawn_on(
+    mut config: AgentConfig,
+    node_runtime: Option<&tokio::runtime::Handle>,
+) -> Result<Handle, AgentError> {
     config.validate()?;
     // The only wall clock the node reads: its identity's start stamp.
     let epoch = config.epoch.unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
     });
     let (security, keyring_store) = security(&config)?;
-    let udp = socket::bind_udp(config.bind).map_err(|source| AgentError::Bind {
+    // A socket is served by the runtime it is made in: the node task's.
+    let in_node = node_runtime.map(tokio::runtime::Handle::enter);
+    let udp = socket::bind_udp(config.bind);
+    drop(in_node);
+    let udp = udp.map_err(|source| AgentError::Bind {
         what: if source.kind() == std::io::ErrorKind::AddrInUse {
             "UDP socket (is another swimlock agent, or another program, using this port?)"
         } else {
@@ -283,7 +301,10 @@ pub fn spawn(mut config: AgentConfig) -> Result<Handle, AgentError> {
             "running INSECURE (--insecure): datagrams are not sealed, anyone who can reach the UDP port is a member"
         );
     }
-    let task = tokio::spawn(agent.run(rx));
+    let task = match node_runtime {
+        Some(rt) => rt.spawn(agent.run(rx)),
+        None => tokio::spawn(agent.run(rx)),
+    };
     let mut aux = endpoint::spawn_listeners(listeners, endpoint);
     let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::http::serve(l, http_sources)));
     // The listeners live as long as the node task.

@@ -5,11 +5,15 @@
 //! Every loop is bounded in count and in time; a default run takes well
 //! under three minutes.
 
+mod agents;
 mod cluster;
 mod floor;
 mod plot;
+mod processes;
 mod report;
 mod resp;
+
+pub use agents::RUNTIME_ENV as AGENT_RUNTIME_ENV;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +53,24 @@ pub struct BenchArgs {
     /// Failover runs (a fresh cluster each).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub failover_runs: u32,
+    /// Measure real `swimlock agent` processes (this binary, started on
+    /// loopback) through their client endpoints, each row beside the same
+    /// row of in-process agents of the same run; also their idle CPU and
+    /// `swimlock lock NAME -- true` end to end (process start included).
+    /// Instead of the default rows (embedded, failover).
+    #[arg(long)]
+    pub processes: bool,
+    /// With --processes: one cluster of agent processes per runtime named
+    /// (`current`, the default; `multi`; `split`), for comparing them in
+    /// one run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        hide = true,
+        requires = "processes",
+        value_parser = ["current", "multi", "split"]
+    )]
+    pub agent_runtimes: Vec<String>,
     /// Run only the rows whose names start with one of these prefixes
     /// (comma-separated, e.g. `resp_noncoord,uncontended_noncoord`); the
     /// floors are always measured.
@@ -132,12 +154,25 @@ pub fn main(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&args)) {
+    match rt.block_on(until_signal(run(&args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swimlock bench: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `work`, unless SIGTERM or SIGINT comes first: then `work` is dropped,
+/// and with it the agent processes it started (their guard kills them).
+async fn until_signal(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        done = work => done,
+        _ = term.recv() => anyhow::bail!("stopped by SIGTERM"),
+        _ = int.recv() => anyhow::bail!("stopped by SIGINT"),
     }
 }
 
@@ -152,10 +187,27 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let payload = report::lock_request_len();
     let nodes = usize::from(args.nodes);
     println!(
-        "swimlock bench: {nodes} nodes on loopback, floor payload {payload} bytes, duration {:?}{}",
+        "swimlock bench: {nodes} nodes on loopback{}, floor payload {payload} bytes, duration {:?}{}",
+        if args.processes { " (agent processes and in-process agents, side by side)" } else { "" },
         args.duration,
         args.pin_cpu.map(|c| format!(", pinned to CPU {c}")).unwrap_or_default()
     );
+    let (results, floors, tcp_floors) = if args.processes {
+        processes::measure(args, payload).await?
+    } else {
+        in_process(args, payload).await?
+    };
+    output(args, results, floors, tcp_floors)?;
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The rows of in-process agents; the UDP and TCP floors beside them.
+async fn in_process(
+    args: &BenchArgs,
+    payload: usize,
+) -> anyhow::Result<(Vec<Measurement>, Vec<Floor>, Vec<Floor>)> {
+    let nodes = usize::from(args.nodes);
     let mut results = Vec::new();
     let mut floors = Vec::new();
 
@@ -232,7 +284,16 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             rate: None,
         });
     }
+    Ok((results, floors, tcp_floors))
+}
 
+/// Prints the tables and targets, writes the JSON and the plots.
+fn output(
+    args: &BenchArgs,
+    mut results: Vec<Measurement>,
+    floors: Vec<Floor>,
+    tcp_floors: Vec<Floor>,
+) -> anyhow::Result<()> {
     for (name, what, floors) in
         [("tcp_floor", "TCP round trip", &tcp_floors), ("udp_floor", "UDP round trip", &floors)]
     {
@@ -243,8 +304,18 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         results.insert(0, Measurement { name: name.into(), what, hist: all, floor: None, rate: None });
     }
 
+    let (cli, endpoint): (Vec<_>, Vec<_>) = results.into_iter().partition(processes::is_cli_row);
+    let results = endpoint;
     print!("{}", report::table(&results));
+    if !cli.is_empty() {
+        println!("\nend to end through the CLI, process start included (reported apart):");
+        print!("{}", report::table(&cli));
+    }
     print!("{}", report::targets(&results));
+    if args.processes {
+        print!("{}", report::process_targets(&results, &cli, &process_prefixes(args)));
+    }
+    let results: Vec<Measurement> = results.into_iter().chain(cli).collect();
     if let Some(path) = &args.json {
         std::fs::write(path, report::json(&results, args))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -256,7 +327,6 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         println!("plots written to {}", names.join(", "));
     }
-    println!("total time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -318,6 +388,15 @@ async fn paired_rows(
     plain.stop().await;
     sealed.stop().await;
     Ok(())
+}
+
+/// The prefixes of the process rows of this run.
+fn process_prefixes(args: &BenchArgs) -> Vec<String> {
+    if args.agent_runtimes.is_empty() {
+        return vec![processes::prefix(None, false)];
+    }
+    let several = args.agent_runtimes.len() > 1;
+    args.agent_runtimes.iter().map(|r| processes::prefix(Some(r), several)).collect()
 }
 
 /// The client-endpoint rows, through a raw RESP client: on the

@@ -8,6 +8,7 @@ use swimlock_wire::lock::{LockFrame, LockMsg, LockReq, Wait};
 use swimlock_wire::{ClientId, LockName, NodeId, ReqId};
 
 use super::floor::Floor;
+use super::processes::{CLI_ROWS, ENDPOINT_ROWS, SPAWN_ROWS, row_name};
 use super::{BUSY_POLL_ROW, BenchArgs, Measurement, PAIRED_INSECURE_ROW, PAIRED_SEALED_ROW};
 
 /// Percentiles of the table, the JSON and the plot.
@@ -117,7 +118,7 @@ pub fn targets(results: &[Measurement]) -> String {
     if let Some(r) = find(results, "contention_16_one_name").and_then(|m| m.rate) {
         line(format!("{r:.0} hand-offs/s >= 50,000 (16 clients, one name)"), r >= 50_000.0);
     }
-    endpoint_targets(results, &mut line);
+    endpoint_targets(results, "", &mut line);
     if let Some(m) = find(results, "failover_kill_coordinator") {
         let p50 = us(&m.hist, 50.0) / 1e6;
         line(format!("failover p50 {p50:.3} s <= 1.0 s ({} runs, defaults)", m.hist.len()), p50 <= 1.0);
@@ -127,14 +128,17 @@ pub fn targets(results: &[Measurement]) -> String {
 }
 
 /// The client endpoint's targets (issue 12), against the TCP and UDP
-/// floors of the same run.
-fn endpoint_targets(results: &[Measurement], line: &mut impl FnMut(String, bool)) {
-    let p50 = |name: &str| find(results, name).map(|m| us(&m.hist, 50.0));
-    let own_floor = |name: &str| find(results, name).and_then(|m| m.floor.as_ref()).map(Floor::p50_us);
-    let udp = p50("udp_floor");
+/// floors of the same run, for the rows of the agents with `prefix` (see
+/// [`row_name`]).
+fn endpoint_targets(results: &[Measurement], prefix: &str, line: &mut impl FnMut(String, bool)) {
+    let row = |name: &str| find(results, &row_name(prefix, name));
+    let p50 = |name: &str| row(name).map(|m| us(&m.hist, 50.0));
+    let own_floor = |name: &str| row(name).and_then(|m| m.floor.as_ref()).map(Floor::p50_us);
+    let udp = find(results, "udp_floor").map(|m| us(&m.hist, 50.0));
+    let of = if prefix.is_empty() { String::new() } else { format!("{prefix}: ") };
     if let (Some(p), Some(tcp)) = (p50("resp_coord_1_client"), own_floor("resp_coord_1_client")) {
         line(
-            format!("coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor p50 {tcp:.1} µs"),
+            format!("{of}coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor p50 {tcp:.1} µs"),
             p <= 2.5 * tcp,
         );
     }
@@ -144,26 +148,89 @@ fn endpoint_targets(results: &[Measurement], line: &mut impl FnMut(String, bool)
         let bound = 2.5 * tcp + 2.0 * udp;
         line(
             format!(
-                "non-coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor {tcp:.1} + 2 x udp_floor {udp:.1} = {bound:.1} µs"
+                "{of}non-coordinator endpoint pair p50 {p:.1} µs <= 2.5 x tcp_floor {tcp:.1} + 2 x udp_floor {udp:.1} = {bound:.1} µs"
             ),
             p <= bound,
         );
     }
-    let rate = |name: &str| find(results, name).and_then(|m| m.rate);
+    let rate = |name: &str| row(name).and_then(|m| m.rate);
     if let Some(r) = rate("resp_noncoord_16_distinct") {
         line(
-            format!("{r:.0} pairs/s >= 60,000 (16 TCP clients, distinct names, non-coordinator endpoint)"),
+            format!(
+                "{of}{r:.0} pairs/s >= 60,000 (16 TCP clients, distinct names, non-coordinator endpoint)"
+            ),
             r >= 60_000.0,
         );
-        if let Some(redis) = rate("redis_16_distinct") {
-            line(format!("{r:.0} pairs/s >= Redis's {redis:.0} (same clients, same run)"), r >= redis);
+        if let Some(redis) = find(results, "redis_16_distinct").and_then(|m| m.rate) {
+            line(format!("{of}{r:.0} pairs/s >= Redis's {redis:.0} (same clients, same run)"), r >= redis);
         }
     }
-    if let Some(m) = find(results, "resp_noncoord_16_one_name") {
+    if let Some(m) = row("resp_noncoord_16_one_name") {
         let (r, worst) = (m.rate.unwrap_or(0.0), m.hist.max() as f64 / 1e6);
-        line(format!("{r:.0} hand-offs/s >= 30,000 (16 TCP clients, one name)"), r >= 30_000.0);
-        line(format!("worst wait {worst:.1} ms < 20 ms (16 TCP clients, one name; FIFO)"), worst < 20.0);
+        line(format!("{of}{r:.0} hand-offs/s >= 30,000 (16 TCP clients, one name)"), r >= 30_000.0);
+        line(format!("{of}worst wait {worst:.1} ms < 20 ms (16 TCP clients, one name; FIFO)"), worst < 20.0);
     }
+}
+
+/// The targets of `--processes`, for the process rows of each of
+/// `prefixes`: every endpoint row at least 80% of the same row of the
+/// in-process agents (ops/s, or for one client the inverse of the p50);
+/// the non-coordinator pair of the client API through the agent's
+/// endpoint against the UDP floor; the endpoint targets again; and the CLI
+/// rows against the process-start floor.
+pub fn process_targets(results: &[Measurement], cli: &[Measurement], prefixes: &[String]) -> String {
+    let mut s = String::from("\ntargets of the agent processes:\n");
+    let mut line = |what: String, ok: bool| {
+        let _ = writeln!(s, "  [{}] {what}", if ok { "met " } else { "MISS" });
+    };
+    for prefix in prefixes {
+        for row in ENDPOINT_ROWS {
+            let (Some(p), Some(i)) = (find(results, &row_name(prefix, row)), find(results, row)) else {
+                continue;
+            };
+            let (pct, how) = match (p.rate, i.rate) {
+                (Some(pr), Some(ir)) => (100.0 * pr / ir, format!("{pr:.0} vs {ir:.0} ops/s")),
+                _ => {
+                    let (pp, ip) = (us(&p.hist, 50.0), us(&i.hist, 50.0));
+                    (100.0 * ip / pp, format!("p50 {pp:.1} vs {ip:.1} µs"))
+                }
+            };
+            line(format!("{}: {pct:.0}% of in-process ({how}) >= 80%", p.name), pct >= 80.0);
+        }
+        if let Some(m) = find(results, &row_name(prefix, "uncontended_noncoord_tcp"))
+            && let Some(f) = &m.floor
+        {
+            let (p50, f50, p99, f99) = (us(&m.hist, 50.0), f.p50_us(), us(&m.hist, 99.0), us(&f.hist, 99.0));
+            line(
+                format!(
+                    "{}: p50 {p50:.1} µs <= 2 x udp floor p50 {f50:.1} µs ({}; defaults)",
+                    m.name,
+                    f.mode()
+                ),
+                p50 <= 2.0 * f50,
+            );
+            line(
+                format!("{}: p99 {p99:.1} µs <= 5 x udp floor p99 {f99:.1} µs (defaults)", m.name),
+                p99 <= 5.0 * f99,
+            );
+        }
+        endpoint_targets(results, prefix, &mut line);
+    }
+    if let Some(spawn) = find(cli, SPAWN_ROWS[1]) {
+        let base = us(&spawn.hist, 50.0);
+        for m in cli.iter().filter(|m| CLI_ROWS.iter().any(|r| m.name.ends_with(r))) {
+            let p50 = us(&m.hist, 50.0);
+            let _ = writeln!(
+                s,
+                "  (info) {}: p50 {:.2} ms, {:.1}x the start of `swimlock --version` ({:.2} ms)",
+                m.name,
+                p50 / 1e3,
+                p50 / base,
+                base / 1e3
+            );
+        }
+    }
+    s
 }
 
 /// One JSON entry per measurement.
@@ -193,6 +260,8 @@ pub fn json(results: &[Measurement], args: &BenchArgs) -> String {
         "nodes": args.nodes,
         "pin_cpu": args.pin_cpu,
         "duration_s": args.duration.as_secs_f64(),
+        "processes": args.processes,
+        "agent_runtimes": args.agent_runtimes,
         "measurements": entries,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"

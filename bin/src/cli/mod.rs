@@ -97,6 +97,9 @@ enum Commands {
     Sim(crate::sim::SimArgs),
     /// Measure a 3-node loopback cluster (latency, throughput, contention,
     /// failover) against the raw UDP round trip; table, JSON, SVG plot.
+    /// With --processes: real `swimlock agent` processes through their
+    /// client endpoints, beside in-process agents in the same run, and
+    /// `swimlock lock NAME -- true` end to end.
     Bench(crate::bench::BenchArgs),
     /// Internal: the guardian process of `swimlock lock`.
     #[command(name = guardian::GUARDIAN_ARG, hide = true)]
@@ -170,6 +173,47 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// The agent's runtime: one thread for the node task and the client
+/// endpoint, the layout of the in-process agents and, by a small margin,
+/// the fastest measured (README, *Agent processes*).
+/// `SWIMLOCK_AGENT_RUNTIME` picks another, for `swimlock bench
+/// --processes` to compare: `multi` (a worker per CPU) or `split` (the
+/// client endpoint on one thread, the node task on [`node_thread`]).
+fn agent_runtime() -> tokio::runtime::Runtime {
+    match std::env::var(crate::bench::AGENT_RUNTIME_ENV).as_deref() {
+        Ok("multi") => runtime(),
+        _ => current_thread(),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swimlock: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A thread running a single-threaded runtime for as long as the process
+/// lives; its handle.
+fn node_thread() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("swimlock-node".into()).spawn(move || {
+        let rt = current_thread();
+        let _ = tx.send(rt.handle().clone());
+        rt.block_on(std::future::pending::<()>());
+    });
+    match spawned.ok().and_then(|_| rx.recv().ok()) {
+        Some(handle) => handle,
+        None => {
+            eprintln!("swimlock: cannot start the node thread");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Logs to stderr as text, filtered by RUST_LOG (default `info`).
 pub fn init_tracing() {
     let _ = crate::logging::init(crate::logging::LogFormat::Text, None);
@@ -196,8 +240,14 @@ fn agent(args: AgentArgs) -> ExitCode {
             tracing::info!(field, name, address = %resolved, "host name resolved once, at start");
         }
     }
-    runtime().block_on(async move {
-        let handle = match crate::agent::spawn(config.clone()) {
+    let split = std::env::var(crate::bench::AGENT_RUNTIME_ENV).is_ok_and(|v| v == "split");
+    agent_runtime().block_on(async move {
+        let spawned = if split {
+            crate::agent::spawn_split(config.clone(), &node_thread())
+        } else {
+            crate::agent::spawn(config.clone())
+        };
+        let handle = match spawned {
             Ok(handle) => handle,
             Err(e) => {
                 eprintln!("swimlock agent: {e}");
