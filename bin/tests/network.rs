@@ -11,8 +11,10 @@ mod rig;
 
 use std::time::{Duration, Instant};
 
+use rig::figures;
 use rig::nemesis::{self, Schedule};
 use rig::net::{Mode, Rig};
+use rig::relay::Latency;
 
 /// Runs `schedule` on `n` nodes, prints its summary line, fails with the
 /// checker's messages.
@@ -66,6 +68,41 @@ fn rig_long_nemesis_available() {
 #[ignore = "long profile: about 2 minutes per mode"]
 fn rig_long_nemesis_majority() {
     run(5, |n, seed| nemesis::mixed(n, seed, Mode::Majority, 12));
+}
+
+/// The README's table of failover and heal times: 5 agents, default
+/// settings, at 0.5 ms ± 0.25 ms and 2 ms ± 1 ms link latency, each with 0%
+/// and 1% loss; `SWIMLOCK_RIG_RUNS` cycles per cell (default 15). One line
+/// per cell. `SWIMLOCK_RIG_CELLS` picks cells by index (e.g. `1` or `0,2`).
+#[test]
+#[ignore = "long profile: about 2 minutes per cell"]
+fn rig_figures_latency_loss() {
+    let _serial = common::serial();
+    let runs = std::env::var("SWIMLOCK_RIG_RUNS").map_or(15, |v| v.parse().expect("a run count"));
+    let pick: Option<Vec<usize>> = std::env::var("SWIMLOCK_RIG_CELLS")
+        .ok()
+        .map(|v| v.split(',').map(|c| c.trim().parse().expect("a cell index")).collect());
+    let seed = nemesis::seed();
+    let us = Duration::from_micros;
+    let cells = [(500, 0), (500, 1), (2000, 0), (2000, 1)].map(|(base, loss)| figures::Cell {
+        latency: Latency { base: us(base), jitter: us(base / 2) },
+        loss,
+    });
+    let mut lines = Vec::new();
+    for (i, cell) in cells.into_iter().enumerate() {
+        if pick.as_ref().is_some_and(|p| !p.contains(&i)) {
+            continue;
+        }
+        let measured = figures::measure(5, cell, runs, seed);
+        let line = measured.line(5, cell, seed);
+        println!("{line}");
+        eprintln!("{line}");
+        for f in &measured.failures {
+            eprintln!("  {f}");
+        }
+        lines.push((line, measured.failures.is_empty()));
+    }
+    assert!(lines.iter().all(|(_, ok)| *ok), "waits failed; replay with SWIMLOCK_RIG_SEED={seed}");
 }
 
 /// Idle figures of `live` agents over `window`: mean bytes sent per agent
