@@ -47,13 +47,17 @@ fn stats(d: &[Duration]) -> String {
         return "none (n=0)".into();
     }
     let s = |x: Duration| format!("{:.2}s", x.as_secs_f64());
+    let mut sorted = d.to_vec();
+    sorted.sort();
+    let all: Vec<String> = sorted.iter().map(|x| format!("{:.2}", x.as_secs_f64())).collect();
     format!(
-        "p50 {} p99 {} min {} max {} (n={})",
+        "p50 {} p99 {} min {} max {} (n={}: {})",
         s(percentile(d, 50.0)),
         s(percentile(d, 99.0)),
-        s(*d.iter().min().unwrap()),
-        s(*d.iter().max().unwrap()),
-        d.len()
+        s(sorted[0]),
+        s(sorted[sorted.len() - 1]),
+        d.len(),
+        all.join(" ")
     )
 }
 
