@@ -11,8 +11,10 @@ mod rig;
 
 use std::time::{Duration, Instant};
 
+use rig::figures;
 use rig::nemesis::{self, Schedule};
 use rig::net::{Mode, Rig};
+use rig::relay::Latency;
 
 /// Runs `schedule` on `n` nodes, prints its summary line, fails with the
 /// checker's messages.
@@ -68,6 +70,41 @@ fn rig_long_nemesis_majority() {
     run(5, |n, seed| nemesis::mixed(n, seed, Mode::Majority, 12));
 }
 
+/// The README's table of failover and heal times: 5 agents, default
+/// settings, at 0.5 ms ± 0.25 ms and 2 ms ± 1 ms link latency, each with 0%
+/// and 1% loss; `SWIMLOCK_RIG_RUNS` cycles per cell (default 15). One line
+/// per cell. `SWIMLOCK_RIG_CELLS` picks cells by index (e.g. `1` or `0,2`).
+#[test]
+#[ignore = "long profile: about 2 minutes per cell"]
+fn rig_figures_latency_loss() {
+    let _serial = common::serial();
+    let runs = std::env::var("SWIMLOCK_RIG_RUNS").map_or(15, |v| v.parse().expect("a run count"));
+    let pick: Option<Vec<usize>> = std::env::var("SWIMLOCK_RIG_CELLS")
+        .ok()
+        .map(|v| v.split(',').map(|c| c.trim().parse().expect("a cell index")).collect());
+    let seed = nemesis::seed();
+    let us = Duration::from_micros;
+    let cells = [(500, 0), (500, 1), (2000, 0), (2000, 1)].map(|(base, loss)| figures::Cell {
+        latency: Latency { base: us(base), jitter: us(base / 2) },
+        loss,
+    });
+    let mut lines = Vec::new();
+    for (i, cell) in cells.into_iter().enumerate() {
+        if pick.as_ref().is_some_and(|p| !p.contains(&i)) {
+            continue;
+        }
+        let measured = figures::measure(5, cell, runs, seed);
+        let line = measured.line(5, cell, seed);
+        println!("{line}");
+        eprintln!("{line}");
+        for f in &measured.failures {
+            eprintln!("  {f}");
+        }
+        lines.push((line, measured.failures.is_empty()));
+    }
+    assert!(lines.iter().all(|(_, ok)| *ok), "waits failed; replay with SWIMLOCK_RIG_SEED={seed}");
+}
+
 /// Idle figures of `live` agents over `window`: mean bytes sent per agent
 /// per second, mean and max CPU share, max RSS.
 fn idle_figures(rig: &Rig, window: Duration) -> String {
@@ -99,6 +136,9 @@ fn idle_figures(rig: &Rig, window: Duration) -> String {
     )
 }
 
+/// Quiet time before idle figures are taken.
+const QUIET: Duration = Duration::from_secs(10);
+
 #[test]
 #[ignore = "long profile: 64 agents"]
 fn rig_scale_sixty_four_agents() {
@@ -119,6 +159,10 @@ fn rig_scale_sixty_four_agents() {
         );
     }
     let converge = rig.now() - first;
+    // After one view the joins are still gossiped for a while (each update
+    // up to its retransmission count, by every node that learns it): idle
+    // is measured after 10 s of quiet, as `swimlock sim --scale` does.
+    std::thread::sleep(QUIET);
     let idle = idle_figures(&rig, Duration::from_secs(10));
     // A member killed: out of every view.
     rig.kill(n - 1);
@@ -133,10 +177,11 @@ fn rig_scale_sixty_four_agents() {
     let (_, failover_lossy) = nemesis::failover(&rt, &mut rig, "scale-probe-2").map_err(|e| e.1).unwrap();
     let live = rig.live();
     let settled = rt.block_on(rig.wait_one_view(&live, Duration::from_secs(60)));
+    std::thread::sleep(QUIET);
     let idle_lossy = idle_figures(&rig, Duration::from_secs(10));
     let line = format!(
-        "network scale: {n} agents: converge {:.2}s from the first start; {idle}; a killed member out of every view in \
-         {:.2}s; failover {:.2}s; with 1% loss: failover {:.2}s, one view again {}, {idle_lossy}",
+        "network scale: {n} agents: converge {:.2}s from the first start; after {QUIET:?} of quiet: {idle}; a killed member out of every view in \
+         {:.2}s; failover {:.2}s; with 1% loss: failover {:.2}s, one view again {}, after {QUIET:?} of quiet: {idle_lossy}",
         converge.as_secs_f64(),
         removed.as_secs_f64(),
         failover.as_secs_f64(),

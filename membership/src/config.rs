@@ -8,6 +8,10 @@ use std::time::Duration;
 /// limit swimlock uses minus what a sealed frame adds (envelope, kind, tag).
 pub const MAX_GOSSIP_PAYLOAD: usize = swimlock_wire::MAX_DATAGRAM - swimlock_wire::frame::OVERHEAD;
 
+/// Largest cluster that retransmits updates exactly
+/// [`Config::max_transmissions`] times.
+pub const SMALL_CLUSTER: usize = 16;
+
 /// Every tunable of the membership layer.
 ///
 /// Durations are spans of the driver's clock (the `now` passed to
@@ -33,18 +37,24 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Members picked per `gossip_interval`.
     pub gossip_fanout: NonZeroUsize,
-    /// How many times one membership update is retransmitted. Should grow
-    /// with log(cluster size): a member misses an update with odds of roughly
-    /// e^-max_transmissions, and then has to find out by its own probe
-    /// round (up to cluster size × probe_period). 12 suits a few hundred.
-    /// A thousand members need about 20: with 12, a cold start of 1,000
-    /// simulated nodes left a node or two without a member or two for 50 s
-    /// and more, and a split into halves did not settle within 60 s; with
-    /// 20, one view after 2.8-3.2 s and the split in 2.4 s
+    /// How many times one membership update is retransmitted in a cluster
+    /// of up to [`SMALL_CLUSTER`] members; larger clusters retransmit more
+    /// when `scale_transmissions` is set (see [`Config::transmissions_for`]).
+    /// A member misses an update with odds of roughly e^-max_transmissions,
+    /// and then has to find out by its own probe round (up to cluster size
+    /// × probe_period). With 12 fixed, a cold start of 1,000 simulated nodes
+    /// left a node or two without a member or two for 50 s and more, and a
+    /// split into halves did not settle within 60 s; with 20, one view after
+    /// 2.8-3.2 s and the split in 2.4 s
     /// (`swimlock sim --scale --nodes 1000 --max-transmissions 20`). More
     /// transmissions cost nothing at idle and lengthen the gossip after a
     /// change, not its rate.
     pub max_transmissions: NonZeroU8,
+    /// Whether clusters larger than [`SMALL_CLUSTER`] members retransmit
+    /// each update more than `max_transmissions` times (see
+    /// [`Config::transmissions_for`]); off, every size gets
+    /// `max_transmissions`.
+    pub scale_transmissions: bool,
     /// How often foca re-announces itself to one random active member (a
     /// full-state exchange that repairs divergent member lists).
     pub announce_interval: Duration,
@@ -90,6 +100,7 @@ impl Config {
             gossip_interval: Duration::from_millis(50),
             gossip_fanout: NonZeroUsize::new(3).expect("non-zero"),
             max_transmissions: NonZeroU8::new(12).expect("non-zero"),
+            scale_transmissions: true,
             announce_interval: Duration::from_secs(10),
             announce_to_down_interval: Duration::from_millis(500),
             announce_to_down_fanout: NonZeroUsize::new(2).expect("non-zero"),
@@ -156,13 +167,30 @@ impl Config {
         (self.suspect_to_down_after + self.view_settle).saturating_sub(self.probe_period)
     }
 
-    /// The foca configuration these tunables map to.
-    pub(crate) fn to_foca(&self) -> foca::Config {
+    /// Retransmissions of one update in a cluster of `members` (this node
+    /// included): `max_transmissions` up to [`SMALL_CLUSTER`] members, then
+    /// `max_transmissions + ceil(2 ln(members / SMALL_CLUSTER))` if
+    /// `scale_transmissions` is set. A cold start leaves about members² ×
+    /// e^-transmissions (node, member) pairs unlearnt, and that count stays
+    /// what it is at 16 members with 12: 15 transmissions at 64 members, 21
+    /// at 1,000.
+    pub fn transmissions_for(&self, members: usize) -> NonZeroU8 {
+        if !self.scale_transmissions || members <= SMALL_CLUSTER {
+            return self.max_transmissions;
+        }
+        let extra = (2.0 * (members as f64 / SMALL_CLUSTER as f64).ln()).ceil() as u16;
+        let total = (u16::from(self.max_transmissions.get()) + extra).min(u16::from(u8::MAX));
+        NonZeroU8::new(total as u8).unwrap_or(self.max_transmissions)
+    }
+
+    /// The foca configuration these tunables map to, for a cluster of
+    /// `members` (see [`Config::transmissions_for`]).
+    pub(crate) fn to_foca(&self, members: usize) -> foca::Config {
         let mut c = foca::Config::simple();
         c.probe_period = self.probe_period;
         c.probe_rtt = self.probe_rtt;
         c.num_indirect_probes = self.num_indirect_probes;
-        c.max_transmissions = self.max_transmissions;
+        c.max_transmissions = self.transmissions_for(members);
         c.suspect_to_down_after = self.suspect_to_down_after;
         c.remove_down_after = self.remove_down_after;
         c.max_packet_size = self.max_packet_size;
@@ -236,5 +264,18 @@ mod tests {
         let mut c = Config::lan();
         c.max_packet_size = NonZeroUsize::new(70_000).unwrap();
         assert_eq!(c.validate().unwrap_err().field, "max_packet_size");
+    }
+
+    #[test]
+    fn transmissions_grow_only_past_sixteen_members() {
+        let c = Config::lan();
+        let at = |n| c.transmissions_for(n).get();
+        assert!((1..=SMALL_CLUSTER).all(|n| at(n) == 12));
+        assert_eq!((at(17), at(32), at(64), at(1000), at(10_000)), (13, 14, 15, 21, 25));
+        let fixed = Config { scale_transmissions: false, ..Config::lan() };
+        assert_eq!(fixed.transmissions_for(1000).get(), 12);
+        let mut c = Config::lan();
+        c.max_transmissions = NonZeroU8::new(250).unwrap();
+        assert_eq!(c.transmissions_for(10_000).get(), 255);
     }
 }

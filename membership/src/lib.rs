@@ -121,8 +121,10 @@
 //! # LAN defaults ([`Config::lan`])
 //!
 //! Probe every 100 ms (40 ms for the direct ack), suspicion 400 ms, gossip
-//! every 50 ms to 3 members, updates retransmitted 12 times, announce to
-//! down members every 500 ms, to seeds every 1 s, views settle for 200 ms.
+//! every 50 ms to 3 members, updates retransmitted 12 times (more past 16
+//! members: 15 at 64, 21 at 1,000; see [`Config::transmissions_for`]),
+//! announce to down members every 500 ms, to seeds every 1 s, views settle
+//! for 200 ms.
 //! When a merge starts (a down member returns, or this node rejoins), this
 //! node also announces to every member it still believes down at once, so
 //! the renewal cascade of a heal completes within one settle window.
@@ -175,7 +177,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use swimlock_wire::NodeId;
 
-pub use config::{Config, ConfigError, MAX_GOSSIP_PAYLOAD};
+pub use config::{Config, ConfigError, MAX_GOSSIP_PAYLOAD, SMALL_CLUSTER};
 pub use identity::MAX_NAME_LEN;
 pub use view::{Event, Member, View};
 
@@ -376,6 +378,9 @@ pub struct Membership {
     /// The highest coordinator term heard of through gossip (see
     /// [`Membership::gossip_term`]).
     gossiped_term: Arc<AtomicU32>,
+    /// foca's `max_transmissions` now: it follows the number of active
+    /// members ([`Config::transmissions_for`]).
+    transmissions: std::num::NonZeroU8,
 }
 
 impl fmt::Debug for Membership {
@@ -422,7 +427,7 @@ impl Membership {
         let gossiped_term = Arc::new(AtomicU32::new(0));
         let foca = Foca::with_custom_broadcast(
             Ident::new(me, name.clone(), tag),
-            config.to_foca(),
+            config.to_foca(1),
             SmallRng::seed_from_u64(rng_seed),
             PostcardCodec,
             terms::TermGossip::new(gossiped_term.clone()),
@@ -442,6 +447,7 @@ impl Membership {
             rival: None,
             superseded_by: None,
             gossiped_term,
+            transmissions: config.transmissions_for(1),
             config,
         })
     }
@@ -861,6 +867,24 @@ impl Membership {
         }
     }
 
+    /// Sets foca's retransmissions for the number of active members now
+    /// (updates already queued keep the count they were queued with).
+    fn fit_transmissions(&mut self) {
+        let want = self.config.transmissions_for(self.foca.num_members() + 1);
+        // Only max_transmissions differs, which foca accepts at any time.
+        if want != self.transmissions
+            && self.foca.set_config(self.config.to_foca(self.foca.num_members() + 1)).is_ok()
+        {
+            self.transmissions = want;
+        }
+    }
+
+    /// How many times this node retransmits a membership update now
+    /// ([`Config::transmissions_for`] its active members).
+    pub fn transmissions(&self) -> std::num::NonZeroU8 {
+        self.transmissions
+    }
+
     /// A merge has started: announce to every member still believed down
     /// now instead of waiting for foca's periodic round. Each such announce
     /// makes both ends renew and meet, so the whole heal cascade happens in
@@ -893,6 +917,7 @@ impl Membership {
         }
         if std::mem::take(&mut self.members_changed) {
             self.tracker.observe(now, self.foca.iter_members().map(|m| m.id()));
+            self.fit_transmissions();
         }
         if let Some(event) = self.tracker.poll(now, self.config.view_settle, self.config.view_max_delay) {
             self.events.push_back(event);

@@ -153,6 +153,8 @@ fn fifty_nodes_converge_and_heal_a_crash() {
         conv.push(t);
         let digest = sim.view(0).digest();
         assert!((0..50).all(|i| sim.view(i).digest() == digest));
+        // 12 + ceil(2 ln(50 / 16)) retransmissions once all 50 are known.
+        assert!((0..50).all(|i| sim.node(i).transmissions().get() == 15));
         sim.run_for(ms(1_000));
         let victim = 17 + seed as usize;
         sim.crash(victim);

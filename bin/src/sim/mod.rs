@@ -57,8 +57,9 @@ pub struct SimArgs {
     /// it counts as missed.
     #[arg(long, default_value_t = 60)]
     pub step_limit_secs: u64,
-    /// With --scale: membership's `max_transmissions` instead of the LAN
-    /// default (to compare settings).
+    /// With --scale: a fixed membership `max_transmissions` for every
+    /// cluster size, instead of the LAN default's, which grows past 16
+    /// members (to compare settings).
     #[arg(long)]
     pub max_transmissions: Option<u8>,
     /// With --scale: membership's `gossip_fanout` instead of the LAN
@@ -290,7 +291,10 @@ fn scale_main(args: &SimArgs) -> ExitCode {
     base.step_limit = Duration::from_secs(args.step_limit_secs.max(1));
     if let Some(n) = args.max_transmissions {
         match std::num::NonZeroU8::new(n) {
-            Some(n) => base.membership.max_transmissions = n,
+            Some(n) => {
+                base.membership.max_transmissions = n;
+                base.membership.scale_transmissions = false;
+            }
             None => {
                 eprintln!("swimlock sim --scale: --max-transmissions must be at least 1");
                 return ExitCode::from(2);

@@ -8,6 +8,7 @@
 //! - [`workload`]: the clients;
 //! - [`check`]: the checker;
 //! - [`nemesis`]: seeded fault schedules and the run that applies one;
+//! - [`figures`]: failover and heal times repeated for percentiles;
 //! - [`relay`]: link latency, since this kernel has no netem.
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` installs them).
@@ -15,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod figures;
 pub mod history;
 pub mod nemesis;
 pub mod net;

@@ -90,7 +90,7 @@ pub fn seed() -> u64 {
 }
 
 /// A majority/minority split of `n` nodes, drawn from `rng`.
-fn split(rng: &mut SmallRng, n: usize) -> Vec<Vec<usize>> {
+pub fn split(rng: &mut SmallRng, n: usize) -> Vec<Vec<usize>> {
     let mut nodes: Vec<usize> = (0..n).collect();
     nodes.shuffle(rng);
     let minority = rng.random_range(1..=(n - 1) / 2);

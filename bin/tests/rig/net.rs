@@ -269,11 +269,15 @@ impl Rig {
     /// address; a restarted agent is a new, younger member).
     pub fn start(&mut self, i: usize) {
         assert!(!self.nodes[i].running(), "n{i} already runs");
+        // SWIMLOCK_RIG_SEEDS=K: only the first K nodes are seeds (as a large
+        // deployment would list a few), else every other node is.
+        let first =
+            std::env::var("SWIMLOCK_RIG_SEEDS").map_or(usize::MAX, |v| v.parse().expect("a seed count"));
         let seeds: Vec<String> = self
             .nodes
             .iter()
             .enumerate()
-            .filter(|(j, _)| *j != i)
+            .filter(|(j, _)| *j != i && *j < first)
             .map(|(_, n)| n.advertise.to_string())
             .collect();
         let key = key_file(self.dir.path());
