@@ -175,7 +175,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The agent's runtime: one thread for the node task and the client
 /// endpoint, the layout of the in-process agents and, by a small margin,
-/// the fastest measured (README, *Agent processes*).
+/// the fastest measured (docs/BENCHMARKS.md, *Agent processes*).
 /// `SWIMLOCK_AGENT_RUNTIME` picks another, for `swimlock bench
 /// --processes` to compare: `multi` (a worker per CPU) or `split` (the
 /// client endpoint on one thread, the node task on [`node_thread`]).
