@@ -190,17 +190,41 @@ impl ReconcileFixture {
         coord.handle_view(now, self.view.clone());
         let mut answer = Vec::new();
         while let Some(t) = coord.poll_transmit() {
-            if t.to == self.member_id {
-                self.member.handle_message(now, self.coord_id, t.msg);
-            }
-        }
-        while let Some(t) = self.member.poll_transmit() {
-            if t.to == self.coord_id && matches!(t.msg, LockMsg::LockInfoRsp(_)) {
-                answer.push(t.msg);
+            if t.to == self.member_id
+                && let LockMsg::LockInfoReq(req) = t.msg
+            {
+                answer = whole_answer(&mut self.member, self.coord_id, now, req);
             }
         }
         while coord.poll_event().is_some() {}
         (coord, answer)
+    }
+}
+
+/// Every part of `member`'s answer to `req`: a member sends one window of
+/// parts per ask, so it is asked again, with the parts already in, until
+/// nothing new comes (as the coordinator would, one window per round trip).
+fn whole_answer(
+    member: &mut LockNode,
+    coord_id: NodeId,
+    now: Duration,
+    mut req: LockInfoReq,
+) -> Vec<LockMsg> {
+    let mut parts = Vec::new();
+    loop {
+        member.handle_message(now, coord_id, LockMsg::LockInfoReq(req.clone()));
+        let before = parts.len();
+        while let Some(t) = member.poll_transmit() {
+            if t.to == coord_id
+                && let LockMsg::LockInfoRsp(rsp) = &t.msg
+            {
+                req.have.push(rsp.part);
+                parts.push(t.msg);
+            }
+        }
+        if parts.len() == before {
+            return parts;
+        }
     }
 }
 
@@ -272,12 +296,9 @@ impl ManyMembers {
         let mut answers = Vec::new();
         while let Some(t) = coord.poll_transmit() {
             let Some(member) = self.members.iter_mut().find(|m| m.member_id == t.to) else { continue };
-            member.member.handle_message(now, coord_id, t.msg);
-            while let Some(a) = member.member.poll_transmit() {
-                if a.to == coord_id && matches!(a.msg, LockMsg::LockInfoRsp(_)) {
-                    answers.push((member.member_id, a.msg));
-                }
-            }
+            let LockMsg::LockInfoReq(req) = t.msg else { continue };
+            let parts = whole_answer(&mut member.member, coord_id, now, req);
+            answers.extend(parts.into_iter().map(|part| (member.member_id, part)));
         }
         while coord.poll_event().is_some() {}
         let built: Vec<NodeId> = self.members.iter().map(|m| m.member_id).collect();

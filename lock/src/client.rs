@@ -734,7 +734,8 @@ impl ClientRole {
             self.round = Some((from, req.term));
         }
         let snapshot = self.snapshot.as_ref().expect("set above");
-        let missing = snapshot.parts.iter().filter(|p| !req.have.contains(&p.part));
+        let have: std::collections::BTreeSet<u16> = req.have.iter().copied().collect();
+        let missing = snapshot.parts.iter().filter(|p| !have.contains(&p.part));
         for part in missing.take(crate::config::REPORT_WINDOW_PARTS) {
             out.send(from, LockMsg::LockInfoRsp(part.clone()));
         }
