@@ -134,3 +134,17 @@ fn a_processes_run_stopped_by_sigterm_leaves_no_agent() {
     }
     assert!(!agent_dir.exists(), "{} was not removed", agent_dir.display());
 }
+
+/// `--only` that names no row is an error, not an empty run; with
+/// `--processes` (rows of its own) it is refused as a usage error.
+#[test]
+fn only_that_matches_no_row_is_an_error() {
+    let _serial = serial();
+    let run =
+        |args: &[&str]| Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("swimlock bench");
+    let out = run(&["bench", "--duration", "10ms", "--failover-runs", "1", "--only", "no_such_row"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no_such_row"), "{err}");
+    let out = run(&["bench", "--processes", "--only", "resp"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -276,24 +276,25 @@ impl LockTable {
 
     /// Records `grant` as the holder of a free lock: a new grant, made once
     /// any lock-delay on it was over, so the delay ends here. (A hold a
-    /// member reports keeps the delay: see [`Table::install_reported`].)
+    /// member reports keeps the delay: see [`LockTable::install_reported`].)
     pub fn grant(&mut self, name: &LockName, grant: Grant) {
-        let entry = self.locks.entry(name.clone()).or_default();
-        debug_assert!(entry.holder.is_none(), "grant of a held lock {name}");
-        self.nodes.replace(&mut entry.holder, Some(grant));
-        entry.set_delay(None);
-        entry.retain_waiters(|w| w.owner != grant.owner);
-        debug_assert!(entry.is_valid(&self.nodes));
-        track(&mut self.rare, name, Some(entry));
+        self.set_holder(name, grant, true);
     }
 
     /// Installs a hold a member reported. Unlike a grant, it leaves a
     /// lock-delay in force: a departed holder may still be inside its lease,
     /// so when this holder lets go, the next waiter still waits it out.
     pub fn install_reported(&mut self, name: &LockName, grant: Grant) {
+        self.set_holder(name, grant, false);
+    }
+
+    fn set_holder(&mut self, name: &LockName, grant: Grant, end_delay: bool) {
         let entry = self.locks.entry(name.clone()).or_default();
-        debug_assert!(entry.holder.is_none(), "reported hold of a held lock {name}");
+        debug_assert!(entry.holder.is_none(), "{name} is held already");
         self.nodes.replace(&mut entry.holder, Some(grant));
+        if end_delay {
+            entry.set_delay(None);
+        }
         entry.retain_waiters(|w| w.owner != grant.owner);
         debug_assert!(entry.is_valid(&self.nodes));
         track(&mut self.rare, name, Some(entry));

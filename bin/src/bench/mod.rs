@@ -73,8 +73,9 @@ pub struct BenchArgs {
     pub agent_runtimes: Vec<String>,
     /// Run only the rows whose names start with one of these prefixes
     /// (comma-separated, e.g. `resp_noncoord,uncontended_noncoord`); the
-    /// floors are always measured.
-    #[arg(long, value_delimiter = ',')]
+    /// floors are always measured. Not with --processes, which has rows
+    /// of its own.
+    #[arg(long, value_delimiter = ',', conflicts_with = "processes")]
     pub only: Vec<String>,
 }
 
@@ -197,6 +198,9 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         in_process(args, payload).await?
     };
+    if !args.only.is_empty() && results.is_empty() {
+        anyhow::bail!("--only {}: no row's name starts with that", args.only.join(","));
+    }
     output(args, results, floors, tcp_floors)?;
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

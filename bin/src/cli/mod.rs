@@ -182,7 +182,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn agent_runtime() -> tokio::runtime::Runtime {
     match std::env::var(crate::bench::AGENT_RUNTIME_ENV).as_deref() {
         Ok("multi") => runtime(),
-        _ => current_thread(),
+        Ok("current" | "split") | Err(_) => current_thread(),
+        Ok(other) => {
+            eprintln!(
+                "swimlock: {}={other:?} is not a runtime (current, multi, split); using current",
+                crate::bench::AGENT_RUNTIME_ENV
+            );
+            current_thread()
+        }
     }
 }
 
