@@ -75,7 +75,10 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
         ),
         ("unlock_rsp", LockMsg::UnlockRsp(UnlockRsp { id: ReqId(1002), term: 7 })),
         ("redirect", LockMsg::Redirect(Redirect { id: ReqId(1001), coordinator: Some(node(7001, 1)) })),
-        ("lock_info_req", LockMsg::LockInfoReq(LockInfoReq { term: 7, have: vec![0, 1, 2], linger_ms: 0 })),
+        (
+            "lock_info_req",
+            LockMsg::LockInfoReq(LockInfoReq { term: 7, have: vec![0, 1, 2], linger_ms: 0, vouch_of: None }),
+        ),
         (
             "lock_info_rsp_32",
             LockMsg::LockInfoRsp(LockInfoRsp {
@@ -88,6 +91,7 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
                 stamp: 1_700_000_000_000,
                 held: (0..31).map(held).collect(),
                 pending: vec![req],
+                vouch: None,
             }),
         ),
         ("duplicate_lock", LockMsg::DuplicateLock(dup.clone())),

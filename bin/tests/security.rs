@@ -274,6 +274,7 @@ fn attacker_process() {
                 stamp: 0,
                 held: Vec::new(),
                 pending: Vec::new(),
+                vouch: None,
             });
             for batch in
                 [msgs, unlocks, vec![phantom], dups, vec![LockMsg::Hello(Hello { sync: 1_000 }), poison]]

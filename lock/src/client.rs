@@ -17,15 +17,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use swimlock_wire::lock::{CancelReq, Denial, Hello, Renew, RenewAck, UnlockReq};
+use swimlock_wire::lock::{CancelReq, Denial, Hello, Renew, RenewAck, UnlockReq, Vouch};
 use swimlock_wire::lock::{
     DuplicateLock, HeldLock, LockInfoReq, LockInfoRsp, LockMsg, LockOutcome, LockReq, LockRsp, UnlockRsp,
-    Wait,
+    VouchSeen, Wait,
 };
 use swimlock_wire::{ClientId, LockName, NodeId, ReqId, Token};
 
 use crate::config::Config;
 use crate::node::{Event, Failure, HeldInfo, LossReason, Outbox, UnlockError, View};
+use crate::vouch::{OwnLeases, Records, witnesses};
 
 /// Entries (held locks plus pending requests) in one LOCK-INFO-RSP part;
 /// with names of at most 255 bytes a part stays far below a datagram.
@@ -216,6 +217,15 @@ pub(crate) struct ClientRole {
     /// The coordinator of the last round answered, and until when its own
     /// clients may hold locks under a previous coordinator's leases.
     coordinator_linger: Option<(NodeId, Duration)>,
+    /// As coordinator: how far witnesses vouched for its own clients'
+    /// leases (see [`crate::vouch`]).
+    own: OwnLeases,
+    /// As witness: the vouches received.
+    records: Records,
+    /// The digest of the current view, and whether this node witnesses
+    /// its coordinator's vouches.
+    view_digest: u64,
+    witness: bool,
 }
 
 impl ClientRole {
@@ -237,7 +247,16 @@ impl ClientRole {
             snapshot: None,
             renew_at: Duration::ZERO,
             coordinator_linger: None,
+            own: OwnLeases::default(),
+            records: Records::default(),
+            view_digest: 0,
+            witness: false,
         }
+    }
+
+    /// This node's record of `coordinator`'s last vouch in `view`.
+    pub fn vouch_seen(&self, coordinator: NodeId, view: u64) -> Option<Duration> {
+        self.records.seen_in(coordinator, view)
     }
 
     /// Until when the clients of `coordinator` (which this node answered)
@@ -439,6 +458,18 @@ impl ClientRole {
             self.renew_at = now;
         }
         self.coordinator = coordinator;
+        self.view_digest = view.digest();
+        let witnesses = witnesses(&view.members);
+        self.witness = witnesses.contains(&self.me);
+        if coordinator == Some(self.me) {
+            self.own.on_view(now, self.view_digest, witnesses);
+            if self.own.owed() {
+                self.renew_at = now;
+            }
+        } else {
+            self.own.on_view(now, self.view_digest, &[]);
+            self.own.cease();
+        }
         if self.quorum && !quorum {
             self.lose_all(now, LossReason::QuorumLost, out);
             let tries: Vec<ReqId> = self
@@ -513,9 +544,17 @@ impl ClientRole {
             *backoff = (*backoff * 2).min(self.config.retransmit_max);
             out.send(coordinator, LockMsg::Hello(Hello { sync: self.syncs }));
         }
-        if !self.held.is_empty() && self.renew_at <= now {
+        if self.renewal_wanted() && self.renew_at <= now {
             self.renew_at = now + self.config.renew_interval(coordinator == self.me);
-            out.send(coordinator, LockMsg::Renew(Renew { stamp: stamp(now), sync: self.syncs }));
+            if coordinator == self.me {
+                let (vouch, to) = self.own.vouch(now, stamp(now), &self.config);
+                for node in to {
+                    out.send(node, LockMsg::Vouch(vouch));
+                }
+            }
+            if !self.own.witnessed() && !self.held.is_empty() {
+                out.send(coordinator, LockMsg::Renew(Renew { stamp: stamp(now), sync: self.syncs }));
+            }
         }
         let floor = self.floor();
         let sync = self.syncs;
@@ -544,9 +583,18 @@ impl ClientRole {
         self.ops.iter().find(|(_, op)| !op.queued()).map(|(id, _)| *id).unwrap_or(ReqId(self.next_req))
     }
 
+    /// Whether leases need renewing: locks are held or, as a coordinator
+    /// whose own leases are witnessed, may be granted soon, or a witness
+    /// has no record of this view yet.
+    fn renewal_wanted(&self) -> bool {
+        !self.held.is_empty()
+            || self.own.owed()
+            || (self.own.witnessed() && self.ops.values().any(|op| matches!(op.kind, OpKind::Lock { .. })))
+    }
+
     pub fn poll_timeout(&self) -> Option<Duration> {
         let sends = if self.coordinator.is_some() && self.quorum {
-            let renew = (!self.held.is_empty()).then_some(self.renew_at);
+            let renew = self.renewal_wanted().then_some(self.renew_at);
             self.ops
                 .values()
                 .map(|op| op.next_send)
@@ -587,6 +635,8 @@ impl ClientRole {
                 }
             }
             LockMsg::RenewAck(ack) => self.on_renew_ack(now, from, ack, out),
+            LockMsg::Vouch(vouch) => self.on_vouch(now, from, vouch, out),
+            LockMsg::Vouched(vouch) => self.on_vouched(now, from, vouch, out),
             _ => out.stats.dropped += 1,
         }
     }
@@ -605,6 +655,37 @@ impl ClientRole {
         self.held.extend_all(until);
     }
 
+    /// A vouch of a coordinator: recorded, and acknowledged if it is this
+    /// node's coordinator, in the same view, and this node witnesses it.
+    fn on_vouch(&mut self, now: Duration, from: NodeId, vouch: Vouch, out: &mut Outbox) {
+        self.records.record(now, from, vouch, &self.config);
+        if self.witness && self.coordinator == Some(from) && vouch.view == self.view_digest {
+            out.send(from, LockMsg::Vouched(vouch));
+        }
+    }
+
+    /// A witness acknowledged this node's vouch (the node coordinates and
+    /// is not holding still: see `LockNode::dispatch`): own leases run on
+    /// from its stamp, and own lock requests answered while no
+    /// acknowledged vouch covered them are asked again.
+    fn on_vouched(&mut self, now: Duration, from: NodeId, vouch: Vouch, out: &mut Outbox) {
+        let lapsed = self.own.cap().is_some_and(|t| t <= now);
+        match self.own.on_vouched(from, vouch, &self.config) {
+            Some(until) if until > now => self.held.extend_all(until),
+            Some(_) => return,
+            None => {
+                out.stats.dropped += 1;
+                return;
+            }
+        }
+        if lapsed {
+            for op in self.ops.values_mut().filter(|op| matches!(op.kind, OpKind::Lock { .. })) {
+                op.next_send = op.next_send.min(now);
+            }
+            self.flush(now, out);
+        }
+    }
+
     /// Whether an answer of `from` in round `term` may be applied.
     fn accepts(&self, from: NodeId, term: u32) -> bool {
         self.coordinator == Some(from) && self.round == Some((from, term))
@@ -621,7 +702,21 @@ impl ClientRole {
         match rsp.outcome {
             LockOutcome::Granted(token) => {
                 self.observe_term(token.term());
-                let safe_until = Duration::from_micros(rsp.stamp) + self.lease_from(from);
+                let mut safe_until = Duration::from_micros(rsp.stamp) + self.lease_from(from);
+                if from == self.me
+                    && let Some(cap) = self.own.cap()
+                {
+                    safe_until = safe_until.min(cap);
+                    if safe_until <= now {
+                        // No witness vouched lately: asked again once one
+                        // does (a vouch is due, since a lock is wanted).
+                        if let Some(op) = self.ops.get_mut(&rsp.id) {
+                            op.next_send = now + self.config.retransmit_max;
+                        }
+                        self.flush(now, out);
+                        return;
+                    }
+                }
                 if safe_until <= now {
                     // The lease of this answer ran out before it arrived (a
                     // paused node, a very late copy): not applied. The repeat
@@ -638,7 +733,7 @@ impl ClientRole {
                 let key = (op.client, op.name);
                 self.busy.remove(&key);
                 self.held.insert(key.clone(), Held { token, holds: 1, req: rsp.id, safe_until });
-                if self.held.len() == 1 {
+                if self.held.len() == 1 && !self.own.witnessed() {
                     self.renew_at = now + self.config.renew_interval(from == self.me);
                 }
                 out.stats.acquired += 1;
@@ -728,7 +823,8 @@ impl ClientRole {
         self.coordinator_linger = Some((from, known.map_or(linger, |t| t.min(linger))));
         if fresh {
             self.syncs += 1;
-            let parts = self.build_report(req.term, stamp(now));
+            let vouch = req.vouch_of.and_then(|c| self.records.seen(c));
+            let parts = self.build_report(req.term, stamp(now), vouch);
             self.snapshot = Some(Snapshot { coordinator: from, term: req.term, parts });
             self.observe_term(req.term);
             self.round = Some((from, req.term));
@@ -741,7 +837,7 @@ impl ClientRole {
         }
     }
 
-    fn build_report(&self, term: u32, stamp: u64) -> Vec<LockInfoRsp> {
+    fn build_report(&self, term: u32, stamp: u64, vouch: Option<VouchSeen>) -> Vec<LockInfoRsp> {
         enum Entry {
             Held(HeldLock),
             Pending(LockReq),
@@ -781,6 +877,7 @@ impl ClientRole {
                     stamp,
                     held: Vec::new(),
                     pending: Vec::new(),
+                    vouch,
                 };
                 for e in chunk {
                     match e {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use swimlock_wire::lock::{
     CancelReq, DuplicateLock, HeldLock, Hello, HelloAck, LockInfoReq, LockInfoRsp, LockMsg, LockReq, Renew,
-    RenewAck, UnlockReq,
+    RenewAck, UnlockReq, VouchSeen,
 };
 use swimlock_wire::{LockName, NodeId, Owner, ReqId, Token};
 
@@ -23,6 +23,7 @@ use crate::config::{Config, Mode, REPORT_WINDOW_PARTS};
 use crate::node::{Alert, Event, Notice, Outbox, TableStats, Waiting};
 use crate::serving::{Serving, Session};
 use crate::token::TokenIssuer;
+use crate::vouch::{self, VouchCheck};
 
 /// Bytes a reported entry is counted for, besides its name, while an answer
 /// is put together (the decoded entry and its share of the part).
@@ -39,6 +40,9 @@ pub(crate) struct Report {
     pub stamp: u64,
     pub held: Vec<HeldLock>,
     pub pending: Vec<LockReq>,
+    /// The member's record of the departed coordinator's last vouch, if
+    /// asked for (see [`crate::vouch`]).
+    pub vouch: Option<VouchSeen>,
 }
 
 /// The parts of a member's answer received so far, and when to ask again.
@@ -154,6 +158,7 @@ impl Assembly {
             report.sync = part.sync;
             report.stamp = part.stamp;
             report.max_term = report.max_term.max(part.max_term);
+            report.vouch = report.vouch.or(part.vouch);
             report.held.extend(part.held);
             report.pending.extend(part.pending);
         }
@@ -196,6 +201,9 @@ pub(crate) struct Takeover {
     /// When members last sent this node (as an earlier coordinator)
     /// something a lease may run from.
     pub last_heard: BTreeMap<NodeId, Duration>,
+    /// The departed coordinator whose own leases its witnesses' records
+    /// may show over before `fresh_after` says (not included in it).
+    pub vouch: Option<VouchCheck>,
 }
 
 /// The coordinator role of one node.
@@ -223,6 +231,10 @@ pub(crate) struct Coordinator {
     /// a table rebuilt by a new round (which cannot know those locks) grants
     /// nothing new before.
     departed_until: Option<Duration>,
+    /// The witnesses' records asked for in the round, and what they showed
+    /// (see [`Takeover::vouch`]).
+    vouch: Option<VouchCheck>,
+    vouched: BTreeMap<NodeId, Duration>,
     phase: Phase,
 }
 
@@ -259,6 +271,8 @@ impl Coordinator {
             last_heard: takeover.last_heard,
             departed_until: None,
             linger_until: takeover.linger_until,
+            vouch: takeover.vouch,
+            vouched: BTreeMap::new(),
             phase: Phase::Reconciling { deadline: now, reports: BTreeMap::new() },
         };
         coord.start_round(now, term, out);
@@ -377,12 +391,13 @@ impl Coordinator {
         let linger = self.linger_until.saturating_sub(now).as_millis();
         let linger_ms = u32::try_from(linger).unwrap_or(u32::MAX);
         let (term, backoff_max) = (self.term, self.config.retransmit_max);
+        let vouch_of = self.vouch.as_ref().map(|v| v.coordinator);
         let mut ask = |node: NodeId, a: &mut Assembly| {
             a.asks = a.asks.saturating_add(1);
             a.asked_at = now;
             a.fresh = 0;
             let have = a.got.keys().copied().collect();
-            out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms }));
+            out.send(node, LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms, vouch_of }));
             a.next_ask = now + a.backoff;
             a.backoff = (a.backoff * 2).min(backoff_max);
         };
@@ -472,6 +487,13 @@ impl Coordinator {
             Added::Complete(report) => report,
         };
         self.awaiting.remove(&from);
+        if let (Some(check), Some(seen)) = (&self.vouch, &report.vouch)
+            && seen.coordinator == check.coordinator
+            && seen.view == check.view
+        {
+            let at = vouch::arrival(now, report.stamp, seen, &self.config);
+            self.vouched.entry(from).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+        }
         match &mut self.phase {
             Phase::Reconciling { reports, .. } => {
                 reports.insert(from, report);
@@ -506,7 +528,18 @@ impl Coordinator {
             self.round_above(now, learned, out);
             return;
         }
-        let grace = self.grace_until.max(self.departed_until.filter(|t| *t > now));
+        // The departed coordinator's own leases: over at the latest vouch a
+        // witness recorded plus the own lease, or waited out as before.
+        let own =
+            self.vouch.as_ref().map(|check| check.until(&self.config, |w| self.vouched.get(&w).copied()));
+        if let (Some(check), Some(until)) = (&self.vouch, own)
+            && until < check.fallback
+            && check.fallback > now
+        {
+            out.stats.witnessed_takeovers += 1;
+        }
+        let grace =
+            self.grace_until.max(self.departed_until.filter(|t| *t > now)).max(own.filter(|t| *t > now));
         let mut serving = Serving::new(self.term, grace, &self.config);
         // Paused before the pending requests are admitted: they are new
         // grants too.
@@ -730,6 +763,7 @@ mod tests {
             stamp: 0,
             held: Vec::new(),
             pending: Vec::new(),
+            vouch: None,
         }
     }
 

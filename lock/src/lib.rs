@@ -27,6 +27,7 @@ mod node;
 mod serving;
 mod table;
 mod token;
+mod vouch;
 
 pub use config::{Config, ConfigError, Mode, REPORT_WINDOW_PARTS};
 pub use node::{
@@ -34,6 +35,7 @@ pub use node::{
     UnlockError, View, Waiting,
 };
 pub use token::TokenIssuer;
+pub use vouch::WITNESSES;
 
 pub use swimlock_wire::lock::LockMsg;
 pub use swimlock_wire::{ClientId, LockName, NodeId, Owner, ReqId, Token};

@@ -11,6 +11,7 @@ use crate::client::ClientRole;
 use crate::config::{Config, Mode};
 use crate::coordinator::{Coordinator, Takeover};
 use crate::token::TokenIssuer;
+use crate::vouch::{VouchCheck, witnesses};
 
 /// A membership view as the lock machine needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,12 @@ impl View {
     /// Whether `node` is a member.
     pub fn contains(&self, node: NodeId) -> bool {
         self.members.contains(&node)
+    }
+
+    /// The digest of the member list (see [`swimlock_wire::view_digest`]),
+    /// equal on every node with the same members.
+    pub fn digest(&self) -> u64 {
+        swimlock_wire::view_digest(&self.members)
     }
 }
 
@@ -264,6 +271,10 @@ pub struct Stats {
     pub stale_grants: u64,
     /// Reconciliation answers refused as too large.
     pub reports_refused: u64,
+    /// Takeovers that granted before the departed coordinator's own lease
+    /// would have run out after the view, because its witnesses' records
+    /// showed its own leases over earlier (see [`crate::WITNESSES`]).
+    pub witnessed_takeovers: u64,
 }
 
 /// What the roles produce while handling one input; drained by the
@@ -302,14 +313,25 @@ impl Outbox {
 }
 
 /// A member this node saw leave its view.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Departure {
     /// When its view dropped the member.
     at: Duration,
-    /// If it coordinated that view: until when, as far as this node knows,
-    /// its own clients could hold locks under a previous coordinator's
-    /// (long) leases (`None`: unknown). Its own renewals are short.
-    coordinated: Option<Option<Duration>>,
+    /// If it coordinated that view: what a successor needs to know.
+    coordinated: Option<Coordinated>,
+}
+
+/// What this node knew of a coordinator that left its view.
+#[derive(Clone, Debug)]
+struct Coordinated {
+    /// Until when, as far as this node knows, its own clients could hold
+    /// locks under a previous coordinator's (long) leases (`None`:
+    /// unknown). Its own renewals are short.
+    linger: Option<Duration>,
+    /// The digest of the view it coordinated and the witnesses of that
+    /// view (see [`crate::vouch`]).
+    view: u64,
+    witnesses: Vec<NodeId>,
 }
 
 /// The lock protocol of one node: client role for its applications,
@@ -506,7 +528,11 @@ impl LockNode {
         let trusted = self.gap_at.is_none_or(|gap| self.view_at > gap);
         for (i, node) in previous.iter().enumerate() {
             if !members.contains(node) && *node != self.me {
-                let coordinated = (i == 0 && trusted).then(|| self.client.linger_of(*node));
+                let coordinated = (i == 0 && trusted).then(|| Coordinated {
+                    linger: self.client.linger_of(*node),
+                    view: swimlock_wire::view_digest(previous),
+                    witnesses: witnesses(previous).to_vec(),
+                });
                 self.departed.insert(*node, Departure { at: now, coordinated });
             }
         }
@@ -527,18 +553,37 @@ impl LockNode {
     /// lock-delay after each departure (a whole lease: the departed may have
     /// been renewed just before the view without it), the own lease after a
     /// departed coordinator's (it renewed its own clients up to its last
-    /// moment, or until it was told it was declared down).
+    /// moment, or until it was told it was declared down), unless its
+    /// witnesses' records show its own leases ended earlier (see
+    /// [`crate::vouch`]).
     fn become_coord(&mut self, now: Duration, view: &View) {
         self.cease_coord();
         let own = self.config.stretched(self.config.own_lease);
         let lease = self.config.stretched(self.config.lease);
+        let mut vouch = None;
         let fresh_after = self
             .departed
             .iter()
             .map(|(node, d)| {
-                let after = match d.coordinated {
-                    Some(Some(linger)) => (d.at + own).max(linger),
-                    Some(None) | None => d.at + self.config.lock_delay,
+                let after = match &d.coordinated {
+                    Some(Coordinated { linger: Some(linger), view, witnesses }) => {
+                        let mine = witnesses.contains(&self.me).then(|| self.client.vouch_seen(*node, *view));
+                        // One check per round: another departed coordinator
+                        // (rare) waits as before.
+                        if d.at + own > now && mine != Some(None) && vouch.is_none() {
+                            vouch = Some(VouchCheck {
+                                coordinator: *node,
+                                view: *view,
+                                others: witnesses.iter().copied().filter(|w| *w != self.me).collect(),
+                                mine: mine.flatten(),
+                                fallback: d.at + own,
+                            });
+                            *linger
+                        } else {
+                            (d.at + own).max(*linger)
+                        }
+                    }
+                    Some(Coordinated { linger: None, .. }) | None => d.at + self.config.lock_delay,
                 };
                 // A renewal this node saw as coordinator bounds it too.
                 self.heard.get(node).map_or(after, |t| after.max(*t + lease))
@@ -550,7 +595,8 @@ impl LockNode {
             self.client.longest_lease().filter(|t| *t > now + self.config.own_lease).unwrap_or(now);
         self.heard.retain(|node, _| view.members.contains(node));
         let last_heard = std::mem::take(&mut self.heard);
-        let takeover = Takeover { fresh_after, accepted_term: self.accepted_term, linger_until, last_heard };
+        let takeover =
+            Takeover { fresh_after, accepted_term: self.accepted_term, linger_until, last_heard, vouch };
         let mine = self.client.max_term().max(self.durable_term);
         let limit = mine.saturating_add(self.config.max_term_step).max(self.accepted_term);
         let gossiped = if view.gossiped_term > limit {
@@ -600,6 +646,9 @@ impl LockNode {
             (LockMsg::DuplicateAck(dup), Some(c)) => c.on_duplicate_ack(now, from, dup, out),
             (LockMsg::Hello(hello), Some(c)) => c.handle_hello(now, from, hello, out),
             (LockMsg::Renew(renew), Some(c)) => c.handle_renew(now, from, renew, out),
+            // Own leases run on only while this node coordinates and is
+            // not holding still (checked above).
+            (LockMsg::Vouched(_), None) => out.stats.dropped += 1,
             (
                 LockMsg::Lock(LockReq { id, .. })
                 | LockMsg::Unlock(UnlockReq { id, .. })
@@ -947,5 +996,6 @@ fn is_for_coordinator(msg: &LockMsg) -> bool {
             | LockMsg::DuplicateAck(_)
             | LockMsg::Hello(_)
             | LockMsg::Renew(_)
+            | LockMsg::Vouched(_)
     )
 }

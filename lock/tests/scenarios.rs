@@ -769,6 +769,164 @@ fn a_successor_waits_out_the_old_coordinators_own_lease() {
     let _ = rb;
 }
 
+/// Witnessed own leases: the coordinator's own client holds a lock while
+/// both witnesses vouch; the coordinator crashes and the view without it
+/// comes after detection. The successor's round gets both witnesses'
+/// records, which show the own leases over, so it grants at once instead of
+/// waiting the own lease after the view; the grant still comes after the
+/// crashed coordinator's own client's lease ended.
+#[test]
+fn a_successor_grants_at_once_when_the_witnesses_vouched() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    net.granted(a, ra, C1, "x", 1);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.node(a).held().len(), 1, "renewed through the witnesses' acknowledgements");
+    let lease_end = net.node(a).held()[0].safe_until;
+    net.crash(a);
+    // Failure detection takes about this long.
+    net.advance(ms(700));
+    net.install_view(&[b, c], false);
+    let view_at = net.now;
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
+    let mut granted_at = None;
+    for _ in 0..200 {
+        if !net.events(c).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+        net.advance(ms(5));
+    }
+    let granted_at = granted_at.expect("c was granted");
+    assert!(granted_at > lease_end, "granted at {granted_at:?}, inside a's own lease (until {lease_end:?})");
+    assert!(granted_at <= view_at + ms(50), "granted {:?} after the view", granted_at - view_at);
+    assert_eq!(net.node(b).stats().witnessed_takeovers, 1);
+    let _ = rc;
+}
+
+/// Witnessed own leases: a successor that cannot get every witness's
+/// record (one witness went down with the coordinator) waits the own lease
+/// after its view, as without witnesses. (The lock-delay, which a departed
+/// member's locks need, is made shorter than the own lease here, so that
+/// the wait shows.)
+#[test]
+fn a_successor_missing_a_witness_record_waits_out_the_own_lease() {
+    let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+    let mut net = Net::new(4, |c| {
+        c.lease = ms(300);
+        c.lock_delay = ms(320);
+    });
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    net.granted(a, ra, C1, "x", 1);
+    net.advance(Duration::from_secs(1));
+    net.crash(a);
+    net.crash(c);
+    net.advance(ms(700));
+    net.install_view(&[b, d], false);
+    let view_at = net.now;
+    let wait = Config::lan(2).stretched(Config::lan(2).own_lease);
+    let rd = net.lock(d, C1, "x", Duration::from_secs(10));
+    let mut granted_at = None;
+    for _ in 0..200 {
+        net.advance(ms(5));
+        if !net.events(d).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+    }
+    let granted_at = granted_at.expect("d was granted");
+    assert!(
+        granted_at >= view_at + wait,
+        "granted {:?} after the view, inside {wait:?}",
+        granted_at - view_at
+    );
+    assert_eq!(net.node(b).stats().witnessed_takeovers, 0);
+    let _ = rd;
+}
+
+/// Witnessed own leases: a grant to the coordinator's own client runs no
+/// further than a vouch a witness acknowledged. With its vouches lost, the
+/// grant is held back, so when the coordinator crashes and the successor
+/// (whose witnesses' records show nothing held past them) grants the lock
+/// at once, nobody else held it.
+#[test]
+fn an_own_grant_waits_for_a_witness_to_vouch() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    net.advance(Duration::from_secs(3));
+    net.drop_where(move |from, _, m| from == a && matches!(m, LockMsg::Vouch(_)));
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    net.advance(ms(200));
+    assert!(net.events(a).is_empty(), "no witness vouched: not granted yet");
+    net.crash(a);
+    net.install_view(&[b, c], false);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
+    net.advance(ms(50));
+    net.granted(c, rc, C1, "x", 1);
+    assert_eq!(net.node(b).stats().witnessed_takeovers, 1);
+    let _ = ra;
+}
+
+/// Witnessed own leases: a coordinator whose view dropped its witnesses
+/// (here, all of them: it renews its own clients' leases locally) keeps
+/// vouching to them, so their records name its new view. When it crashes,
+/// a former witness whose view still listed it finds the record of
+/// another view and waits out the own lease, instead of trusting a record
+/// from before the coordinator renewed on its own.
+#[test]
+fn a_coordinator_keeps_vouching_to_the_witnesses_its_view_dropped() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    net.install_view(&[a], false);
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    // Fresh grants wait the lock-delay of the members that left a's view.
+    net.advance(Duration::from_secs(3));
+    net.granted(a, ra, C1, "x", 1);
+    let lease_end = net.node(a).held()[0].safe_until;
+    net.crash(a);
+    net.install_view(&[b, c], false);
+    let rc = net.lock(c, C1, "x", Duration::from_secs(10));
+    let mut granted_at = None;
+    for _ in 0..200 {
+        if !net.events(c).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+        net.advance(ms(5));
+    }
+    let granted_at = granted_at.expect("c was granted");
+    assert!(granted_at > lease_end, "granted at {granted_at:?}, inside a's own lease (until {lease_end:?})");
+    assert_eq!(net.node(b).stats().witnessed_takeovers, 0);
+    let _ = rc;
+}
+
+/// Witnessed own leases: a coordinator renews its own clients' leases only
+/// as far as a witness acknowledged. Cut off from both witnesses it renews
+/// nothing (its own client is told the lock is lost when the lease ends);
+/// cut off from one, the other keeps the leases going.
+#[test]
+fn own_leases_run_only_as_far_as_a_witness_vouched() {
+    let (a, b, c) = (id(1), id(2), id(3));
+    let mut net = Net::new(3, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    let token = net.granted(a, ra, C1, "x", 1);
+    net.cut(a, b);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.node(a).held().len(), 1, "one witness is enough");
+    assert!(net.events(a).is_empty());
+    net.cut(a, c);
+    let cut_at = net.now;
+    let lease_end = net.node(a).held()[0].safe_until;
+    assert!(lease_end <= cut_at + Config::lan(1).own_lease, "lease until {lease_end:?}, cut at {cut_at:?}");
+    net.advance(Duration::from_secs(1));
+    assert_eq!(
+        net.events(a),
+        vec![Event::Lost { client: C1, name: name("x"), token, reason: LossReason::LeaseExpired }]
+    );
+    assert!(net.node(a).held().is_empty());
+}
+
 /// A coordinator that membership says was declared down (others may be
 /// installing views without it, while its own view still lists them) holds
 /// still: its own clients' short leases run out unrenewed and nothing is

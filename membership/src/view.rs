@@ -1,7 +1,5 @@
 //! What the membership layer reports: views and merge views.
 
-use std::net::SocketAddr;
-
 use swimlock_wire::NodeId;
 
 /// One member of a view.
@@ -45,22 +43,7 @@ impl View {
     /// family byte (4 or 6), the IP octets and the port (2 bytes little
     /// endian). Names and tags are not hashed.
     pub fn digest(&self) -> u64 {
-        let mut h = Fnv1a::new();
-        for m in &self.members {
-            h.write(&m.id.epoch.to_le_bytes());
-            match m.id.addr {
-                SocketAddr::V4(a) => {
-                    h.write(&[4]);
-                    h.write(&a.ip().octets());
-                }
-                SocketAddr::V6(a) => {
-                    h.write(&[6]);
-                    h.write(&a.ip().octets());
-                }
-            }
-            h.write(&m.id.addr.port().to_le_bytes());
-        }
-        h.0
+        swimlock_wire::view_digest(self.members.iter().map(|m| &m.id))
     }
 
     /// The member ids, oldest first.
@@ -71,24 +54,6 @@ impl View {
     /// Whether `id` is a member of this view.
     pub fn contains(&self, id: NodeId) -> bool {
         self.members.binary_search_by(|m| m.id.cmp(&id)).is_ok()
-    }
-}
-
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Fnv1a {
-        Fnv1a(Self::OFFSET)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
     }
 }
 
@@ -128,6 +93,8 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn member(epoch: u64, port: u16) -> Member {

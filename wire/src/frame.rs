@@ -333,7 +333,8 @@ mod tests {
     }
 
     fn frame_with_term(term: u32) -> Vec<u8> {
-        let msgs = vec![LockMsg::LockInfoReq(LockInfoReq { term, have: Vec::new(), linger_ms: 0 })];
+        let msgs =
+            vec![LockMsg::LockInfoReq(LockInfoReq { term, have: Vec::new(), linger_ms: 0, vouch_of: None })];
         let frame = LockFrame { from: node(), to: node(), msgs };
         encode_lock(&frame, ClusterId(7)).unwrap()
     }

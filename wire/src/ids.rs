@@ -21,6 +21,38 @@ pub struct NodeId {
     pub addr: SocketAddr,
 }
 
+/// FNV-1a (64 bit) over member ids in view order: equal on every node that
+/// has the same members, whatever its local view numbers.
+///
+/// Per member it hashes the epoch (8 bytes little endian), an address
+/// family byte (4 or 6), the IP octets and the port (2 bytes little
+/// endian).
+pub fn view_digest<'a>(members: impl IntoIterator<Item = &'a NodeId>) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut write = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for id in members {
+        write(&id.epoch.to_le_bytes());
+        match id.addr {
+            SocketAddr::V4(a) => {
+                write(&[4]);
+                write(&a.ip().octets());
+            }
+            SocketAddr::V6(a) => {
+                write(&[6]);
+                write(&a.ip().octets());
+            }
+        }
+        write(&id.addr.port().to_le_bytes());
+    }
+    h
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}#{}", self.addr, self.epoch)

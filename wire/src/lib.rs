@@ -21,7 +21,7 @@ pub mod lock;
 pub mod resp;
 
 pub use frame::{ClusterId, Envelope, Header, Kind, MAX_DATAGRAM, Suite};
-pub use ids::{ClientId, LockName, NodeId, Owner, ReqId, Token};
+pub use ids::{ClientId, LockName, NodeId, Owner, ReqId, Token, view_digest};
 
 use std::fmt;
 

@@ -61,6 +61,13 @@ pub enum LockMsg {
     Renew(Renew),
     /// The coordinator renewed them: leases run from the echoed stamp.
     RenewAck(RenewAck),
+    /// The coordinator asks the next members of its view (its possible
+    /// successors) to witness that its own clients' leases run from
+    /// `stamp`; it renews them only as far as a witness acknowledges.
+    Vouch(Vouch),
+    /// A witness acknowledges a [`LockMsg::Vouch`] (echoed): it has the
+    /// same view and recorded when the vouch arrived.
+    Vouched(Vouch),
 }
 
 impl LockFrame {
@@ -94,6 +101,8 @@ impl LockMsg {
             LockMsg::HelloAck(m) => Some(m.term),
             LockMsg::RenewAck(m) => Some(m.term),
             LockMsg::Renew(_)
+            | LockMsg::Vouch(_)
+            | LockMsg::Vouched(_)
             | LockMsg::Lock(_)
             | LockMsg::Unlock(_)
             | LockMsg::Cancel(_)
@@ -135,6 +144,31 @@ pub struct RenewAck {
     pub stamp: u64,
     /// The coordinator's round.
     pub term: u32,
+}
+
+/// See [`LockMsg::Vouch`]. A successor of the coordinator knows, from the
+/// witnesses' records, that no lease of the coordinator's own clients
+/// outlasts the last vouch a witness received plus the own lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vouch {
+    /// The coordinator's clock when it sent this copy.
+    pub stamp: u64,
+    /// The digest of the coordinator's view (see [`crate::view_digest`]):
+    /// a witness with another view does not acknowledge.
+    pub view: u64,
+}
+
+/// The last [`Vouch`] a member received from one coordinator, as it
+/// reports it in a reconciliation answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VouchSeen {
+    /// The coordinator that vouched.
+    pub coordinator: NodeId,
+    /// The digest of the view it vouched in.
+    pub view: u64,
+    /// The member's clock when the vouch arrived (same clock as
+    /// [`LockInfoRsp::stamp`]).
+    pub at: u64,
 }
 
 /// How long a lock request may wait at the coordinator.
@@ -282,6 +316,10 @@ pub struct LockInfoReq {
     /// own renewals are short): if the coordinator goes, its successor waits
     /// that long before granting what they may hold.
     pub linger_ms: u32,
+    /// The coordinator this one took over from, if it wants the member's
+    /// record of that coordinator's last [`Vouch`] (see
+    /// [`LockInfoRsp::vouch`]).
+    pub vouch_of: Option<NodeId>,
 }
 
 /// Most entries (held locks plus pending requests) one [`LockInfoRsp`]
@@ -317,6 +355,9 @@ pub struct LockInfoRsp {
     pub held: Vec<HeldLock>,
     /// Lock requests of the member's clients still waiting for an answer.
     pub pending: Vec<LockReq>,
+    /// The last vouch the member received from the coordinator named in
+    /// [`LockInfoReq::vouch_of`], if any.
+    pub vouch: Option<VouchSeen>,
 }
 
 /// A lock held by a client of the reporting member.

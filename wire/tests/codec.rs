@@ -12,7 +12,8 @@ use swimlock_wire::frame::{
 };
 use swimlock_wire::lock::{
     CancelReq, Denial, DuplicateLock, HeldLock, Hello, HelloAck, LockFrame, LockInfoReq, LockInfoRsp,
-    LockMsg, LockOutcome, LockReq, LockRsp, MAX_PARTS, Redirect, Renew, RenewAck, UnlockReq, UnlockRsp, Wait,
+    LockMsg, LockOutcome, LockReq, LockRsp, MAX_PARTS, Redirect, Renew, RenewAck, UnlockReq, UnlockRsp,
+    Vouch, VouchSeen, Wait,
 };
 use swimlock_wire::{ClientId, ClusterId, Kind, LockName, MAX_DATAGRAM, NodeId, ReqId, Token, WireError};
 
@@ -116,6 +117,14 @@ fn duplicate() -> impl Strategy<Value = DuplicateLock> {
         .prop_map(|(term, client, name, token, req)| DuplicateLock { term, client, name, token, req })
 }
 
+fn vouch_seen() -> impl Strategy<Value = VouchSeen> {
+    (node_id(), any::<u64>(), any::<u64>()).prop_map(|(coordinator, view, at)| VouchSeen {
+        coordinator,
+        view,
+        at,
+    })
+}
+
 fn lock_msg() -> impl Strategy<Value = LockMsg> {
     prop_oneof![
         lock_req().prop_map(LockMsg::Lock),
@@ -130,33 +139,44 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         (req_id(), term()).prop_map(|(id, term)| LockMsg::UnlockRsp(UnlockRsp { id, term })),
         (req_id(), proptest::option::of(node_id()))
             .prop_map(|(id, coordinator)| LockMsg::Redirect(Redirect { id, coordinator })),
-        (term(), vec(any::<u16>(), 0..8), any::<u32>())
-            .prop_map(|(term, have, linger_ms)| LockMsg::LockInfoReq(LockInfoReq { term, have, linger_ms })),
+        (term(), vec(any::<u16>(), 0..8), any::<u32>(), proptest::option::of(node_id())).prop_map(
+            |(term, have, linger_ms, vouch_of)| LockMsg::LockInfoReq(LockInfoReq {
+                term,
+                have,
+                linger_ms,
+                vouch_of
+            })
+        ),
         (
             (term(), (1..=MAX_PARTS).prop_flat_map(|parts| (0..parts, Just(parts))), req_id(), term()),
-            (any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), proptest::option::of(vouch_seen())),
             vec(held_lock(), 0..4),
             vec(lock_req(), 0..4),
         )
-            .prop_map(|((term, (part, parts), next_req, max_term), (sync, stamp), held, pending)| {
-                LockMsg::LockInfoRsp(LockInfoRsp {
-                    term,
-                    part,
-                    parts,
-                    next_req,
-                    max_term,
-                    sync,
-                    stamp,
-                    held,
-                    pending,
-                })
-            }),
+            .prop_map(
+                |((term, (part, parts), next_req, max_term), (sync, stamp, vouch), held, pending)| {
+                    LockMsg::LockInfoRsp(LockInfoRsp {
+                        term,
+                        part,
+                        parts,
+                        next_req,
+                        max_term,
+                        sync,
+                        stamp,
+                        held,
+                        pending,
+                        vouch,
+                    })
+                }
+            ),
         duplicate().prop_map(LockMsg::DuplicateLock),
         duplicate().prop_map(LockMsg::DuplicateAck),
         any::<u64>().prop_map(|sync| LockMsg::Hello(Hello { sync })),
         term().prop_map(|term| LockMsg::HelloAck(HelloAck { term })),
         (any::<u64>(), any::<u64>()).prop_map(|(stamp, sync)| LockMsg::Renew(Renew { stamp, sync })),
         (any::<u64>(), term()).prop_map(|(stamp, term)| LockMsg::RenewAck(RenewAck { stamp, term })),
+        (any::<u64>(), any::<u64>()).prop_map(|(stamp, view)| LockMsg::Vouch(Vouch { stamp, view })),
+        (any::<u64>(), any::<u64>()).prop_map(|(stamp, view)| LockMsg::Vouched(Vouch { stamp, view })),
     ]
 }
 
@@ -311,6 +331,7 @@ fn a_length_prefix_bomb_is_malformed_without_allocating() {
         stamp: 1,
         held: Vec::new(),
         pending: Vec::new(),
+        vouch: None,
     };
     let one = LockFrame { from: sample_node(), to: sample_node(), msgs: vec![LockMsg::LockInfoRsp(rsp)] };
     let mut bytes = encode_lock(&one, cluster()).unwrap();

@@ -195,6 +195,7 @@ fn forgeries(s: &Scene) -> Vec<(usize, Forged)> {
         stamp: 0,
         held: Vec::new(),
         pending: Vec::new(),
+        vouch: None,
     });
     let fake = NodeId { epoch: 1, addr: SocketAddr::from(([10, 0, 0, 1], 7999)) };
     let announce = gossip(

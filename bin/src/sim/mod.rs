@@ -116,11 +116,12 @@ impl Summary {
     pub fn line(&self) -> String {
         let c = &self.counts;
         format!(
-            "seeds {} steps {} grants {} failovers {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} declared down {} split holds {} violations {}",
+            "seeds {} steps {} grants {} failovers {} witnessed {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} declared down {} split holds {} violations {}",
             self.seeds,
             c.steps,
             c.grants,
             c.failovers,
+            c.witnessed,
             c.merges,
             c.duplicates,
             c.restarts,

@@ -78,6 +78,9 @@ pub struct Counts {
     pub grants: u64,
     /// Times a node took over as coordinator after the first.
     pub failovers: u64,
+    /// Takeovers that granted early on the departed coordinator's
+    /// witnesses' records.
+    pub witnessed: u64,
     /// Merge views delivered.
     pub merges: u64,
     /// Duplicates resolved by coordinators.
@@ -106,6 +109,7 @@ impl Counts {
         self.steps += other.steps;
         self.grants += other.grants;
         self.failovers += other.failovers;
+        self.witnessed += other.witnessed;
         self.merges += other.merges;
         self.duplicates += other.duplicates;
         self.pauses += other.pauses;
@@ -483,6 +487,7 @@ impl World {
             if let Some(node) = host.node.as_ref().map(Engine::lock) {
                 self.outcome.counts.merges += node.stats().merges;
                 self.outcome.counts.duplicates += node.stats().duplicates_resolved;
+                self.outcome.counts.witnessed += node.stats().witnessed_takeovers;
             }
         }
         self.outcome
@@ -758,6 +763,7 @@ impl World {
         if let Some(node) = self.hosts[host].node.take().as_ref().map(Engine::lock) {
             self.outcome.counts.merges += node.stats().merges;
             self.outcome.counts.duplicates += node.stats().duplicates_resolved;
+            self.outcome.counts.witnessed += node.stats().witnessed_takeovers;
         }
         self.hosts[host].armed = None;
         self.hosts[host].paused = None;
