@@ -584,12 +584,11 @@ impl ClientRole {
     }
 
     /// Whether leases need renewing: locks are held or, as a coordinator
-    /// whose own leases are witnessed, may be granted soon, or a witness
-    /// has no record of this view yet.
+    /// whose own leases are witnessed, may be granted soon (any request in
+    /// flight: cheaper to ask than which kind), or a witness has no record
+    /// of this view yet.
     fn renewal_wanted(&self) -> bool {
-        !self.held.is_empty()
-            || self.own.owed()
-            || (self.own.witnessed() && self.ops.values().any(|op| matches!(op.kind, OpKind::Lock { .. })))
+        !self.held.is_empty() || self.own.owed() || (self.own.witnessed() && !self.ops.is_empty())
     }
 
     pub fn poll_timeout(&self) -> Option<Duration> {

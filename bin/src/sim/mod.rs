@@ -116,7 +116,7 @@ impl Summary {
     pub fn line(&self) -> String {
         let c = &self.counts;
         format!(
-            "seeds {} steps {} grants {} failovers {} witnessed {} merges {} duplicates resolved {} restarts {} restarts alone {} bounces {} twin tags {} pauses {} declared down {} split holds {} violations {}",
+            "seeds {} steps {} grants {} failovers {} witnessed {} merges {} duplicates resolved {} restarts {} sudden crashes {} restarts alone {} bounces {} twin tags {} pauses {} declared down {} split holds {} violations {}",
             self.seeds,
             c.steps,
             c.grants,
@@ -125,6 +125,7 @@ impl Summary {
             c.merges,
             c.duplicates,
             c.restarts,
+            c.sudden,
             c.alone,
             c.bounces,
             c.twin_tags,

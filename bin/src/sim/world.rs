@@ -89,6 +89,8 @@ pub struct Counts {
     pub pauses: u64,
     /// Hosts restarted.
     pub restarts: u64,
+    /// Crashes whose views came sooner than detection (scripted views).
+    pub sudden: u64,
     /// Hosts that formed a group alone after the join timeout.
     pub alone: u64,
     /// Hosts restarted at once at their address (a new identity while the
@@ -114,6 +116,7 @@ impl Counts {
         self.duplicates += other.duplicates;
         self.pauses += other.pauses;
         self.restarts += other.restarts;
+        self.sudden += other.sudden;
         self.alone += other.alone;
         self.bounces += other.bounces;
         self.twin_tags += other.twin_tags;
@@ -706,6 +709,20 @@ impl World {
             30..50 if alive.len() > 1 => {
                 let host = alive[self.rng.random_range(0..alive.len())];
                 self.crash(host);
+                if !self.cfg.gossip && self.rng.random_bool(0.25) {
+                    // Suspected just before it crashed: SWIM may drop a
+                    // member right after its last message, so views without
+                    // it may come sooner than detection after a crash.
+                    for other in (0..self.cfg.nodes).filter(|&h| self.hosts[h].node.is_some()) {
+                        let delay = Duration::from_millis(self.rng.random_range(0..MIN_DETECT_MS));
+                        self.queue.push(
+                            self.now + delay,
+                            Ev::InstallView { host: other, generation: self.generation },
+                        );
+                    }
+                    self.outcome.counts.sudden += 1;
+                    self.trace(|| format!("h{host} was suspected before it crashed"));
+                }
             }
             50..70 if !dead.is_empty() => {
                 let host = dead[self.rng.random_range(0..dead.len())];
