@@ -168,6 +168,11 @@ fn regression_seeds() {
     // fixes); the re-ask is back, the seed stays.
     let summary = run_seeds([30_057].into_iter(), &gossip(5), 2);
     assert_clean(&summary, &gossip(5));
+    // 1762 (with witnessed own leases): a paused member applied a grant of
+    // a loss-made split brain after its coordinator had crashed and come
+    // back as a new identity; the checker lost track of who granted it.
+    let summary = run_seeds([1_762].into_iter(), &gossip(5), 2);
+    assert_clean(&summary, &gossip(5));
     // 2123 and 7475 (found with the re-ask back): a node paused while it
     // joined gave up on its seed before reading the answers queued in its
     // socket, formed a group of its own and granted; its hold, reported

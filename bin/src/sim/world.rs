@@ -1028,7 +1028,13 @@ impl World {
                     self.mix(&[6, token.0]);
                     let node = self.hosts[host].node.as_ref().expect("alive").lock();
                     let lease = lease_of(node, *client, name);
-                    let granter = node.coordinator().and_then(|c| self.hosts.iter().position(|h| h.id == c));
+                    // A grant that arrives after its coordinator crashed (its
+                    // host may run a new identity by now) is still judged by
+                    // the host that made it.
+                    let granter = node.coordinator().and_then(|c| {
+                        (self.hosts.iter().position(|h| h.id == c))
+                            .or_else(|| self.hosts.iter().position(|h| h.id.addr == c.addr))
+                    });
                     let terms =
                         self.hosts.iter().map(|h| h.node.as_ref().map(|n| n.lock().durable_term())).collect();
                     let granter_view = granter
