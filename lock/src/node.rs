@@ -570,7 +570,8 @@ impl LockNode {
                         let mine = witnesses.contains(&self.me).then(|| self.client.vouch_seen(*node, *view));
                         // One check per round: another departed coordinator
                         // (rare) waits as before.
-                        if d.at + own > now && mine != Some(None) && vouch.is_none() {
+                        if d.at + own > now && !witnesses.is_empty() && mine != Some(None) && vouch.is_none()
+                        {
                             vouch = Some(VouchCheck {
                                 coordinator: *node,
                                 view: *view,

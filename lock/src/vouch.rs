@@ -33,10 +33,17 @@ use crate::config::Config;
 /// from each of them.
 pub const WITNESSES: usize = 2;
 
-/// The witnesses of a view: the members after its coordinator.
+/// The witnesses of a view: the members after its coordinator. A view
+/// with fewer members has none (its coordinator renews locally, and a
+/// successor waits out the own lease): with a single witness, its death
+/// would end the own leases until the view without it.
 pub(crate) fn witnesses(members: &[NodeId]) -> &[NodeId] {
-    members.get(1..members.len().min(1 + WITNESSES)).unwrap_or(&[])
+    members.get(1..=WITNESSES).unwrap_or(&[])
 }
+
+/// The view a vouch names when its coordinator renews locally: no
+/// witness's view has it, so the record vouches for nothing.
+const UNWITNESSED: u64 = 0;
 
 /// The coordinator side: whom to vouch to, and how far they acknowledged.
 #[derive(Debug, Default)]
@@ -104,13 +111,14 @@ impl OwnLeases {
         let keep = config.stretched(config.lease).max(config.lock_delay);
         self.former.retain(|_, left| *left + keep > now);
         let to = self.witnesses.iter().chain(self.former.keys()).copied().collect();
-        (Vouch { stamp, view: self.view }, to)
+        let view = if self.witnessed() { self.view } else { UNWITNESSED };
+        (Vouch { stamp, view }, to)
     }
 
     /// A witness acknowledged `vouch`: own leases may run to the returned
     /// end (`None` if the acknowledgement does not count).
     pub fn on_vouched(&mut self, from: NodeId, vouch: Vouch, config: &Config) -> Option<Duration> {
-        if vouch.view != self.view || !self.witnesses.contains(&from) {
+        if vouch.view != self.view || !self.witnesses.contains(&from) || !self.witnessed() {
             return None;
         }
         self.unwitnessed.remove(&from);

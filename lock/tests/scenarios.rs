@@ -901,6 +901,23 @@ fn a_coordinator_keeps_vouching_to_the_witnesses_its_view_dropped() {
     let _ = rc;
 }
 
+/// Witnessed own leases: a view of two has no witnesses (one witness's
+/// death would end the own leases until the view without it), so the
+/// coordinator renews its own clients' leases itself, and the other
+/// member's silence costs them nothing.
+#[test]
+fn a_two_member_coordinator_keeps_its_own_leases_when_the_member_dies() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::new(2, |_| {});
+    let ra = net.lock(a, C1, "x", Duration::from_secs(10));
+    net.granted(a, ra, C1, "x", 1);
+    net.crash(b);
+    net.advance(Duration::from_secs(2));
+    assert!(net.events(a).is_empty(), "nothing lost");
+    assert_eq!(net.node(a).held().len(), 1);
+    assert!(net.node(a).held()[0].safe_until > net.now, "renewed locally");
+}
+
 /// Witnessed own leases: a coordinator renews its own clients' leases only
 /// as far as a witness acknowledged. Cut off from both witnesses it renews
 /// nothing (its own client is told the lock is lost when the lease ends);
