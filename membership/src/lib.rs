@@ -360,6 +360,9 @@ pub struct Membership {
     io: Io,
     phase: Phase,
     next_seed_announce: Duration,
+    /// Earliest time for the next announce to a member that addressed an
+    /// earlier process at this address (see [`Membership::note_stale_caller`]).
+    next_caller_announce: Duration,
     /// Earliest time for the next burst of announces to down members.
     next_down_burst: Duration,
     tracker: ViewTracker,
@@ -440,6 +443,7 @@ impl Membership {
             io: Io { turn_undead_gap: config.probe_period, ..Io::default() },
             phase: Phase::NotStarted,
             next_seed_announce: Duration::ZERO,
+            next_caller_announce: Duration::ZERO,
             next_down_burst: Duration::ZERO,
             tracker: ViewTracker::new(me, name, tag),
             members_changed: true,
@@ -659,6 +663,32 @@ impl Membership {
         if self.phase == Phase::Running && id.addr == self.me.addr && id.epoch > self.me.epoch {
             self.stand_down(id);
         }
+    }
+
+    /// Reports that member `from` addressed a datagram to an earlier
+    /// process at this node's address (a driver that drops such datagrams
+    /// before membership sees them calls this instead). `from` knows this
+    /// address but not this process, and may be the only member this node
+    /// can reach: a restarted node whose seeds are out of reach would
+    /// otherwise never meet it. This node announces to `from` as to a seed,
+    /// unless `from` is an active member already; at most once per
+    /// [`Config::seed_announce_interval`], whatever the number of callers.
+    pub fn note_stale_caller(&mut self, now: Duration, from: NodeId) {
+        let now = self.advance(now);
+        if self.phase != Phase::Running
+            || from.addr == self.me.addr
+            || self.renewal.due
+            || now < self.next_caller_announce
+            || self.foca.iter_members().any(|m| m.id().addr == from.addr)
+        {
+            return;
+        }
+        self.next_caller_announce = now + self.config.seed_announce_interval;
+        // As for seeds: an encode error leaves nothing to send, and the
+        // caller's next datagram retries.
+        let _ = self.foca.announce(Ident::placeholder(from.addr), &mut self.io);
+        self.drain_notes(now);
+        self.settle(now);
     }
 
     /// The newer process that took this node's address, if one did: this
@@ -998,6 +1028,34 @@ mod tests {
         assert_eq!(m.poll_timeout(), None);
         m.handle_timeout(Duration::from_secs(5));
         assert_eq!(m.poll_transmit(), None, "silent for good");
+    }
+
+    /// A member that still addresses an earlier process at this address is
+    /// announced to, as a seed would be, once per seed announce interval,
+    /// and the member learns this process from it.
+    #[test]
+    fn a_member_addressing_an_earlier_process_here_is_announced_to() {
+        let mut a = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![node(9).addr], 1).unwrap();
+        let mut b = Membership::new(node(2), "b".into(), 2, Config::lan(), vec![], 2).unwrap();
+        a.start(Duration::ZERO);
+        b.start(Duration::ZERO);
+        while a.poll_transmit().is_some() {}
+        let at = Duration::from_millis(10);
+        a.note_stale_caller(at, node(2));
+        let (to, announce) = a.poll_transmit().expect("an announce to the caller");
+        assert_eq!(to, NodeId { epoch: 0, addr: node(2).addr });
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None);
+        a.note_stale_caller(at + Duration::from_millis(500), node(3));
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None, "one announce per interval");
+        b.handle_datagram(at, node(1), &announce).unwrap();
+        assert!(b.foca.iter_members().any(|m| m.id().key() == node(1)));
+        let (to, feed) = b.poll_transmit().expect("an answer");
+        assert_eq!(to, node(1));
+        a.handle_datagram(at, node(2), &feed).unwrap();
+        assert!(a.has_peers());
+        while a.poll_transmit().is_some() {}
+        a.note_stale_caller(at + Duration::from_secs(2), node(2));
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None, "an active member is not announced to");
     }
 
     #[test]
