@@ -38,7 +38,9 @@
 //! loop to configured seeds that are not active members (every second), the
 //! sides of a healed partition find each other again with no operator
 //! action, and a node that starts or is left alone keeps looking for its
-//! seeds.
+//! seeds. A member that still addresses an earlier process at this node's
+//! address is announced to like a seed ([`Membership::note_stale_caller`]):
+//! after a restart with every seed out of reach, it may be the only way in.
 //!
 //! # One address, two identities
 //!
