@@ -38,7 +38,9 @@
 //! loop to configured seeds that are not active members (every second), the
 //! sides of a healed partition find each other again with no operator
 //! action, and a node that starts or is left alone keeps looking for its
-//! seeds.
+//! seeds. A member that still addresses an earlier process at this node's
+//! address is announced to like a seed ([`Membership::note_stale_caller`]):
+//! after a restart with every seed out of reach, it may be the only way in.
 //!
 //! # One address, two identities
 //!
@@ -145,9 +147,10 @@
 //! Every node reported exactly one merge per heal in those runs, except
 //! one 50-node run where a node that still held a pre-renewal identity of
 //! one member declared it down 3 s later and re-merged it (one extra view
-//! and merge on that node only). With packet loss, spurious renewals (a
-//! foca quirk: a refuted suspicion still sends "you are down") add merges
-//! now and then (7 of 200 heals at 1% loss had one extra on one node); a
+//! and merge on that node only). With packet loss, spurious renewals add
+//! merges now and then (7 of 200 heals at 1% loss had one extra on one
+//! node, measured while foca's "you are down" after a refuted suspicion
+//! still went out; it is dropped now, see `drop_refuted_turn_undead`); a
 //! spurious merge costs the lock layer one extra reconciliation.
 //!
 //! A process paused for longer than the suspicion timeout is declared down;
@@ -359,6 +362,9 @@ pub struct Membership {
     io: Io,
     phase: Phase,
     next_seed_announce: Duration,
+    /// Earliest time for the next announce to a member that addressed an
+    /// earlier process at this address (see [`Membership::note_stale_caller`]).
+    next_caller_announce: Duration,
     /// Earliest time for the next burst of announces to down members.
     next_down_burst: Duration,
     tracker: ViewTracker,
@@ -439,6 +445,7 @@ impl Membership {
             io: Io { turn_undead_gap: config.probe_period, ..Io::default() },
             phase: Phase::NotStarted,
             next_seed_announce: Duration::ZERO,
+            next_caller_announce: Duration::ZERO,
             next_down_burst: Duration::ZERO,
             tracker: ViewTracker::new(me, name, tag),
             members_changed: true,
@@ -512,10 +519,15 @@ impl Membership {
             return;
         }
         while let Some(timer) = self.io.timers.pop_due(now) {
+            let suspicion = matches!(timer, foca::Timer::ChangeSuspectToDown { .. });
+            let queued = self.io.transmits.len();
             // Timer errors are foca noting a probe cycle it already
             // recovered from (or a timer of an identity it left); nothing
             // for the caller to do.
             let _ = self.foca.handle_timer(timer, &mut self.io);
+            if suspicion {
+                self.drop_refuted_turn_undead(queued);
+            }
             self.drain_notes(now);
         }
         if now >= self.next_seed_announce {
@@ -525,6 +537,24 @@ impl Membership {
             self.give_up_rejoining(now);
         }
         self.settle(now);
+    }
+
+    /// foca 2.0 sends "you are down" when a suspicion times out even if the
+    /// member refuted it in time (`Members::apply_existing_if` reports the
+    /// refused update, and foca acts on the report): the member would renew
+    /// its identity and every node install a merge view for nothing. Such a
+    /// message, queued from `from` on to a member foca still lists as
+    /// active, is dropped.
+    fn drop_refuted_turn_undead(&mut self, from: usize) {
+        let mut i = from;
+        while i < self.io.transmits.len() {
+            let (to, data) = &self.io.transmits[i];
+            if is_turn_undead(data) && self.foca.iter_members().any(|m| m.id().key() == *to) {
+                self.io.transmits.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Nobody spoke to this node's renewed identity within a failure
@@ -605,11 +635,11 @@ impl Membership {
     }
 
     /// How many times a member told this node it was declared down (so
-    /// that others may be installing views without it). foca also says so
-    /// after a suspicion of this node was refuted (a known foca 2.0 defect:
-    /// its down timer fires on the refuted suspicion), so a live, connected
-    /// node sees it too. The count only grows; a driver compares it with
-    /// the last value it saw.
+    /// that others may be installing views without it). Members running an
+    /// older swimlock also say so after a suspicion of this node was
+    /// refuted (a foca 2.0 defect this crate now works around), so a live,
+    /// connected node may see it too. The count only grows; a driver
+    /// compares it with the last value it saw.
     pub fn times_declared_down(&self) -> u64 {
         self.renewal.downs
     }
@@ -635,6 +665,32 @@ impl Membership {
         if self.phase == Phase::Running && id.addr == self.me.addr && id.epoch > self.me.epoch {
             self.stand_down(id);
         }
+    }
+
+    /// Reports that member `from` addressed a datagram to an earlier
+    /// process at this node's address (a driver that drops such datagrams
+    /// before membership sees them calls this instead). `from` knows this
+    /// address but not this process, and may be the only member this node
+    /// can reach: a restarted node whose seeds are out of reach would
+    /// otherwise never meet it. This node announces to `from` as to a seed,
+    /// unless `from` is an active member already; at most once per
+    /// [`Config::seed_announce_interval`], whatever the number of callers.
+    pub fn note_stale_caller(&mut self, now: Duration, from: NodeId) {
+        let now = self.advance(now);
+        if self.phase != Phase::Running
+            || from.addr == self.me.addr
+            || self.renewal.due
+            || now < self.next_caller_announce
+            || self.foca.iter_members().any(|m| m.id().addr == from.addr)
+        {
+            return;
+        }
+        self.next_caller_announce = now + self.config.seed_announce_interval;
+        // As for seeds: an encode error leaves nothing to send, and the
+        // caller's next datagram retries.
+        let _ = self.foca.announce(Ident::placeholder(from.addr), &mut self.io);
+        self.drain_notes(now);
+        self.settle(now);
     }
 
     /// The newer process that took this node's address, if one did: this
@@ -974,6 +1030,34 @@ mod tests {
         assert_eq!(m.poll_timeout(), None);
         m.handle_timeout(Duration::from_secs(5));
         assert_eq!(m.poll_transmit(), None, "silent for good");
+    }
+
+    /// A member that still addresses an earlier process at this address is
+    /// announced to, as a seed would be, once per seed announce interval,
+    /// and the member learns this process from it.
+    #[test]
+    fn a_member_addressing_an_earlier_process_here_is_announced_to() {
+        let mut a = Membership::new(node(1), "a".into(), 1, Config::lan(), vec![node(9).addr], 1).unwrap();
+        let mut b = Membership::new(node(2), "b".into(), 2, Config::lan(), vec![], 2).unwrap();
+        a.start(Duration::ZERO);
+        b.start(Duration::ZERO);
+        while a.poll_transmit().is_some() {}
+        let at = Duration::from_millis(10);
+        a.note_stale_caller(at, node(2));
+        let (to, announce) = a.poll_transmit().expect("an announce to the caller");
+        assert_eq!(to, NodeId { epoch: 0, addr: node(2).addr });
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None);
+        a.note_stale_caller(at + Duration::from_millis(500), node(3));
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None, "one announce per interval");
+        b.handle_datagram(at, node(1), &announce).unwrap();
+        assert!(b.foca.iter_members().any(|m| m.id().key() == node(1)));
+        let (to, feed) = b.poll_transmit().expect("an answer");
+        assert_eq!(to, node(1));
+        a.handle_datagram(at, node(2), &feed).unwrap();
+        assert!(a.has_peers());
+        while a.poll_transmit().is_some() {}
+        a.note_stale_caller(at + Duration::from_secs(2), node(2));
+        assert_eq!(a.poll_transmit().map(|(to, _)| to), None, "an active member is not announced to");
     }
 
     #[test]

@@ -258,3 +258,23 @@ fn graceful_leave_is_seen_quickly() {
             .unwrap_or_else(|| panic!("seed {seed}: leave not seen within 600 ms"));
     }
 }
+
+/// A member paused for less than the suspicion timeout is suspected and
+/// refutes in time; the suspicion's timer then finds it refuted, and no
+/// member tells it "you are down" (foca 2.0 would: the member renewed its
+/// identity and every node installed a merge view for nothing).
+#[test]
+fn a_refuted_suspicion_does_not_make_the_member_renew() {
+    for seed in SEEDS {
+        let (mut sim, _) = converged(3, seed, Duration::from_secs(5));
+        let before = sim.node(2).times_declared_down();
+        for _ in 0..10 {
+            sim.pause(2);
+            sim.run_for(ms(150));
+            sim.resume(2);
+            sim.run_for(ms(1_000));
+        }
+        assert_eq!(sim.node(2).times_declared_down(), before, "seed {seed}: told it was down after refuting");
+        assert!(sim.agreed(&range(0, 3)), "seed {seed}: one view");
+    }
+}

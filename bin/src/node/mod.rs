@@ -337,9 +337,14 @@ impl Node {
             Err(reason) => {
                 self.count_drop(reason);
                 // Authentic but for another process at this address: if a
-                // newer one, this one was replaced (membership stands down).
-                if let Some(epoch) = self.sealing.take_misaddressed() {
-                    self.membership.note_claim(now, NodeId { epoch, addr: self.me.addr });
+                // newer one, this one was replaced (membership stands down);
+                // if an older one, the sender has not met this process yet.
+                match self.sealing.take_misaddressed() {
+                    Some((_, epoch)) if epoch > self.me.epoch => {
+                        self.membership.note_claim(now, NodeId { epoch, addr: self.me.addr });
+                    }
+                    Some((from, _)) => self.membership.note_stale_caller(now, from),
+                    None => {}
                 }
             }
         }

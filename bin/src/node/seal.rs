@@ -331,9 +331,10 @@ pub struct Sealing {
     /// SHA-256 of the full cluster name, bound as associated data.
     cluster_digest: [u8; 32],
     mode: Mode,
-    /// The destination epoch of the last authentic datagram dropped as
-    /// misaddressed: a newer process at this address is a twin that took it.
-    misaddressed_to: Option<u64>,
+    /// The sender and destination epoch of the last authentic datagram
+    /// dropped as misaddressed: a newer epoch is a twin that took this
+    /// address, an older one a member that knew an earlier process here.
+    misaddressed: Option<(NodeId, u64)>,
 }
 
 #[derive(Debug)]
@@ -343,10 +344,10 @@ enum Mode {
 }
 
 impl Sealing {
-    /// The destination epoch of the last datagram [`Sealing::open`] dropped
-    /// as misaddressed, taken once.
-    pub fn take_misaddressed(&mut self) -> Option<u64> {
-        self.misaddressed_to.take()
+    /// The sender and the destination epoch of the last datagram
+    /// [`Sealing::open`] dropped as misaddressed, taken once.
+    pub fn take_misaddressed(&mut self) -> Option<(NodeId, u64)> {
+        self.misaddressed.take()
     }
 
     /// Protection for node `me` of the cluster named `cluster`.
@@ -364,7 +365,7 @@ impl Sealing {
             cluster: ClusterId::from_name(cluster),
             cluster_digest: cluster_digest.into(),
             mode,
-            misaddressed_to: None,
+            misaddressed: None,
         }
     }
 
@@ -480,7 +481,7 @@ impl Sealing {
         }
         let placeholder = envelope.to_epoch == 0 && kind == Kind::Gossip;
         if envelope.to_epoch != self.me.epoch && !placeholder {
-            self.misaddressed_to = Some(envelope.to_epoch);
+            self.misaddressed = Some((envelope.from, envelope.to_epoch));
             return Err(DropReason::Misaddressed);
         }
         Ok(Opened { from: envelope.from, kind, body })

@@ -346,6 +346,35 @@ fn a_corked_node_holds_lock_messages_and_packs_them_when_uncorked() {
     assert!(net.nodes[1].counters().lock_ops_in - before.lock_ops_in >= 3);
 }
 
+/// A member that still addresses an earlier process at this node's address
+/// is announced to, as a seed would be: after a restart with every seed out
+/// of reach, it may be the only way in.
+#[test]
+fn a_member_addressing_an_earlier_process_here_is_announced_to() {
+    let me = id(1);
+    // Its only seed, addr(0), is held by nobody.
+    let mut node = Node::new(me, config(1), 1).unwrap();
+    let now = Duration::from_millis(10);
+    node.start(now);
+    while node.poll_transmit().is_some() {}
+    let member = NodeId { epoch: 5, addr: addr(9) };
+    let mut sealing = Sealing::new(member, CLUSTER, sealed(member));
+    let earlier = NodeId { epoch: me.epoch - 1, ..me };
+    let stale = sealing
+        .seal(earlier, Kind::Gossip, |out| {
+            out.extend_from_slice(b"for the earlier process");
+            Ok(())
+        })
+        .unwrap();
+    node.handle_datagram(now, addr(9), &stale);
+    assert_eq!(node.counters().misaddressed, 1);
+    let sent: Vec<_> = std::iter::from_fn(|| node.poll_transmit()).collect();
+    let (_, announce) = sent.iter().find(|(to, _)| *to == addr(9)).expect("a datagram to the member");
+    let mut scratch = Vec::new();
+    let opened = sealing.open(announce, &mut scratch).expect("sealed for the member");
+    assert_eq!((opened.from, opened.kind), (me, Kind::Gossip));
+}
+
 #[test]
 fn garbage_foreign_misaddressed_and_spoofed_datagrams_are_counted_and_ignored() {
     let mut net = Net::new(2);

@@ -57,9 +57,11 @@ pub trait Network {
     /// Whether a live host that knows `term` (has recorded it) was cut off
     /// from host `granter` at some time since `since`.
     fn term_known_across(&self, term: u32, granter: usize, since: Duration) -> bool;
-    /// Whether `host` coordinated a group it formed alone after its join
-    /// timeout (no seed answered), at some time since `since`: documented
-    /// as a split brain with whatever it could not reach.
+    /// Whether `host` coordinated a group of its own at some time since
+    /// `since`: formed after its join timeout (no seed answered), or a view
+    /// of itself alone after one with others (it reached nobody: the others
+    /// were cut off, paused or down). Documented as a split brain with whatever it could not
+    /// reach.
     fn alone_since(&self, host: usize, since: Duration) -> bool;
     /// Whether any live host outside the view of the coordinator that
     /// granted this (its members either told it their terms, or learned

@@ -282,7 +282,8 @@ struct Host {
     paused: Option<Vec<Ev>>,
     /// The last pause: from, until.
     last_pause: Option<(Duration, Duration)>,
-    /// A group formed alone after the join timeout: since, until.
+    /// A group of its own (after the join timeout, or a view of itself
+    /// alone after one with others): since, until.
     alone: Option<(Duration, Option<Duration>)>,
     /// The hosts of its last view, and when its view last dropped each
     /// other host.
@@ -877,6 +878,7 @@ impl World {
         let mut sends = Vec::new();
         let mut datagrams = Vec::new();
         let mut views = Vec::new();
+        let mut had_others = self.hosts[host].view_hosts.len() > 1;
         match self.hosts[host].node.as_mut().expect("touched hosts are alive") {
             Engine::Scripted(node) => {
                 while let Some(t) = node.poll_transmit() {
@@ -901,7 +903,13 @@ impl World {
                         NodeEvent::View { view, merge } => {
                             let members: Vec<String> = view.members.iter().map(|m| m.name.clone()).collect();
                             views.push(format!("h{host} view {} {members:?} merge={merge}", view.id));
-                            joined_others |= view.members.len() > 1;
+                            // Left alone by every host of its last view: a
+                            // component of one, a side of a split brain with
+                            // every host it could not reach, as after a join
+                            // timeout.
+                            joined_alone |= view.members.len() == 1 && had_others;
+                            joined_others = view.members.len() > 1;
+                            had_others = joined_others;
                             new_view = Some(view.ids().collect::<Vec<NodeId>>());
                         }
                         NodeEvent::TagChanged { tag } => {
@@ -1229,8 +1237,9 @@ struct NetView<'a> {
     lost: &'a BTreeMap<(usize, usize), Duration>,
     /// When each host was last paused (from, until), if ever.
     paused: Vec<Option<(Duration, Duration)>>,
-    /// When each host last formed a group alone after its join timeout,
-    /// and until when it stayed alone (`None`: still).
+    /// When each host last formed a group of its own (after its join
+    /// timeout, or a view of itself alone after one with others), and until when it stayed alone
+    /// (`None`: still).
     alone: Vec<Option<(Duration, Option<Duration>)>>,
     /// When each host's view last dropped each other host.
     dropped_at: Vec<BTreeMap<usize, Duration>>,

@@ -142,6 +142,24 @@ fn ip(args: &[&str]) {
     check(Command::new("ip").args(args).stdin(Stdio::null()).output(), &format!("ip {args:?}"));
 }
 
+/// Feeds `script` to `ip -batch -` inside `ns`.
+fn ip_batch(ns: &str, script: &str) {
+    let child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.unwrap_or_else(|e| panic!("ip -batch in {ns}: {e}"));
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    check(child.wait_with_output(), &format!("ip -batch in {ns}"));
+}
+
+/// The MAC address of node `i`'s interface.
+fn mac(i: usize) -> String {
+    format!("02:77:00:00:{:02x}:{:02x}", (i + 1) >> 8, (i + 1) & 0xff)
+}
+
 /// Feeds `script` to `nft -f -` inside `ns`.
 fn nft(ns: &str, script: &str) {
     let child = in_ns(ns, "nft")
@@ -197,10 +215,33 @@ impl Rig {
                 rig.relays.push(relay);
             }
         }
+        rig.pin_neighbours();
         for i in 0..n {
             rig.start(i);
         }
         rig
+    }
+
+    /// Every node gets a permanent neighbour entry for every other one. The
+    /// kernel's neighbour table is shared by all namespaces and holds 1,024
+    /// learnt entries by default (`gc_thresh3`): 64 nodes that learn each
+    /// other need 4,032, and past the limit datagrams were dropped for want
+    /// of an entry ("neighbor table overflow" in the kernel log): agents
+    /// were falsely suspected and the last ones started never met anyone.
+    /// Permanent entries are not counted against that limit, and no ARP
+    /// request is needed.
+    fn pin_neighbours(&self) {
+        for node in &self.nodes {
+            let mut script = String::new();
+            for (j, other) in self.nodes.iter().enumerate().filter(|(_, o)| o.addr != node.addr) {
+                script.push_str(&format!(
+                    "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                    other.addr.ip(),
+                    mac(j)
+                ));
+            }
+            ip_batch(&node.netns, &script);
+        }
     }
 
     fn add_node(&mut self, prefix: &str, br: &str, i: usize) {
@@ -224,6 +265,7 @@ impl Rig {
         ip(&["-n", br, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         ip(&["-n", br, "link", "set", &veth, "master", "br0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "address", &mac(i)]);
         ip(&["-n", &ns, "addr", "add", &format!("{}/24", addr.ip()), "dev", "eth0"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         nft(
