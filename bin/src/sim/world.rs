@@ -661,6 +661,17 @@ impl World {
             }
         }
         let h = &mut self.hosts[host];
+        // A view of itself alone (after a restart that met nobody, or left
+        // by every host of its last view) is a group of its own, as after a
+        // join timeout with real membership: nothing can tell it the terms
+        // of hosts it never reached.
+        if members.len() == 1 {
+            if h.alone.is_none_or(|(_, until)| until.is_some()) {
+                h.alone = Some((self.now, None));
+            }
+        } else if let Some((_, until @ None)) = &mut h.alone {
+            *until = Some(self.now);
+        }
         h.dropped_by_others = false;
         h.view_id += 1;
         h.last_members = members.clone();
