@@ -327,6 +327,18 @@ impl Net {
         panic!("timers kept firing for {MAX_STEPS} steps");
     }
 
+    /// When `id` first has an application event (checked now, then every
+    /// 5 ms for at most a second); the events are taken.
+    fn first_event_at(&mut self, id: NodeId) -> Option<Duration> {
+        for _ in 0..200 {
+            if !self.events(id).is_empty() {
+                return Some(self.now);
+            }
+            self.advance(ms(5));
+        }
+        None
+    }
+
     /// Takes the application events of `id` since the last call.
     fn events(&mut self, id: NodeId) -> Vec<Event> {
         self.events.remove(&id).unwrap_or_default()
@@ -751,15 +763,7 @@ fn a_successor_waits_out_the_old_coordinators_own_lease() {
     let view_at = net.now;
     let wait = Config::lan(2).stretched(Config::lan(2).own_lease);
     let rb = net.lock(b, C1, "x", Duration::from_secs(10));
-    let mut granted_at = None;
-    for _ in 0..200 {
-        net.advance(ms(5));
-        if !net.events(b).is_empty() {
-            granted_at = Some(net.now);
-            break;
-        }
-    }
-    let granted_at = granted_at.expect("b was granted");
+    let granted_at = net.first_event_at(b).expect("b was granted");
     assert!(
         granted_at >= view_at + wait,
         "granted {:?} after the view, inside {wait:?}",
@@ -790,15 +794,7 @@ fn a_successor_grants_at_once_when_the_witnesses_vouched() {
     net.install_view(&[b, c], false);
     let view_at = net.now;
     let rc = net.lock(c, C1, "x", Duration::from_secs(10));
-    let mut granted_at = None;
-    for _ in 0..200 {
-        if !net.events(c).is_empty() {
-            granted_at = Some(net.now);
-            break;
-        }
-        net.advance(ms(5));
-    }
-    let granted_at = granted_at.expect("c was granted");
+    let granted_at = net.first_event_at(c).expect("c was granted");
     assert!(granted_at > lease_end, "granted at {granted_at:?}, inside a's own lease (until {lease_end:?})");
     assert!(granted_at <= view_at + ms(50), "granted {:?} after the view", granted_at - view_at);
     assert_eq!(net.node(b).stats().witnessed_takeovers, 1);
@@ -827,15 +823,7 @@ fn a_successor_missing_a_witness_record_waits_out_the_own_lease() {
     let view_at = net.now;
     let wait = Config::lan(2).stretched(Config::lan(2).own_lease);
     let rd = net.lock(d, C1, "x", Duration::from_secs(10));
-    let mut granted_at = None;
-    for _ in 0..200 {
-        net.advance(ms(5));
-        if !net.events(d).is_empty() {
-            granted_at = Some(net.now);
-            break;
-        }
-    }
-    let granted_at = granted_at.expect("d was granted");
+    let granted_at = net.first_event_at(d).expect("d was granted");
     assert!(
         granted_at >= view_at + wait,
         "granted {:?} after the view, inside {wait:?}",
@@ -887,15 +875,7 @@ fn a_coordinator_keeps_vouching_to_the_witnesses_its_view_dropped() {
     net.crash(a);
     net.install_view(&[b, c], false);
     let rc = net.lock(c, C1, "x", Duration::from_secs(10));
-    let mut granted_at = None;
-    for _ in 0..200 {
-        if !net.events(c).is_empty() {
-            granted_at = Some(net.now);
-            break;
-        }
-        net.advance(ms(5));
-    }
-    let granted_at = granted_at.expect("c was granted");
+    let granted_at = net.first_event_at(c).expect("c was granted");
     assert!(granted_at > lease_end, "granted at {granted_at:?}, inside a's own lease (until {lease_end:?})");
     assert_eq!(net.node(b).stats().witnessed_takeovers, 0);
     let _ = rc;
