@@ -92,6 +92,7 @@ pub fn sample_messages() -> Vec<(&'static str, LockMsg)> {
                 held: (0..31).map(held).collect(),
                 pending: vec![req],
                 vouch: None,
+                unreported_ms: 0,
             }),
         ),
         ("duplicate_lock", LockMsg::DuplicateLock(dup.clone())),

@@ -275,6 +275,7 @@ fn attacker_process() {
                 held: Vec::new(),
                 pending: Vec::new(),
                 vouch: None,
+                unreported_ms: 0,
             });
             for batch in
                 [msgs, unlocks, vec![phantom], dups, vec![LockMsg::Hello(Hello { sync: 1_000 }), poison]]

@@ -179,6 +179,12 @@ fn regression_seeds() {
     // group of its own, as a join timeout is with real membership.
     let summary = run_seeds([173].into_iter(), &base(5), 2);
     assert_clean(&summary, &base(5));
+    // 5853 and 8414 (with the refuted-suspicion filter and witnessed own
+    // leases): an older node merged with a group whose coordinator had just
+    // seen a lock holder leave; the new coordinator never saw that member
+    // and granted inside its lease. The former coordinator now reports it.
+    let summary = run_seeds([5_853, 8_414].into_iter(), &gossip(5), 2);
+    assert_clean(&summary, &gossip(5));
     // 2123 and 7475 (found with the re-ask back): a node paused while it
     // joined gave up on its seed before reading the answers queued in its
     // socket, formed a group of its own and granted; its hold, reported

@@ -626,7 +626,7 @@ impl ClientRole {
             LockMsg::LockRsp(rsp) => self.on_lock_rsp(now, from, rsp, out),
             LockMsg::UnlockRsp(rsp) => self.on_unlock_rsp(now, from, rsp, out),
             LockMsg::Redirect(_) => out.stats.dropped += 1,
-            LockMsg::LockInfoReq(req) => self.on_lock_info_req(now, from, req, out),
+            LockMsg::LockInfoReq(req) => self.on_lock_info_req(now, from, req, None, out),
             LockMsg::DuplicateLock(dup) => self.on_duplicate_lock(from, dup, out),
             LockMsg::HelloAck(ack) => {
                 if self.accepts(from, ack.term) {
@@ -806,7 +806,17 @@ impl ClientRole {
     /// lock requests pending, as one snapshot per round. Only the
     /// coordinator of this node's view is answered: once a pending request
     /// is reported to a coordinator, only that coordinator may grant it.
-    fn on_lock_info_req(&mut self, now: Duration, from: NodeId, req: LockInfoReq, out: &mut Outbox) {
+    ///
+    /// `unreported` bounds the leases of members this node served as
+    /// coordinator that left its view (see [`LockInfoRsp::unreported_ms`]).
+    pub fn on_lock_info_req(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        req: LockInfoReq,
+        unreported: Option<Duration>,
+        out: &mut Outbox,
+    ) {
         let stale = self.round.is_some_and(|(c, t)| c == from && req.term < t);
         if self.coordinator != Some(from) || stale {
             // A coordinator's rounds only move forward: an older request is
@@ -823,7 +833,9 @@ impl ClientRole {
         if fresh {
             self.syncs += 1;
             let vouch = req.vouch_of.and_then(|c| self.records.seen(c));
-            let parts = self.build_report(req.term, stamp(now), vouch);
+            let left = unreported.map_or(0, |t| t.saturating_sub(now).as_micros().div_ceil(1_000));
+            let unreported_ms = u32::try_from(left).unwrap_or(u32::MAX);
+            let parts = self.build_report(req.term, stamp(now), vouch, unreported_ms);
             self.snapshot = Some(Snapshot { coordinator: from, term: req.term, parts });
             self.observe_term(req.term);
             self.round = Some((from, req.term));
@@ -836,7 +848,13 @@ impl ClientRole {
         }
     }
 
-    fn build_report(&self, term: u32, stamp: u64, vouch: Option<VouchSeen>) -> Vec<LockInfoRsp> {
+    fn build_report(
+        &self,
+        term: u32,
+        stamp: u64,
+        vouch: Option<VouchSeen>,
+        unreported_ms: u32,
+    ) -> Vec<LockInfoRsp> {
         enum Entry {
             Held(HeldLock),
             Pending(LockReq),
@@ -877,6 +895,7 @@ impl ClientRole {
                     held: Vec::new(),
                     pending: Vec::new(),
                     vouch,
+                    unreported_ms,
                 };
                 for e in chunk {
                     match e {

@@ -43,6 +43,8 @@ pub(crate) struct Report {
     /// The member's record of the departed coordinator's last vouch, if
     /// asked for (see [`crate::vouch`]).
     pub vouch: Option<VouchSeen>,
+    /// See [`LockInfoRsp::unreported_ms`].
+    pub unreported_ms: u32,
 }
 
 /// The parts of a member's answer received so far, and when to ask again.
@@ -159,6 +161,7 @@ impl Assembly {
             report.stamp = part.stamp;
             report.max_term = report.max_term.max(part.max_term);
             report.vouch = report.vouch.or(part.vouch);
+            report.unreported_ms = report.unreported_ms.max(part.unreported_ms);
             report.held.extend(part.held);
             report.pending.extend(part.pending);
         }
@@ -487,6 +490,15 @@ impl Coordinator {
             Added::Complete(report) => report,
         };
         self.awaiting.remove(&from);
+        if report.unreported_ms > 0 {
+            // Members of a group the answering member coordinated, gone
+            // from its view, may hold locks it granted and nobody reports.
+            let until = now + Duration::from_millis(u64::from(report.unreported_ms));
+            self.departed_until = self.departed_until.max(Some(until));
+            if let Phase::Serving(s) = &mut self.phase {
+                s.extend_grace(until);
+            }
+        }
         if let (Some(check), Some(seen)) = (&self.vouch, &report.vouch)
             && seen.coordinator == check.coordinator
             && seen.view == check.view
@@ -764,6 +776,7 @@ mod tests {
             held: Vec::new(),
             pending: Vec::new(),
             vouch: None,
+            unreported_ms: 0,
         }
     }
 

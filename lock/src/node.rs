@@ -660,8 +660,30 @@ impl LockNode {
                 LockMsg::LockInfoRsp(_) | LockMsg::DuplicateAck(_) | LockMsg::Hello(_) | LockMsg::Renew(_),
                 None,
             ) => out.stats.dropped += 1,
+            (LockMsg::LockInfoReq(req), _) => {
+                let unreported = self.unreported_until(now);
+                self.client.on_lock_info_req(now, from, req, unreported, &mut self.out)
+            }
             (msg, _) => self.client.on_message(now, from, msg, out),
         }
+    }
+
+    /// Until when members this node served as coordinator, and no longer
+    /// in its view, may hold locks it granted: a coordinator that takes
+    /// over from this node's group without having seen them leave learns
+    /// it from this node's answer (see `LockInfoRsp::unreported_ms`).
+    fn unreported_until(&self, now: Duration) -> Option<Duration> {
+        let view = self.view.as_ref()?;
+        let lease = self.config.stretched(self.config.lease);
+        self.heard
+            .iter()
+            .filter(|(node, _)| !view.contains(**node))
+            .map(|(node, heard)| {
+                let left = self.departed.get(node).map_or(now, |d| d.at + self.config.lock_delay);
+                (*heard + lease).max(left)
+            })
+            .filter(|t| *t > now)
+            .max()
     }
 
     /// A request reached this node, which does not coordinate: name the

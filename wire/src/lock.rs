@@ -358,6 +358,11 @@ pub struct LockInfoRsp {
     /// The last vouch the member received from the coordinator named in
     /// [`LockInfoReq::vouch_of`], if any.
     pub vouch: Option<VouchSeen>,
+    /// How much longer, at most, members that this member served as
+    /// coordinator, and that are no longer in its view, may hold locks
+    /// nobody reports (0: none). The new coordinator grants nothing new
+    /// before.
+    pub unreported_ms: u32,
 }
 
 /// A lock held by a client of the reporting member.

@@ -149,12 +149,17 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
         ),
         (
             (term(), (1..=MAX_PARTS).prop_flat_map(|parts| (0..parts, Just(parts))), req_id(), term()),
-            (any::<u64>(), any::<u64>(), proptest::option::of(vouch_seen())),
+            (any::<u64>(), any::<u64>(), proptest::option::of(vouch_seen()), any::<u32>()),
             vec(held_lock(), 0..4),
             vec(lock_req(), 0..4),
         )
             .prop_map(
-                |((term, (part, parts), next_req, max_term), (sync, stamp, vouch), held, pending)| {
+                |(
+                    (term, (part, parts), next_req, max_term),
+                    (sync, stamp, vouch, unreported_ms),
+                    held,
+                    pending,
+                )| {
                     LockMsg::LockInfoRsp(LockInfoRsp {
                         term,
                         part,
@@ -166,6 +171,7 @@ fn lock_msg() -> impl Strategy<Value = LockMsg> {
                         held,
                         pending,
                         vouch,
+                        unreported_ms,
                     })
                 }
             ),
@@ -332,10 +338,11 @@ fn a_length_prefix_bomb_is_malformed_without_allocating() {
         held: Vec::new(),
         pending: Vec::new(),
         vouch: None,
+        unreported_ms: 0,
     };
     let one = LockFrame { from: sample_node(), to: sample_node(), msgs: vec![LockMsg::LockInfoRsp(rsp)] };
     let mut bytes = encode_lock(&one, cluster()).unwrap();
-    assert_eq!(bytes.split_off(bytes.len() - 2), vec![0, 0], "held and pending are empty");
+    assert_eq!(bytes.split_off(bytes.len() - 4), vec![0, 0, 0, 0], "held, pending, vouch, unreported: empty");
     bytes.extend_from_slice(&varint(1 << 60));
     assert_eq!(refusal(&bytes), Some(WireError::Malformed));
 }

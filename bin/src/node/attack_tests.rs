@@ -196,6 +196,7 @@ fn forgeries(s: &Scene) -> Vec<(usize, Forged)> {
         held: Vec::new(),
         pending: Vec::new(),
         vouch: None,
+        unreported_ms: 0,
     });
     let fake = NodeId { epoch: 1, addr: SocketAddr::from(([10, 0, 0, 1], 7999)) };
     let announce = gossip(
