@@ -493,7 +493,9 @@ impl Coordinator {
         if report.unreported_ms > 0 {
             // Members of a group the answering member coordinated, gone
             // from its view, may hold locks it granted and nobody reports.
-            let until = now + Duration::from_millis(u64::from(report.unreported_ms));
+            // No honest bound is longer than a lease or the lock-delay.
+            let most = self.config.stretched(self.config.lease).max(self.config.lock_delay);
+            let until = now + Duration::from_millis(u64::from(report.unreported_ms)).min(most);
             self.departed_until = self.departed_until.max(Some(until));
             if let Phase::Serving(s) = &mut self.phase {
                 s.extend_grace(until);

@@ -955,6 +955,41 @@ fn a_new_coordinator_waits_for_members_only_the_former_coordinator_saw_leave() {
     let _ = rb;
 }
 
+/// A member's report of members only it saw leave is cut to the longest
+/// wait such members can need (a lease or the lock-delay): a bound of 49
+/// days, from a bug or a forgery, does not stop grants for 49 days.
+#[test]
+fn an_unreported_bound_is_cut_to_the_longest_lease() {
+    let (a, b) = (id(1), id(2));
+    let mut net = Net::without_view(2, |_| {});
+    net.delay_next(|_, _, m| matches!(m, LockMsg::LockInfoRsp(_)));
+    net.install_view(&[a, b], false);
+    for (_, _, m) in net.delayed.iter_mut() {
+        if let LockMsg::LockInfoRsp(r) = m {
+            r.unreported_ms = u32::MAX;
+        }
+    }
+    net.release_delayed();
+    let asked_at = net.now;
+    let rb = net.lock(b, C1, "x", Duration::from_secs(60));
+    let mut granted_at = None;
+    for _ in 0..100 {
+        if !net.events(b).is_empty() {
+            granted_at = Some(net.now);
+            break;
+        }
+        net.advance(ms(50));
+    }
+    let granted_at = granted_at.expect("b was granted within 5 s");
+    let most = Config::lan(1).stretched(Config::lan(1).lease).max(Config::lan(1).lock_delay);
+    assert!(
+        granted_at - asked_at >= most,
+        "granted after {:?}: the report was not honoured",
+        granted_at - asked_at
+    );
+    let _ = rb;
+}
+
 /// A coordinator that membership says was declared down (others may be
 /// installing views without it, while its own view still lists them) holds
 /// still: its own clients' short leases run out unrenewed and nothing is
