@@ -123,6 +123,13 @@ impl Config {
         span * (100 + self.clock_margin_pct) / 100
     }
 
+    /// How long a member that was last heard of, or left the view, now may
+    /// still hold a lock nobody else knows of: a lease (with the clock
+    /// margin) or the lock-delay, whichever is longer.
+    pub fn longest_unseen_hold(&self) -> Duration {
+        self.stretched(self.lease).max(self.lock_delay)
+    }
+
     /// The least `lock_delay` the leases allow: `lease * (1 + margin)`.
     /// A departed holder's last renewal may be as late as the view without
     /// it (see `detection_min`), so no detection time is subtracted.

@@ -494,7 +494,7 @@ impl Coordinator {
             // Members of a group the answering member coordinated, gone
             // from its view, may hold locks it granted and nobody reports.
             // No honest bound is longer than a lease or the lock-delay.
-            let most = self.config.stretched(self.config.lease).max(self.config.lock_delay);
+            let most = self.config.longest_unseen_hold();
             let until = now + Duration::from_millis(u64::from(report.unreported_ms)).min(most);
             self.departed_until = self.departed_until.max(Some(until));
             if let Phase::Serving(s) = &mut self.phase {

@@ -536,7 +536,7 @@ impl LockNode {
                 self.departed.insert(*node, Departure { at: now, coordinated });
             }
         }
-        let keep = self.config.lock_delay.max(self.config.stretched(self.config.lease));
+        let keep = self.config.longest_unseen_hold();
         self.departed.retain(|node, d| !members.contains(node) && d.at + keep > now);
     }
 

@@ -108,7 +108,7 @@ impl OwnLeases {
     /// former witnesses.
     pub fn vouch(&mut self, now: Duration, stamp: u64, config: &Config) -> (Vouch, Vec<NodeId>) {
         self.announce = false;
-        let keep = config.stretched(config.lease).max(config.lock_delay);
+        let keep = config.longest_unseen_hold();
         self.former.retain(|_, left| *left + keep > now);
         let to = self.witnesses.iter().chain(self.former.keys()).copied().collect();
         let view = if self.witnessed() { self.view } else { UNWITNESSED };
@@ -144,7 +144,7 @@ impl Records {
     /// Records a vouch that arrived at `now`. Records older than any lease
     /// are dropped: a successor that misses one only waits longer.
     pub fn record(&mut self, now: Duration, from: NodeId, vouch: Vouch, config: &Config) {
-        let keep = config.stretched(config.lease).max(config.lock_delay);
+        let keep = config.longest_unseen_hold();
         self.seen.retain(|_, (_, at)| *at + keep > now);
         self.seen.insert(from, (vouch.view, now));
     }
